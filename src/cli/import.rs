@@ -1,0 +1,101 @@
+//! `codex-broker import [PATH]`
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::codex_auth::{AuthDotJson, AuthFileError, AuthState};
+use crate::fsutil::{FsError, resolve_symlinks};
+use crate::paths::Paths;
+use crate::publish::publish;
+use crate::store::{Account, Upsert};
+
+/// Adopt an existing Codex auth.json into the account store
+///
+/// Reads PATH (by default the Codex home's auth.json), validates it as Codex
+/// would, and adds its account to the store, or updates that account when the
+/// file's tokens are newer. The first account becomes the main account.
+/// Importing the Codex home's own auth.json records it as the published one.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The auth.json to import [default: <codex home>/auth.json]
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+}
+
+pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
+    let codex = paths.codex();
+    let path = args.path.unwrap_or_else(|| codex.auth_path());
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => anyhow::bail!(
+            "no auth.json at {}: log in with `codex login` first, or pass the path of an auth.json",
+            path.display()
+        ),
+        Err(e) => return Err(FsError::new("cannot read", &path, e).into()),
+    };
+    let invalid = |problem| AuthFileError::Invalid {
+        path: path.clone(),
+        problem,
+    };
+    let auth = AuthDotJson::parse(&bytes).map_err(invalid)?;
+    let account = Account::from_auth(&auth).map_err(invalid)?;
+    let id = account.id.clone();
+    let is_codex_file = same_file(&path, &codex.auth_path());
+
+    let (outcome, summary, published) = paths.store().update(|store| {
+        let outcome = store.upsert(account);
+        let publish_now = is_codex_file
+            || (store.published.is_none()
+                && matches!(codex.read().map(|s| s.state), Ok(AuthState::Missing)));
+        let published = if publish_now {
+            Some(publish(&codex, store, &id).context("cannot publish to auth.json")?)
+        } else {
+            None
+        };
+        let account = store.get(&id).expect("just upserted");
+        let summary = describe(account);
+        Ok::<_, anyhow::Error>((outcome, summary, published))
+    })?;
+
+    let mut text = match outcome {
+        Upsert::Added => format!("Imported account {summary}.\n"),
+        Upsert::Updated => format!("Updated account {summary} with the tokens of {}.\n", path.display()),
+        Upsert::Unchanged => format!("Account {summary} is up to date; the store's tokens are as new or newer.\n"),
+    };
+    match published {
+        Some(p) if p.written => text.push_str(&format!("Published it to {}.\n", codex.auth_path().display())),
+        Some(_) => text.push_str(&format!("{} holds this account.\n", codex.auth_path().display())),
+        None => text.push_str(&format!(
+            "To publish it to {}, run: codex-broker accounts switch {id}\n",
+            codex.auth_path().display()
+        )),
+    }
+    super::print(&text)?;
+    Ok(())
+}
+
+/// `acc-1 (a@example.com, plus) as main`
+fn describe(account: &Account) -> String {
+    let details: Vec<&str> = [account.email.as_deref(), account.plan.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let details = if details.is_empty() {
+        account.kind.to_string()
+    } else {
+        details.join(", ")
+    };
+    format!("{} ({details}) as {}", account.name(), account.role)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| {
+        resolve_symlinks(p)
+            .ok()
+            .and_then(|p| p.canonicalize().ok())
+    };
+    a == b || matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
+}
+

@@ -1,0 +1,190 @@
+//! The command line: one module per subcommand, each with its clap `Args`
+//! and a `run` function.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::paths::{Overrides, Paths};
+
+mod accounts;
+mod completions;
+mod import;
+mod killswitch;
+mod routing;
+mod status;
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the command failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: the command line was wrong.
+pub const EXIT_USAGE: u8 = 2;
+
+const AFTER_HELP: &str = "\
+Files:
+  <home>/accounts.json      the account store (0600, directory 0700)
+  <codex home>/auth.json    Codex's credentials, kept fresh by the broker
+
+Exit status:
+  0 success, 1 failure, 2 usage error, 3 no usable account (needs login),
+  13 login callback port in use";
+
+/// Keeps ChatGPT/Codex OAuth credentials fresh for every tool on this machine.
+///
+/// codex-broker is the one refresh authority for a user's ChatGPT/Codex
+/// accounts: it keeps Codex's auth.json and its own multi-account store
+/// consistent, under Codex's file locks.
+#[derive(Debug, Parser)]
+#[command(name = "codex-broker", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Broker home holding the account store [default: $XDG_CONFIG_HOME/codex-broker]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CODEX_BROKER_HOME",
+        hide_env_values = true
+    )]
+    pub home: Option<PathBuf>,
+
+    /// Codex home holding auth.json [default: ~/.codex]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CODEX_HOME",
+        hide_env_values = true
+    )]
+    pub codex_home: Option<PathBuf>,
+
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/codex-broker/broker.sock]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "CODEX_BROKER_SOCKET",
+        hide_env_values = true
+    )]
+    pub socket: Option<PathBuf>,
+
+    /// Log more (repeat for even more); logs go to stderr
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Import(import::Args),
+    Accounts(accounts::Args),
+    Status(status::Args),
+    Routing(routing::Args),
+    Killswitch(killswitch::Args),
+    Completions(completions::Args),
+}
+
+/// The clap definition of the whole command line, for completions and
+/// man pages.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// An error that carries its own exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        Exit {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// Parses the command line, runs the command and maps its outcome to an exit
+/// status. A closed stdout (`| head`) ends the program quietly.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(err) if is_broken_pipe(&err) => ExitCode::from(EXIT_OK),
+        Err(err) => {
+            let code = err.downcast_ref::<Exit>().map_or(EXIT_FAILURE, |e| e.code);
+            let _ = writeln!(io::stderr(), "error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CODEX_BROKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let paths = Paths::resolve(Overrides {
+        home: cli.home,
+        codex_home: cli.codex_home,
+        socket: cli.socket,
+    })?;
+    match cli.command {
+        Command::Import(args) => import::run(&paths, args),
+        Command::Accounts(args) => accounts::run(&paths, args),
+        Command::Status(args) => status::run(&paths, args),
+        Command::Routing(args) => routing::run(&paths, args),
+        Command::Killswitch(args) => killswitch::run(&paths, args),
+        Command::Completions(args) => completions::run(args),
+    }
+}
+
+/// Writes `text` to stdout as is.
+fn print(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes `value` as pretty JSON and a newline to stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> io::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+    text.push('\n');
+    print(&text)
+}

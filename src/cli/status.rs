@@ -1,0 +1,191 @@
+//! `codex-broker status [--json]`
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::codex_auth::AuthState;
+use crate::display::{self, Table};
+use crate::paths::Paths;
+use crate::quota::Window;
+use crate::store::{Account, Killswitch, Routing, Store};
+use crate::view::AccountView;
+
+/// Show every account's state, token expiry and quota
+///
+/// Per account: label, email, plan, role, state, token expiry, last refresh,
+/// and the last known 5-hour and weekly quota with their reset times. Also
+/// whether the daemon runs and which account auth.json holds.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, accounts}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    daemon: Daemon<'a>,
+    codex_auth: CodexAuth<'a>,
+    routing: Routing,
+    killswitch: &'a Killswitch,
+    accounts: Vec<AccountView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Daemon<'a> {
+    running: bool,
+    socket: &'a Path,
+}
+
+#[derive(Debug, Serialize)]
+struct CodexAuth<'a> {
+    path: &'a Path,
+    /// `ok`, `missing` or `invalid`.
+    state: &'static str,
+    /// The account the file holds.
+    account_id: Option<String>,
+    /// What is wrong with an invalid file.
+    problem: Option<String>,
+}
+
+pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
+    let store = paths.store().load()?;
+    let auth_path = paths.codex().auth_path();
+    let snapshot = paths.codex().read()?;
+    let codex_auth = CodexAuth {
+        path: &auth_path,
+        state: match snapshot.state {
+            AuthState::Missing => "missing",
+            AuthState::Invalid(_) => "invalid",
+            AuthState::Valid(_) => "ok",
+        },
+        account_id: snapshot.account_id(),
+        problem: match &snapshot.state {
+            AuthState::Invalid(problem) => Some(problem.to_string()),
+            _ => None,
+        },
+    };
+    let status = Status {
+        daemon: Daemon {
+            running: UnixStream::connect(&paths.socket).is_ok(),
+            socket: &paths.socket,
+        },
+        codex_auth,
+        routing: store.routing,
+        killswitch: &store.killswitch,
+        accounts: store
+            .accounts
+            .iter()
+            .map(|a| AccountView::new(&store, a))
+            .collect(),
+    };
+    if args.json {
+        return Ok(super::print_json(&status)?);
+    }
+    Ok(super::print(&render(&status, &store, display::now()))?)
+}
+
+fn render(status: &Status, store: &Store, now: i64) -> String {
+    let mut head = Table::new(&["Daemon:", &daemon_line(&status.daemon)]);
+    head.row(vec!["auth.json:".into(), auth_line(&status.codex_auth, store)]);
+    head.row(vec!["Routing:".into(), status.routing.to_string()]);
+    head.row(vec![
+        "Killswitch:".into(),
+        if status.killswitch.enabled { "on" } else { "off" }.into(),
+    ]);
+    let mut text = head.render();
+    if store.accounts.is_empty() {
+        text.push_str("\nNo accounts yet. Import Codex's login with: codex-broker import\n");
+        return text;
+    }
+    for account in &store.accounts {
+        text.push('\n');
+        text.push_str(&account_block(store, account, now));
+    }
+    text
+}
+
+fn daemon_line(daemon: &Daemon) -> String {
+    if daemon.running {
+        format!("running (socket {})", daemon.socket.display())
+    } else {
+        "not running (start it with: codex-broker serve)".into()
+    }
+}
+
+fn auth_line(auth: &CodexAuth, store: &Store) -> String {
+    let path = auth.path.display();
+    match (auth.state, &auth.account_id, &auth.problem) {
+        ("missing", ..) => format!("{path} does not exist (Codex is logged out)"),
+        ("invalid", _, Some(problem)) => format!("{path} is invalid: {problem}"),
+        (_, Some(id), _) => match store.get(id) {
+            Some(a) => format!("{path} holds {}", a.name()),
+            None => format!("{path} holds {id}, which is not in the store (run: codex-broker import)"),
+        },
+        _ => path.to_string(),
+    }
+}
+
+fn account_block(store: &Store, a: &Account, now: i64) -> String {
+    let published = if store.published.as_deref() == Some(a.id.as_str()) {
+        "  published"
+    } else {
+        ""
+    };
+    let title = match &a.label {
+        Some(label) => format!("{label} ({})", a.id),
+        None => a.id.clone(),
+    };
+    let mut text = format!("{title}  {}  {}{published}\n", a.role, a.state);
+    let mut t = Table::new(&["  email", a.email.as_deref().unwrap_or("-")]);
+    t.row(vec!["  plan".into(), a.plan.clone().unwrap_or_else(|| a.kind.to_string())]);
+    if let Some(reason) = &a.state_reason {
+        t.row(vec!["  problem".into(), reason.clone()]);
+    }
+    let token = match a.expires_at {
+        Some(at) if a.api_key.is_none() => format!(
+            "{} ({})",
+            super::accounts::token_summary(a, now),
+            display::timestamp(at)
+        ),
+        _ => super::accounts::token_summary(a, now),
+    };
+    t.row(vec!["  token".into(), token]);
+    if let Some(at) = a.last_refresh {
+        t.row(vec![
+            "  refreshed".into(),
+            display::relative(at.unix_timestamp(), now),
+        ]);
+    }
+    let quota = a.quota.as_ref();
+    t.row(vec!["  5h quota".into(), window_line(quota.and_then(|q| q.five_hour.as_ref()), now)]);
+    t.row(vec!["  weekly".into(), window_line(quota.and_then(|q| q.weekly.as_ref()), now)]);
+    if let Some(q) = quota {
+        t.row(vec![
+            "  seen".into(),
+            format!("{} from {}", display::relative(q.observed_at, now), q.source),
+        ]);
+    }
+    if let Some(limits) = store.killswitch.limits.get(&a.id) {
+        t.row(vec![
+            "  killswitch".into(),
+            format!("5h > {}%, weekly > {}%", limits.five_hour, limits.weekly),
+        ]);
+    }
+    text.push_str(&t.render());
+    text
+}
+
+fn window_line(window: Option<&Window>, now: i64) -> String {
+    let Some(w) = window else {
+        return "unknown (no traffic seen yet)".into();
+    };
+    let used = w.used_at(now);
+    let mut line = format!("{} {:>3.0}%", display::bar(used, 10), used);
+    if let Some(reset) = w.resets_at.filter(|r| *r > now) {
+        line.push_str(&format!("  resets {}", display::relative(reset, now)));
+    }
+    line
+}

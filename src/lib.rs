@@ -1,0 +1,18 @@
+//! codex-broker: the single owner of a user's ChatGPT/Codex OAuth credentials
+//! on a machine.
+//!
+//! The binary is a thin layer over this library: [`cli`] parses arguments and
+//! calls into the modules below, each of which is testable on its own.
+
+pub mod cli;
+pub mod codex_auth;
+pub mod display;
+pub mod fsutil;
+pub mod json;
+pub mod jwt;
+pub mod paths;
+pub mod publish;
+pub mod quota;
+pub mod secret;
+pub mod store;
+pub mod view;

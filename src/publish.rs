@@ -1,0 +1,97 @@
+//! Publishing an account to Codex's auth.json: compare-and-swap against what
+//! was read, adopting whatever Codex wrote meanwhile instead of losing it.
+
+use std::path::PathBuf;
+
+use crate::codex_auth::{AuthState, CodexHome, Replace, Snapshot};
+use crate::fsutil::FsError;
+use crate::json::JsonProblem;
+use crate::store::{Account, Store, Upsert};
+
+/// How many times a publish re-reads auth.json after losing a race.
+const ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(
+        "{path}: {problem}; it was left untouched: fix it or move it away, then try again"
+    )]
+    InvalidAuth { path: PathBuf, problem: JsonProblem },
+    #[error("account {0} is not in the store")]
+    Unknown(String),
+    #[error("{0} kept changing while it was being written; try again")]
+    Busy(PathBuf),
+}
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Whether auth.json was written (false: it already held these tokens).
+    pub written: bool,
+    /// Accounts found in auth.json and saved into the store first.
+    pub adopted: Vec<String>,
+}
+
+/// Takes the credentials auth.json holds into the store when they belong to
+/// an unknown account or are newer than the store's. Returns the account id
+/// when something was adopted.
+pub fn adopt_from_snapshot(store: &mut Store, snapshot: &Snapshot) -> Option<String> {
+    let auth = snapshot.valid()?;
+    let account = Account::from_auth(auth).ok()?;
+    let id = account.id.clone();
+    match store.upsert(account) {
+        Upsert::Added | Upsert::Updated => Some(id),
+        Upsert::Unchanged => None,
+    }
+}
+
+/// Writes the account `id` of `store` to auth.json. Tokens Codex wrote in the
+/// meantime (for any account) are first adopted into `store`, so nothing the
+/// file held is lost. An auth.json that cannot be parsed is never replaced.
+pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Published, PublishError> {
+    let mut adopted = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let snapshot = codex.read()?;
+        if let AuthState::Invalid(problem) = &snapshot.state {
+            return Err(PublishError::InvalidAuth {
+                path: codex.auth_path(),
+                problem: problem.clone(),
+            });
+        }
+        if let Some(adopted_id) = adopt_from_snapshot(store, &snapshot)
+            && !adopted.contains(&adopted_id)
+        {
+            adopted.push(adopted_id);
+        }
+        let account = store.get(id).ok_or_else(|| PublishError::Unknown(id.to_owned()))?;
+        let current = snapshot.valid();
+        let same_account = snapshot.account_id().as_deref() == Some(id);
+        let extra = match current {
+            Some(auth) if same_account => auth.extra.expose().clone(),
+            _ => account.codex_extra.expose().clone(),
+        };
+        let Some(new) = account.to_auth(extra) else {
+            return Err(PublishError::Unknown(id.to_owned()));
+        };
+        if same_account && current.is_some_and(|auth| *auth == new) {
+            store.published = Some(id.to_owned());
+            return Ok(Published {
+                written: false,
+                adopted,
+            });
+        }
+        match codex.replace(&snapshot, &new)? {
+            Replace::Written => {
+                store.published = Some(id.to_owned());
+                return Ok(Published {
+                    written: true,
+                    adopted,
+                });
+            }
+            Replace::Changed(_) => continue,
+        }
+    }
+    Err(PublishError::Busy(codex.auth_path()))
+}

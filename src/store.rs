@@ -1,0 +1,597 @@
+//! The account store: `<home>/accounts.json`, versioned JSON written
+//! atomically under an exclusive lock on `<home>/accounts.lock`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::codex_auth::{AuthDotJson, Credential, TokenData};
+use crate::fsutil::{self, FsError};
+use crate::json::{self, JsonProblem};
+use crate::quota::Quota;
+use crate::secret::Secret;
+
+pub const STORE_FILE: &str = "accounts.json";
+pub const STORE_LOCK: &str = "accounts.lock";
+pub const STORE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{path}: {problem} (the file was left untouched; fix or move it away)")]
+    Invalid { path: PathBuf, problem: JsonProblem },
+    #[error(
+        "{path}: store version {found} is newer than this codex-broker understands \
+         (version {STORE_VERSION}); upgrade codex-broker"
+    )]
+    Version { path: PathBuf, found: u64 },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// Use the main account; fall back to others when it cannot serve.
+    #[default]
+    MainFirst,
+    /// Spend the fallback accounts first and keep the main account for last.
+    FallbackFirst,
+}
+
+impl fmt::Display for Routing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Routing::MainFirst => "main-first",
+            Routing::FallbackFirst => "fallback-first",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Chatgpt,
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Main,
+    Fallback,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    #[default]
+    Ok,
+    RefreshBackoff,
+    NeedsLogin,
+}
+
+macro_rules! snake_display {
+    ($($ty:ty),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let v = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+                f.write_str(v.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+snake_display!(Kind, Role, State);
+
+/// Per-account killswitch thresholds, in percent used.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub five_hour: f64,
+    pub weekly: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Killswitch {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub limits: BTreeMap<String, Limits>,
+}
+
+/// OAuth tokens of a ChatGPT account, plus the unknown `tokens` fields of
+/// the auth.json they came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub id_token: Secret<String>,
+    pub access_token: Secret<String>,
+    pub refresh_token: Secret<String>,
+    #[serde(default, skip_serializing_if = "is_empty_secret_map")]
+    pub codex_extra: Secret<Map<String, Value>>,
+}
+
+fn is_empty_secret_map(m: &Secret<Map<String, Value>>) -> bool {
+    m.expose().is_empty()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    pub kind: Kind,
+    pub role: Role,
+    #[serde(default)]
+    pub state: State,
+    #[serde(default)]
+    pub state_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Tokens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret<String>>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_refresh: Option<OffsetDateTime>,
+    /// Access-token expiry, unix seconds.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub quota: Option<Quota>,
+    /// Top-level auth.json fields this version does not know, carried with
+    /// the account so that publishing it again writes them back.
+    #[serde(default, skip_serializing_if = "is_empty_secret_map")]
+    pub codex_extra: Secret<Map<String, Value>>,
+    #[serde(flatten)]
+    pub extra: Secret<Map<String, Value>>,
+}
+
+impl Account {
+    /// The account an auth.json authenticates, ready to be stored.
+    pub fn from_auth(auth: &AuthDotJson) -> Result<Account, JsonProblem> {
+        let mut account = Account {
+            id: String::new(),
+            label: None,
+            email: None,
+            plan: None,
+            kind: Kind::Chatgpt,
+            role: Role::Fallback,
+            state: State::Ok,
+            state_reason: None,
+            tokens: None,
+            api_key: None,
+            last_refresh: None,
+            expires_at: None,
+            quota: None,
+            codex_extra: auth.extra.clone(),
+            extra: Secret::default(),
+        };
+        match auth.credential()? {
+            Credential::ChatGpt {
+                account_id,
+                id_claims,
+                expires_at,
+                last_refresh,
+            } => {
+                let t = auth.tokens.as_ref().expect("validated ChatGPT file has tokens");
+                account.id = account_id;
+                account.email = id_claims.email;
+                account.plan = id_claims.plan;
+                account.expires_at = expires_at;
+                account.last_refresh = last_refresh;
+                account.tokens = Some(Tokens {
+                    id_token: t.id_token.clone(),
+                    access_token: t.access_token.clone(),
+                    refresh_token: t.refresh_token.clone(),
+                    codex_extra: t.extra.clone(),
+                });
+            }
+            Credential::ApiKey { id } => {
+                account.id = id;
+                account.kind = Kind::ApiKey;
+                account.api_key = auth.openai_api_key.clone();
+            }
+        }
+        Ok(account)
+    }
+
+    /// The auth.json that publishes this account. `extra` holds the unknown
+    /// top-level fields to write (those of the file being replaced when it
+    /// holds the same account, else the account's own).
+    pub fn to_auth(&self, extra: Map<String, Value>) -> Option<AuthDotJson> {
+        match self.kind {
+            Kind::ApiKey => Some(AuthDotJson::api_key(self.api_key.clone()?, extra)),
+            Kind::Chatgpt => {
+                let t = self.tokens.as_ref()?;
+                let tokens = TokenData {
+                    id_token: t.id_token.clone(),
+                    access_token: t.access_token.clone(),
+                    refresh_token: t.refresh_token.clone(),
+                    account_id: Some(self.id.clone()),
+                    extra: t.codex_extra.clone(),
+                };
+                let last_refresh = self.last_refresh.unwrap_or_else(OffsetDateTime::now_utc);
+                Some(AuthDotJson::chatgpt(tokens, last_refresh, extra))
+            }
+        }
+    }
+
+    /// The label if there is one, else the id.
+    pub fn name(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Takes the credentials of `newer` (the same account read from an
+    /// auth.json) unless the store's own are more recent. Returns whether
+    /// anything changed.
+    pub fn adopt_credentials(&mut self, newer: &Account) -> bool {
+        debug_assert_eq!(self.id, newer.id);
+        if self.last_refresh > newer.last_refresh {
+            return false;
+        }
+        let before = self.clone();
+        self.tokens.clone_from(&newer.tokens);
+        self.api_key.clone_from(&newer.api_key);
+        self.last_refresh = newer.last_refresh;
+        self.expires_at = newer.expires_at;
+        self.codex_extra.clone_from(&newer.codex_extra);
+        if newer.email.is_some() {
+            self.email.clone_from(&newer.email);
+        }
+        if newer.plan.is_some() {
+            self.plan.clone_from(&newer.plan);
+        }
+        self.state = State::Ok;
+        self.state_reason = None;
+        *self != before
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Store {
+    pub version: u32,
+    #[serde(default)]
+    pub routing: Routing,
+    #[serde(default)]
+    pub killswitch: Killswitch,
+    /// The account auth.json was last written with (or found to hold).
+    #[serde(default)]
+    pub published: Option<String>,
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+    #[serde(flatten)]
+    pub extra: Secret<Map<String, Value>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            version: STORE_VERSION,
+            routing: Routing::default(),
+            killswitch: Killswitch::default(),
+            published: None,
+            accounts: Vec::new(),
+            extra: Secret::default(),
+        }
+    }
+}
+
+/// Why an account query matched no single account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no account matches `{query}`; known: {known}")]
+    NotFound { query: String, known: String },
+    #[error("`{query}` matches several accounts: {matches}; give more of the id")]
+    Ambiguous { query: String, matches: String },
+}
+
+/// The result of [`Store::upsert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Added,
+    Updated,
+    /// The store already held these or newer credentials.
+    Unchanged,
+}
+
+impl Store {
+    pub fn get(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Account> {
+        self.accounts.iter_mut().find(|a| a.id == id)
+    }
+
+    /// Finds one account by exact id, exact label, or a unique id prefix.
+    pub fn find(&self, query: &str) -> Result<&Account, LookupError> {
+        if let Some(a) = self.get(query) {
+            return Ok(a);
+        }
+        if let Some(a) = self.accounts.iter().find(|a| a.label.as_deref() == Some(query)) {
+            return Ok(a);
+        }
+        let matches: Vec<&Account> = if query.is_empty() {
+            Vec::new()
+        } else {
+            self.accounts.iter().filter(|a| a.id.starts_with(query)).collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(LookupError::NotFound {
+                query: query.to_owned(),
+                known: if self.accounts.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.accounts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")
+                },
+            }),
+            many => Err(LookupError::Ambiguous {
+                query: query.to_owned(),
+                matches: many.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    pub fn main_account(&self) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.role == Role::Main)
+    }
+
+    /// Adds `account`, or updates the account with the same id (keeping its
+    /// label, role, quota and state history). The first account becomes main.
+    pub fn upsert(&mut self, account: Account) -> Upsert {
+        if let Some(existing) = self.get_mut(&account.id) {
+            return if existing.adopt_credentials(&account) {
+                Upsert::Updated
+            } else {
+                Upsert::Unchanged
+            };
+        }
+        let mut account = account;
+        account.role = if self.main_account().is_none() {
+            Role::Main
+        } else {
+            Role::Fallback
+        };
+        self.accounts.push(account);
+        Upsert::Added
+    }
+
+    /// Makes `id` the main account; the previous main becomes a fallback.
+    pub fn make_main(&mut self, id: &str) {
+        for a in &mut self.accounts {
+            a.role = if a.id == id { Role::Main } else { Role::Fallback };
+        }
+    }
+
+    /// Deletes the account `id`; when it was main, the first remaining
+    /// account takes its place.
+    pub fn remove(&mut self, id: &str) -> Option<Account> {
+        let index = self.accounts.iter().position(|a| a.id == id)?;
+        let removed = self.accounts.remove(index);
+        self.killswitch.limits.remove(id);
+        if self.published.as_deref() == Some(id) {
+            self.published = None;
+        }
+        if removed.role == Role::Main
+            && let Some(first) = self.accounts.first_mut()
+        {
+            first.role = Role::Main;
+        }
+        Some(removed)
+    }
+}
+
+/// The store's files in a broker home.
+#[derive(Debug, Clone)]
+pub struct StoreFile {
+    home: PathBuf,
+}
+
+impl StoreFile {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        StoreFile { home: home.into() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.home.join(STORE_FILE)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.home.join(STORE_LOCK)
+    }
+
+    /// Reads the store; a missing file is an empty store. Saves are atomic
+    /// renames, so no lock is needed to read a consistent store.
+    pub fn load(&self) -> Result<Store, StoreError> {
+        let path = self.path();
+        match fsutil::read_optional(&path)? {
+            None => Ok(Store::default()),
+            Some(bytes) => parse_store(&path, &bytes),
+        }
+    }
+
+    /// Runs `change` on the current store under the exclusive lock and saves
+    /// the result if it differs. Concurrent updates from any process are
+    /// serialized, so none is lost.
+    pub fn update<R, E>(&self, change: impl FnOnce(&mut Store) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        fsutil::ensure_private_dir(&self.home).map_err(StoreError::from)?;
+        let _lock = fsutil::lock_exclusive(&self.lock_path()).map_err(StoreError::from)?;
+        let before = self.load()?;
+        let mut store = before.clone();
+        let result = change(&mut store)?;
+        if store != before {
+            self.save_locked(&store)?;
+        }
+        Ok(result)
+    }
+
+    fn save_locked(&self, store: &Store) -> Result<(), StoreError> {
+        let mut bytes = serde_json::to_vec_pretty(store).expect("the store always serializes");
+        bytes.push(b'\n');
+        fsutil::write_atomic(&self.path(), &bytes)?;
+        Ok(())
+    }
+}
+
+fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
+    let invalid = |problem| StoreError::Invalid {
+        path: path.to_owned(),
+        problem,
+    };
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    let v: Versioned = json::parse(bytes).map_err(invalid)?;
+    if v.version > u64::from(STORE_VERSION) {
+        return Err(StoreError::Version {
+            path: path.to_owned(),
+            found: v.version,
+        });
+    }
+    let store: Store = json::parse(bytes).map_err(invalid)?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in store.accounts.iter().enumerate() {
+        if !seen.insert(a.id.as_str()) {
+            return Err(invalid(JsonProblem::field(
+                format!("accounts[{i}].id"),
+                format!("duplicate account id `{}`", a.id),
+            )));
+        }
+        let missing = match a.kind {
+            Kind::Chatgpt => a.tokens.is_none().then_some("tokens"),
+            Kind::ApiKey => a.api_key.is_none().then_some("api_key"),
+        };
+        if let Some(field) = missing {
+            return Err(invalid(JsonProblem::field(
+                format!("accounts[{i}].{field}"),
+                format!("missing for a {} account", a.kind),
+            )));
+        }
+    }
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{chatgpt_claims, encode_unsigned};
+
+    fn chatgpt_account(id: &str, refreshed: i64) -> Account {
+        let t = encode_unsigned(&chatgpt_claims(id, "plus", "a@example.com", refreshed + 3600));
+        let auth = AuthDotJson::chatgpt(
+            TokenData {
+                id_token: t.clone().into(),
+                access_token: t.into(),
+                refresh_token: format!("rt-{id}-{refreshed}").into(),
+                account_id: Some(id.into()),
+                extra: Secret::default(),
+            },
+            OffsetDateTime::from_unix_timestamp(refreshed).unwrap(),
+            Map::new(),
+        );
+        Account::from_auth(&auth).unwrap()
+    }
+
+    #[test]
+    fn first_account_is_main_and_dedup_by_id() {
+        let mut s = Store::default();
+        assert_eq!(s.upsert(chatgpt_account("acc-1", 1000)), Upsert::Added);
+        assert_eq!(s.upsert(chatgpt_account("acc-2", 1000)), Upsert::Added);
+        assert_eq!(s.upsert(chatgpt_account("acc-1", 2000)), Upsert::Updated);
+        assert_eq!(s.upsert(chatgpt_account("acc-1", 1500)), Upsert::Unchanged);
+        assert_eq!(s.accounts.len(), 2);
+        assert_eq!(s.get("acc-1").unwrap().role, Role::Main);
+        assert_eq!(s.get("acc-2").unwrap().role, Role::Fallback);
+        assert_eq!(
+            s.get("acc-1").unwrap().tokens.as_ref().unwrap().refresh_token.expose(),
+            "rt-acc-1-2000"
+        );
+    }
+
+    #[test]
+    fn find_by_id_label_and_prefix() {
+        let mut s = Store::default();
+        s.upsert(chatgpt_account("acc-1", 1));
+        s.upsert(chatgpt_account("acc-2", 1));
+        s.get_mut("acc-2").unwrap().label = Some("work".into());
+        assert_eq!(s.find("acc-1").unwrap().id, "acc-1");
+        assert_eq!(s.find("work").unwrap().id, "acc-2");
+        assert!(matches!(s.find("acc"), Err(LookupError::Ambiguous { .. })));
+        assert!(matches!(s.find("zzz"), Err(LookupError::NotFound { .. })));
+        assert!(matches!(s.find(""), Err(LookupError::NotFound { .. })));
+    }
+
+    #[test]
+    fn removing_main_promotes_another() {
+        let mut s = Store::default();
+        s.upsert(chatgpt_account("acc-1", 1));
+        s.upsert(chatgpt_account("acc-2", 1));
+        s.published = Some("acc-1".into());
+        s.remove("acc-1").unwrap();
+        assert_eq!(s.published, None);
+        assert_eq!(s.main_account().unwrap().id, "acc-2");
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StoreFile::new(dir.path());
+        let mut doc = serde_json::to_value(Store::default()).unwrap();
+        doc["future_setting"] = serde_json::json!({"on": true});
+        let mut acc = serde_json::to_value(chatgpt_account("acc-1", 1)).unwrap();
+        acc["future_account_field"] = serde_json::json!(7);
+        doc["accounts"] = serde_json::json!([acc]);
+        std::fs::write(file.path(), doc.to_string()).unwrap();
+        file.update(|s| {
+            s.routing = Routing::FallbackFirst;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let saved: Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+        assert_eq!(saved["future_setting"]["on"], true);
+        assert_eq!(saved["accounts"][0]["future_account_field"], 7);
+        assert_eq!(saved["routing"], "fallback-first");
+    }
+
+    #[test]
+    fn unreadable_stores_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StoreFile::new(dir.path());
+        for bad in [
+            &b"{\"version\":1,\"accounts\":["[..],
+            b"{\"version\":1,\"routing\":\"sideways\"}",
+            b"{\"version\":99}",
+            b"",
+        ] {
+            std::fs::write(file.path(), bad).unwrap();
+            let err = file
+                .update(|s| {
+                    s.routing = Routing::FallbackFirst;
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("accounts.json"), "{err}");
+            assert_eq!(std::fs::read(file.path()).unwrap(), bad);
+        }
+    }
+
+    #[test]
+    fn debug_of_store_holds_no_secret() {
+        let mut s = Store::default();
+        s.upsert(chatgpt_account("acc-1", 1));
+        let a = s.get("acc-1").unwrap().clone();
+        let dbg = format!("{s:?}");
+        let t = a.tokens.unwrap();
+        assert!(!dbg.contains(t.refresh_token.expose().as_str()));
+        assert!(!dbg.contains(t.access_token.expose().as_str()));
+    }
+}
