@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use crate::codex_auth::{AuthState, CodexHome, Replace, Snapshot};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::codex_auth::{AuthDotJson, AuthState, CodexHome, Replace, Snapshot};
 use crate::fsutil::FsError;
 use crate::json::JsonProblem;
 use crate::store::{Account, Store, Upsert};
@@ -72,9 +75,12 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
             Some(auth) if same_account => auth.extra.expose().clone(),
             _ => account.codex_extra.expose().clone(),
         };
-        let Some(new) = account.to_auth(extra) else {
+        let Some(mut new) = account.to_auth(extra) else {
             return Err(PublishError::Unknown(id.to_owned()));
         };
+        if let Some(auth) = current.filter(|_| same_account) {
+            keep_timestamp_spelling(auth, &mut new);
+        }
         if same_account && current.is_some_and(|auth| *auth == new) {
             store.published = Some(id.to_owned());
             return Ok(Published {
@@ -94,4 +100,19 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
         }
     }
     Err(PublishError::Busy(codex.auth_path()))
+}
+
+/// Codex and the broker spell the same instant with different sub-second
+/// digits; an unchanged `last_refresh` keeps the file's spelling so that an
+/// unchanged account is not rewritten.
+fn keep_timestamp_spelling(current: &AuthDotJson, new: &mut AuthDotJson) {
+    let instant = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+    };
+    if instant(&current.last_refresh).is_some()
+        && instant(&current.last_refresh) == instant(&new.last_refresh)
+    {
+        new.last_refresh.clone_from(&current.last_refresh);
+    }
 }

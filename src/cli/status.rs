@@ -111,7 +111,7 @@ fn daemon_line(daemon: &Daemon) -> String {
     if daemon.running {
         format!("running (socket {})", daemon.socket.display())
     } else {
-        "not running (start it with: codex-broker serve)".into()
+        format!("not running (no daemon at {})", daemon.socket.display())
     }
 }
 

@@ -1,0 +1,145 @@
+//! Interop with the real Codex CLI, run offline in a private network
+//! namespace against the fake upstream.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::fake_upstream::FakeUpstream;
+use crate::support::{TestAccount, TestEnv, codex_bin};
+
+/// Re-runs the calling test inside `unshare -rn` with only loopback up, so
+/// nothing it starts can reach another host. Returns true inside.
+fn isolated(test: &str) -> bool {
+    if std::env::var_os("CODEX_BROKER_TEST_NETNS").is_some() {
+        return true;
+    }
+    let name = test.split_once("::").map_or(test, |(_, rest)| rest);
+    let status = Command::new("unshare")
+        .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("CODEX_BROKER_TEST_NETNS", "1")
+        .status()
+        .expect("unshare runs");
+    assert!(status.success(), "the isolated run of {name} failed");
+    false
+}
+
+macro_rules! isolated {
+    ($name:ident) => {
+        if !isolated(concat!(module_path!(), "::", stringify!($name))) {
+            return;
+        }
+    };
+}
+
+fn codex(env: &TestEnv) -> Command {
+    let mut cmd = Command::new(codex_bin());
+    cmd.env_clear()
+        .env("HOME", env.user_home())
+        .env("CODEX_HOME", env.codex_home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(env.dir.path());
+    cmd
+}
+
+/// `codex login status`: exit status and first line.
+fn codex_login_status(env: &TestEnv) -> (bool, String) {
+    let out = codex(env).args(["login", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with("WARNING"))
+        .unwrap_or_default()
+        .to_owned();
+    (out.status.success(), line)
+}
+
+fn codex_config(env: &TestEnv, upstream: &FakeUpstream) {
+    std::fs::create_dir_all(env.codex_home()).unwrap();
+    std::fs::write(
+        env.codex_home().join("config.toml"),
+        format!(
+            "openai_base_url = \"{0}/codex\"\nchatgpt_base_url = \"{0}/backend-api/\"\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+}
+
+fn assert_codex_logged_in(env: &TestEnv, expected: &str) {
+    let (ok, line) = codex_login_status(env);
+    assert!(ok, "codex login status failed: {line}");
+    assert!(line.starts_with(expected), "codex login status said: {line}");
+}
+
+#[test]
+fn codex_refreshed_auth_is_imported_switched_and_still_accepted() {
+    isolated!(codex_refreshed_auth_is_imported_switched_and_still_accepted);
+    let env = TestEnv::new();
+    let upstream = FakeUpstream::start();
+    // An access token inside Codex's 5-minute window: Codex refreshes it
+    // itself and rewrites auth.json.
+    let account = TestAccount::new("acc-codex").expiring_in(60);
+    upstream.add_account(&account);
+    env.write_codex_auth(&account);
+    codex_config(&env, &upstream);
+    let out = codex(&env)
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", format!("{}/oauth/token", upstream.url()))
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+    let written_by_codex = env.read_auth();
+    assert_eq!(written_by_codex["tokens"]["refresh_token"], "rt-acc-codex-1");
+
+    env.ok(&["import"]);
+    let store = env.read_store();
+    assert_eq!(store["published"], "acc-codex");
+    assert_eq!(store["accounts"][0]["tokens"]["refresh_token"], "rt-acc-codex-1");
+    assert_eq!(env.read_auth(), written_by_codex, "import leaves Codex's file as it was");
+
+    env.ok(&["import", crate::support::fixture("auth/chatgpt.json").to_str().unwrap()]);
+    env.ok(&["accounts", "switch", "acc-fixture-1"]);
+    assert_eq!(env.read_auth()["tokens"]["account_id"], "acc-fixture-1");
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+
+    env.ok(&["accounts", "switch", "acc-codex"]);
+    let republished = env.read_auth();
+    assert_eq!(republished["tokens"], written_by_codex["tokens"]);
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    assert!(upstream.reused_tokens().is_empty());
+}
+
+#[test]
+fn codex_api_key_login_is_imported_and_switched_back_and_forth() {
+    isolated!(codex_api_key_login_is_imported_and_switched_back_and_forth);
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.codex_home()).unwrap();
+    let mut login = codex(&env)
+        .args(["login", "--with-api-key"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-interop-key\n")
+        .unwrap();
+    assert!(login.wait().unwrap().success());
+    assert_eq!(env.read_auth()["auth_mode"], "apikey");
+
+    let imported = env.ok(&["import"]);
+    assert!(imported.contains("Imported account apikey-"), "{imported}");
+    env.ok(&["import", crate::support::fixture("auth/chatgpt.json").to_str().unwrap()]);
+    env.ok(&["accounts", "switch", "acc-fixture-1"]);
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    env.ok(&["accounts", "switch", "apikey"]);
+    assert_eq!(env.read_auth()["OPENAI_API_KEY"], "sk-interop-key");
+    assert_codex_logged_in(&env, "API key configured");
+}

@@ -1,0 +1,264 @@
+//! A fake OAuth issuer and Codex backend on 127.0.0.1:0 that records every
+//! request. Refresh tokens rotate and are single-use, as the real issuer's.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use super::{TestAccount, now};
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Issued {
+    account: TestAccount,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    requests: Vec<Recorded>,
+    /// Refresh tokens that may still be spent, and what they belong to.
+    live: HashMap<String, Issued>,
+    /// Refresh tokens already spent.
+    spent: HashSet<String>,
+    /// Refresh requests that presented a spent token.
+    reused: Vec<String>,
+    token_lifetime: i64,
+}
+
+/// The running fake; it stops when dropped.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl FakeUpstream {
+    pub fn start() -> FakeUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            token_lifetime: 3600,
+            ..State::default()
+        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = accept_loop(listener, served) => {}
+                }
+            });
+        });
+        FakeUpstream {
+            addr,
+            state,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Makes `account`'s current refresh token valid at this issuer.
+    pub fn add_account(&self, account: &TestAccount) {
+        self.state.lock().unwrap().live.insert(
+            account.refresh_token.clone(),
+            Issued {
+                account: account.clone(),
+                generation: 0,
+            },
+        );
+    }
+
+    /// Lifetime of the access tokens a refresh hands out, in seconds.
+    pub fn set_token_lifetime(&self, seconds: i64) {
+        self.state.lock().unwrap().token_lifetime = seconds;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Refresh tokens that were presented again after being spent.
+    pub fn reused_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().reused.clone()
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, state.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Body = Full<Bytes>;
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let recorded = Recorded {
+        method,
+        path,
+        headers,
+        body,
+    };
+    state.lock().unwrap().requests.push(recorded.clone());
+    Ok(match (recorded.method.as_str(), recorded.path.as_str()) {
+        ("POST", "/oauth/token") => token(&recorded, &state),
+        ("POST", p) if p.ends_with("/responses") => sse(),
+        ("GET", p) if p.ends_with("/responses") => {
+            json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}))
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    })
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn oauth_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+    )
+}
+
+fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
+    let body = req.json();
+    if body["grant_type"] != "refresh_token" {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "unsupported grant");
+    }
+    let presented = body["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let mut state = state.lock().unwrap();
+    let Some(issued) = state.live.remove(&presented) else {
+        if state.spent.contains(&presented) {
+            state.reused.push(presented);
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "Your refresh token has already been used to generate a new access token. Please try signing in again.",
+            );
+        }
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "refresh_token_invalidated",
+            "Your refresh token was invalidated.",
+        );
+    };
+    state.spent.insert(presented);
+    let generation = issued.generation + 1;
+    let mut account = issued.account;
+    account.refresh_token = format!("rt-{}-{generation}", account.id);
+    account.expires_at = now() + state.token_lifetime;
+    let access = encode_unsigned(&chatgpt_claims(
+        &account.id,
+        &account.plan,
+        &account.email,
+        account.expires_at,
+    ));
+    let response = json!({
+        "id_token": account.id_token(),
+        "access_token": access,
+        "refresh_token": account.refresh_token,
+        "expires_in": state.token_lifetime,
+    });
+    state.live.insert(
+        account.refresh_token.clone(),
+        Issued {
+            account,
+            generation,
+        },
+    );
+    json_response(StatusCode::OK, response)
+}
+
+/// A short Responses stream: created, one assistant message, completed.
+fn sse() -> Response<Body> {
+    let events = [
+        json!({"type": "response.created", "response": {"id": "resp_fake"}}),
+        json!({"type": "response.output_item.done", "item": {
+            "type": "message", "role": "assistant", "id": "msg_fake",
+            "content": [{"type": "output_text", "text": "hello from the fake backend"}]
+        }}),
+        json!({"type": "response.completed", "response": {"id": "resp_fake", "usage": {
+            "input_tokens": 1, "input_tokens_details": null, "output_tokens": 1,
+            "output_tokens_details": null, "total_tokens": 2
+        }}}),
+    ];
+    let body: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}

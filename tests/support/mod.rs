@@ -1,0 +1,201 @@
+//! Shared test support: temporary homes, the binary under test, generated
+//! credentials and fake upstreams.
+
+#![allow(dead_code)]
+
+pub mod fake_upstream;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
+use tempfile::TempDir;
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A user with an empty HOME in a temporary directory; the broker home and
+/// Codex home take their default places below it.
+pub struct TestEnv {
+    pub dir: TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("codex-broker-test.")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("user")).unwrap();
+        TestEnv { dir }
+    }
+
+    pub fn user_home(&self) -> PathBuf {
+        self.dir.path().join("user")
+    }
+
+    pub fn broker_home(&self) -> PathBuf {
+        self.user_home().join(".config/codex-broker")
+    }
+
+    pub fn codex_home(&self) -> PathBuf {
+        self.user_home().join(".codex")
+    }
+
+    pub fn auth_path(&self) -> PathBuf {
+        self.codex_home().join("auth.json")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.broker_home().join("accounts.json")
+    }
+
+    /// The binary with a cleared environment and only this user's HOME.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("codex-broker").unwrap();
+        cmd.env_clear()
+            .env("HOME", self.user_home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs the binary and asserts it succeeded, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{}",
+            self.render(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Exit status, stdout and stderr in one text, with the temporary
+    /// directory replaced by `[TMP]`, for snapshots.
+    pub fn render(&self, out: &Output) -> String {
+        let text = format!(
+            "exit: {}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code().map_or("signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let real = self
+            .dir
+            .path()
+            .canonicalize()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| dir.clone());
+        text.replace(&real, "[TMP]").replace(&dir, "[TMP]")
+    }
+
+    pub fn snapshot(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        self.render(&out)
+    }
+
+    /// Writes a Codex-format auth.json for `account` into the Codex home.
+    pub fn write_codex_auth(&self, account: &TestAccount) {
+        std::fs::create_dir_all(self.codex_home()).unwrap();
+        std::fs::write(self.auth_path(), account.auth_json()).unwrap();
+    }
+
+    pub fn read_auth(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.auth_path()).unwrap()).unwrap()
+    }
+
+    pub fn read_store(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.store_path()).unwrap()).unwrap()
+    }
+}
+
+/// A ChatGPT account whose tokens the tests make up.
+#[derive(Debug, Clone)]
+pub struct TestAccount {
+    pub id: String,
+    pub email: String,
+    pub plan: String,
+    /// Access-token expiry, unix seconds.
+    pub expires_at: i64,
+    pub refresh_token: String,
+    pub last_refresh: String,
+}
+
+impl TestAccount {
+    pub fn new(id: &str) -> TestAccount {
+        TestAccount {
+            id: id.into(),
+            email: format!("{id}@example.com"),
+            plan: "plus".into(),
+            expires_at: now() + 3600,
+            refresh_token: format!("rt-{id}-0"),
+            last_refresh: "2026-11-22T14:59:16.513947230Z".into(),
+        }
+    }
+
+    pub fn expiring_in(mut self, seconds: i64) -> Self {
+        self.expires_at = now() + seconds;
+        self
+    }
+
+    pub fn access_token(&self) -> String {
+        encode_unsigned(&chatgpt_claims(&self.id, &self.plan, &self.email, self.expires_at))
+    }
+
+    pub fn id_token(&self) -> String {
+        encode_unsigned(&chatgpt_claims(&self.id, &self.plan, &self.email, self.expires_at))
+    }
+
+    pub fn auth_json(&self) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "auth_mode": "chatgpt",
+            "OPENAI_API_KEY": null,
+            "tokens": {
+                "id_token": self.id_token(),
+                "access_token": self.access_token(),
+                "refresh_token": self.refresh_token,
+                "account_id": self.id,
+            },
+            "last_refresh": self.last_refresh,
+        }))
+        .unwrap()
+    }
+}
+
+/// Where the real Codex CLI is, installed by `scripts/test` (or named by
+/// `CODEX_BIN`).
+pub fn codex_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CODEX_BIN") {
+        return PathBuf::from(bin);
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/codex/package/vendor/x86_64-unknown-linux-musl/bin/codex");
+    assert!(
+        installed.exists(),
+        "the Codex CLI is not installed at {}: run scripts/test (it installs it from npm), \
+         or set CODEX_BIN",
+        installed.display()
+    );
+    installed
+}
