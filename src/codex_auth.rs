@@ -146,9 +146,8 @@ impl AuthDotJson {
             .last_refresh
             .as_deref()
             .map(|s| {
-                OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-                    JsonProblem::field("last_refresh", "not an RFC 3339 timestamp")
-                })
+                OffsetDateTime::parse(s, &Rfc3339)
+                    .map_err(|_| JsonProblem::field("last_refresh", "not an RFC 3339 timestamp"))
             })
             .transpose()?;
         let expires_at = jwt::decode(tokens.access_token.expose())
@@ -163,7 +162,11 @@ impl AuthDotJson {
     }
 
     /// A ChatGPT-mode file, in the shape Codex writes.
-    pub fn chatgpt(tokens: TokenData, last_refresh: OffsetDateTime, extra: Map<String, Value>) -> Self {
+    pub fn chatgpt(
+        tokens: TokenData,
+        last_refresh: OffsetDateTime,
+        extra: Map<String, Value>,
+    ) -> Self {
         AuthDotJson {
             auth_mode: Some(MODE_CHATGPT.into()),
             openai_api_key: None,
@@ -275,7 +278,9 @@ impl CodexHome {
     /// Reads auth.json without locks: Codex replaces it by rename, so a read
     /// always sees a whole file.
     pub fn read(&self) -> Result<Snapshot, FsError> {
-        Ok(Snapshot::from_raw(fsutil::read_optional(&self.auth_path())?))
+        Ok(Snapshot::from_raw(fsutil::read_optional(
+            &self.auth_path(),
+        )?))
     }
 
     /// Writes `new` if the file still holds what `expected` saw, under Codex's
@@ -381,7 +386,10 @@ mod tests {
             Replace::Written => panic!("must not overwrite a changed file"),
         }
         let snap = home.read().unwrap();
-        assert!(matches!(home.replace(&snap, &new).unwrap(), Replace::Written));
+        assert!(matches!(
+            home.replace(&snap, &new).unwrap(),
+            Replace::Written
+        ));
         let written = AuthDotJson::parse(&std::fs::read(home.auth_path()).unwrap()).unwrap();
         assert_eq!(written, new);
     }

@@ -77,8 +77,10 @@ pub fn timestamp(at: i64) -> String {
     OffsetDateTime::from_unix_timestamp(at)
         .ok()
         .and_then(|t| {
-            t.format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
-                .ok()
+            t.format(format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .ok()
         })
         .unwrap_or_else(|| at.to_string())
 }

@@ -264,12 +264,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
         let held = lock_exclusive(&path).unwrap();
-        let err = lock_exclusive_within(
-            &path,
-            Duration::from_millis(30),
-            Duration::from_millis(5),
-        )
-        .unwrap_err();
+        let err = lock_exclusive_within(&path, Duration::from_millis(30), Duration::from_millis(5))
+            .unwrap_err();
         assert!(err.to_string().contains("timed out"), "{err}");
         drop(held);
         lock_exclusive_within(&path, Duration::from_millis(30), Duration::from_millis(5)).unwrap();

@@ -104,14 +104,30 @@ mod tests {
         let p = parse::<Outer>(br#"{"inner":{"n":"sk-secret-value"}}"#).unwrap_err();
         assert_eq!(p.field.as_deref(), Some("inner.n"));
         assert!(!p.to_string().contains("sk-secret"), "{p}");
-        assert!(p.reason.contains("invalid type: string, expected u32"), "{p}");
+        assert!(
+            p.reason.contains("invalid type: string, expected u32"),
+            "{p}"
+        );
     }
 
     #[test]
     fn tells_empty_truncated_and_syntax_apart() {
-        assert_eq!(parse::<Outer>(b"  \n").unwrap_err().reason, "the file is empty");
-        assert!(parse::<Outer>(b"{\"inner\":").unwrap_err().reason.contains("ends early"));
-        assert!(parse::<Outer>(b"{,}").unwrap_err().reason.contains("not valid JSON"));
+        assert_eq!(
+            parse::<Outer>(b"  \n").unwrap_err().reason,
+            "the file is empty"
+        );
+        assert!(
+            parse::<Outer>(b"{\"inner\":")
+                .unwrap_err()
+                .reason
+                .contains("ends early")
+        );
+        assert!(
+            parse::<Outer>(b"{,}")
+                .unwrap_err()
+                .reason
+                .contains("not valid JSON")
+        );
     }
 
     #[test]

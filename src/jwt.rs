@@ -90,7 +90,9 @@ pub fn decode(token: &str) -> Result<Claims, JwtError> {
         plan,
         user_id,
         email: raw.email.or(raw.profile.and_then(|p| p.email)),
-        exp: raw.exp.and_then(|n| n.as_i64().or(n.as_f64().map(|f| f as i64))),
+        exp: raw
+            .exp
+            .and_then(|n| n.as_i64().or(n.as_f64().map(|f| f as i64))),
     })
 }
 
@@ -121,7 +123,12 @@ mod tests {
 
     #[test]
     fn decodes_chatgpt_claims() {
-        let t = encode_unsigned(&chatgpt_claims("acc-1", "plus", "a@example.com", 1_900_000_000));
+        let t = encode_unsigned(&chatgpt_claims(
+            "acc-1",
+            "plus",
+            "a@example.com",
+            1_900_000_000,
+        ));
         let c = decode(&t).unwrap();
         assert_eq!(c.account_id.as_deref(), Some("acc-1"));
         assert_eq!(c.plan.as_deref(), Some("plus"));

@@ -41,7 +41,11 @@ impl Paths {
             Some(h) => h,
             None => match absolute_env("XDG_CONFIG_HOME") {
                 Some(config) => config.join(APP_DIR),
-                None => user_home.clone().ok_or(NoHomeDir)?.join(".config").join(APP_DIR),
+                None => user_home
+                    .clone()
+                    .ok_or(NoHomeDir)?
+                    .join(".config")
+                    .join(APP_DIR),
             },
         };
         let codex_home = match overrides.codex_home {

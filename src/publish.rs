@@ -18,9 +18,7 @@ const ATTEMPTS: usize = 5;
 pub enum PublishError {
     #[error(transparent)]
     Fs(#[from] FsError),
-    #[error(
-        "{path}: {problem}; it was left untouched: fix it or move it away, then try again"
-    )]
+    #[error("{path}: {problem}; it was left untouched: fix it or move it away, then try again")]
     InvalidAuth { path: PathBuf, problem: JsonProblem },
     #[error("account {0} is not in the store")]
     Unknown(String),
@@ -68,7 +66,9 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
         {
             adopted.push(adopted_id);
         }
-        let account = store.get(id).ok_or_else(|| PublishError::Unknown(id.to_owned()))?;
+        let account = store
+            .get(id)
+            .ok_or_else(|| PublishError::Unknown(id.to_owned()))?;
         let current = snapshot.valid();
         let same_account = snapshot.account_id().as_deref() == Some(id);
         let extra = match current {

@@ -177,7 +177,10 @@ impl Account {
                 expires_at,
                 last_refresh,
             } => {
-                let t = auth.tokens.as_ref().expect("validated ChatGPT file has tokens");
+                let t = auth
+                    .tokens
+                    .as_ref()
+                    .expect("validated ChatGPT file has tokens");
                 account.id = account_id;
                 account.email = id_claims.email;
                 account.plan = id_claims.plan;
@@ -312,13 +315,20 @@ impl Store {
         if let Some(a) = self.get(query) {
             return Ok(a);
         }
-        if let Some(a) = self.accounts.iter().find(|a| a.label.as_deref() == Some(query)) {
+        if let Some(a) = self
+            .accounts
+            .iter()
+            .find(|a| a.label.as_deref() == Some(query))
+        {
             return Ok(a);
         }
         let matches: Vec<&Account> = if query.is_empty() {
             Vec::new()
         } else {
-            self.accounts.iter().filter(|a| a.id.starts_with(query)).collect()
+            self.accounts
+                .iter()
+                .filter(|a| a.id.starts_with(query))
+                .collect()
         };
         match matches.as_slice() {
             [one] => Ok(one),
@@ -327,12 +337,20 @@ impl Store {
                 known: if self.accounts.is_empty() {
                     "none".to_owned()
                 } else {
-                    self.accounts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")
+                    self.accounts
+                        .iter()
+                        .map(|a| a.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
             }),
             many => Err(LookupError::Ambiguous {
                 query: query.to_owned(),
-                matches: many.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", "),
+                matches: many
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -364,7 +382,11 @@ impl Store {
     /// Makes `id` the main account; the previous main becomes a fallback.
     pub fn make_main(&mut self, id: &str) {
         for a in &mut self.accounts {
-            a.role = if a.id == id { Role::Main } else { Role::Fallback };
+            a.role = if a.id == id {
+                Role::Main
+            } else {
+                Role::Fallback
+            };
         }
     }
 
@@ -486,7 +508,12 @@ mod tests {
     use crate::jwt::{chatgpt_claims, encode_unsigned};
 
     fn chatgpt_account(id: &str, refreshed: i64) -> Account {
-        let t = encode_unsigned(&chatgpt_claims(id, "plus", "a@example.com", refreshed + 3600));
+        let t = encode_unsigned(&chatgpt_claims(
+            id,
+            "plus",
+            "a@example.com",
+            refreshed + 3600,
+        ));
         let auth = AuthDotJson::chatgpt(
             TokenData {
                 id_token: t.clone().into(),
@@ -512,7 +539,13 @@ mod tests {
         assert_eq!(s.get("acc-1").unwrap().role, Role::Main);
         assert_eq!(s.get("acc-2").unwrap().role, Role::Fallback);
         assert_eq!(
-            s.get("acc-1").unwrap().tokens.as_ref().unwrap().refresh_token.expose(),
+            s.get("acc-1")
+                .unwrap()
+                .tokens
+                .as_ref()
+                .unwrap()
+                .refresh_token
+                .expose(),
             "rt-acc-1-2000"
         );
     }

@@ -87,7 +87,10 @@ fn list(paths: &Paths, json: bool) -> anyhow::Result<()> {
     }
     let mut text = table.render();
     if store.published.is_some() {
-        text.push_str(&format!("\n* published to {}\n", paths.codex().auth_path().display()));
+        text.push_str(&format!(
+            "\n* published to {}\n",
+            paths.codex().auth_path().display()
+        ));
     }
     Ok(super::print(&text)?)
 }
@@ -147,7 +150,10 @@ fn remove(paths: &Paths, query: &str) -> anyhow::Result<()> {
         let new_main = store.main_account().map(|a| a.name().to_owned());
         Ok::<_, anyhow::Error>((removed, new_main))
     })?;
-    let mut text = format!("Removed {} and its credentials from the store.\n", removed.name());
+    let mut text = format!(
+        "Removed {} and its credentials from the store.\n",
+        removed.name()
+    );
     if let Some(main) = new_main.filter(|_| removed.role == Role::Main) {
         text.push_str(&format!("{main} is now the main account.\n"));
     }

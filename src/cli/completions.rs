@@ -14,6 +14,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut buffer = Vec::new();
-    clap_complete::generate(args.shell, &mut super::command(), "codex-broker", &mut buffer);
+    clap_complete::generate(
+        args.shell,
+        &mut super::command(),
+        "codex-broker",
+        &mut buffer,
+    );
     Ok(super::print(&String::from_utf8_lossy(&buffer))?)
 }

@@ -61,12 +61,23 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 
     let mut text = match outcome {
         Upsert::Added => format!("Imported account {summary}.\n"),
-        Upsert::Updated => format!("Updated account {summary} with the tokens of {}.\n", path.display()),
-        Upsert::Unchanged => format!("Account {summary} is up to date; the store's tokens are as new or newer.\n"),
+        Upsert::Updated => format!(
+            "Updated account {summary} with the tokens of {}.\n",
+            path.display()
+        ),
+        Upsert::Unchanged => {
+            format!("Account {summary} is up to date; the store's tokens are as new or newer.\n")
+        }
     };
     match published {
-        Some(p) if p.written => text.push_str(&format!("Published it to {}.\n", codex.auth_path().display())),
-        Some(_) => text.push_str(&format!("{} holds this account.\n", codex.auth_path().display())),
+        Some(p) if p.written => text.push_str(&format!(
+            "Published it to {}.\n",
+            codex.auth_path().display()
+        )),
+        Some(_) => text.push_str(&format!(
+            "{} holds this account.\n",
+            codex.auth_path().display()
+        )),
         None => text.push_str(&format!(
             "To publish it to {}, run: codex-broker accounts switch {id}\n",
             codex.auth_path().display()
@@ -91,11 +102,6 @@ fn describe(account: &Account) -> String {
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    let canonical = |p: &Path| {
-        resolve_symlinks(p)
-            .ok()
-            .and_then(|p| p.canonicalize().ok())
-    };
+    let canonical = |p: &Path| resolve_symlinks(p).ok().and_then(|p| p.canonicalize().ok());
     a == b || matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
 }
-

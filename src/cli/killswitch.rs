@@ -50,11 +50,17 @@ impl FromStr for Spec {
         let (account, numbers) = s.rsplit_once(':').ok_or_else(usage)?;
         let (five_hour, weekly) = numbers.split_once(',').ok_or_else(usage)?;
         let percent = |text: &str, name: &str| -> Result<f64, String> {
-            let value: f64 = text.trim().trim_end_matches('%').parse().map_err(|_| usage())?;
+            let value: f64 = text
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| usage())?;
             if (0.0..=100.0).contains(&value) {
                 Ok(value)
             } else {
-                Err(format!("in `{s}`: the {name} threshold must be between 0 and 100"))
+                Err(format!(
+                    "in `{s}`: the {name} threshold must be between 0 and 100"
+                ))
             }
         };
         if account.is_empty() {
@@ -119,14 +125,25 @@ mod tests {
     fn parses_specs() {
         let s: Spec = "work:80,95".parse().unwrap();
         assert_eq!(s.account, "work");
-        assert_eq!(s.limits, Limits { five_hour: 80.0, weekly: 95.0 });
+        assert_eq!(
+            s.limits,
+            Limits {
+                five_hour: 80.0,
+                weekly: 95.0
+            }
+        );
         let s: Spec = "a:b:50%,60.5".parse().unwrap();
         assert_eq!(s.account, "a:b");
         assert_eq!(s.limits.weekly, 60.5);
         assert!("work".parse::<Spec>().is_err());
         assert!("work:80".parse::<Spec>().is_err());
         assert!(":80,90".parse::<Spec>().is_err());
-        assert!("w:101,90".parse::<Spec>().unwrap_err().contains("between 0 and 100"));
+        assert!(
+            "w:101,90"
+                .parse::<Spec>()
+                .unwrap_err()
+                .contains("between 0 and 100")
+        );
         assert!("w:x,90".parse::<Spec>().is_err());
     }
 }

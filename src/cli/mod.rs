@@ -160,17 +160,18 @@ fn init_logging(verbose: u8) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let paths = Paths::resolve(Overrides {
+    let overrides = Overrides {
         home: cli.home,
         codex_home: cli.codex_home,
         socket: cli.socket,
-    })?;
+    };
+    let paths = || Paths::resolve(overrides.clone());
     match cli.command {
-        Command::Import(args) => import::run(&paths, args),
-        Command::Accounts(args) => accounts::run(&paths, args),
-        Command::Status(args) => status::run(&paths, args),
-        Command::Routing(args) => routing::run(&paths, args),
-        Command::Killswitch(args) => killswitch::run(&paths, args),
+        Command::Import(args) => import::run(&paths()?, args),
+        Command::Accounts(args) => accounts::run(&paths()?, args),
+        Command::Status(args) => status::run(&paths()?, args),
+        Command::Routing(args) => routing::run(&paths()?, args),
+        Command::Killswitch(args) => killswitch::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -89,11 +89,19 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 
 fn render(status: &Status, store: &Store, now: i64) -> String {
     let mut head = Table::new(&["Daemon:", &daemon_line(&status.daemon)]);
-    head.row(vec!["auth.json:".into(), auth_line(&status.codex_auth, store)]);
+    head.row(vec![
+        "auth.json:".into(),
+        auth_line(&status.codex_auth, store),
+    ]);
     head.row(vec!["Routing:".into(), status.routing.to_string()]);
     head.row(vec![
         "Killswitch:".into(),
-        if status.killswitch.enabled { "on" } else { "off" }.into(),
+        if status.killswitch.enabled {
+            "on"
+        } else {
+            "off"
+        }
+        .into(),
     ]);
     let mut text = head.render();
     if store.accounts.is_empty() {
@@ -122,7 +130,9 @@ fn auth_line(auth: &CodexAuth, store: &Store) -> String {
         ("invalid", _, Some(problem)) => format!("{path} is invalid: {problem}"),
         (_, Some(id), _) => match store.get(id) {
             Some(a) => format!("{path} holds {}", a.name()),
-            None => format!("{path} holds {id}, which is not in the store (run: codex-broker import)"),
+            None => {
+                format!("{path} holds {id}, which is not in the store (run: codex-broker import)")
+            }
         },
         _ => path.to_string(),
     }
@@ -139,10 +149,11 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
         None => a.id.clone(),
     };
     let mut text = format!("{title}  {}  {}{published}\n", a.role, a.state);
-    let mut t = Table::new(&["  email", a.email.as_deref().unwrap_or("-")]);
-    t.row(vec!["  plan".into(), a.plan.clone().unwrap_or_else(|| a.kind.to_string())]);
+    let mut t = Fields::default();
+    t.row("email", a.email.as_deref().unwrap_or("-"));
+    t.row("plan", a.plan.clone().unwrap_or_else(|| a.kind.to_string()));
     if let Some(reason) = &a.state_reason {
-        t.row(vec!["  problem".into(), reason.clone()]);
+        t.row("problem", reason.clone());
     }
     let token = match a.expires_at {
         Some(at) if a.api_key.is_none() => format!(
@@ -152,29 +163,36 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
         ),
         _ => super::accounts::token_summary(a, now),
     };
-    t.row(vec!["  token".into(), token]);
+    t.row("token", token);
     if let Some(at) = a.last_refresh {
-        t.row(vec![
-            "  refreshed".into(),
-            display::relative(at.unix_timestamp(), now),
-        ]);
+        t.row("refreshed", display::relative(at.unix_timestamp(), now));
     }
     let quota = a.quota.as_ref();
-    t.row(vec!["  5h quota".into(), window_line(quota.and_then(|q| q.five_hour.as_ref()), now)]);
-    t.row(vec!["  weekly".into(), window_line(quota.and_then(|q| q.weekly.as_ref()), now)]);
+    t.row(
+        "5h quota",
+        window_line(quota.and_then(|q| q.five_hour.as_ref()), now),
+    );
+    t.row(
+        "weekly",
+        window_line(quota.and_then(|q| q.weekly.as_ref()), now),
+    );
     if let Some(q) = quota {
-        t.row(vec![
-            "  seen".into(),
-            format!("{} from {}", display::relative(q.observed_at, now), q.source),
-        ]);
+        t.row(
+            "seen",
+            format!(
+                "{} from {}",
+                display::relative(q.observed_at, now),
+                q.source
+            ),
+        );
     }
     if let Some(limits) = store.killswitch.limits.get(&a.id) {
-        t.row(vec![
-            "  killswitch".into(),
+        t.row(
+            "killswitch",
             format!("5h > {}%, weekly > {}%", limits.five_hour, limits.weekly),
-        ]);
+        );
     }
-    text.push_str(&t.render());
+    text.push_str(&t.0);
     text
 }
 
@@ -188,4 +206,15 @@ fn window_line(window: Option<&Window>, now: i64) -> String {
         line.push_str(&format!("  resets {}", display::relative(reset, now)));
     }
     line
+}
+
+/// `  label      value` lines with the values in one column across accounts.
+#[derive(Default)]
+struct Fields(String);
+
+impl Fields {
+    fn row(&mut self, label: &str, value: impl AsRef<str>) {
+        self.0
+            .push_str(&format!("  {label:<11}{}\n", value.as_ref()));
+    }
 }

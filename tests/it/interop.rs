@@ -46,7 +46,8 @@ fn codex(env: &TestEnv) -> Command {
 /// `codex login status`: exit status and first line.
 fn codex_login_status(env: &TestEnv) -> (bool, String) {
     let out = codex(env).args(["login", "status"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| !l.starts_with("WARNING"))
@@ -70,7 +71,10 @@ fn codex_config(env: &TestEnv, upstream: &FakeUpstream) {
 fn assert_codex_logged_in(env: &TestEnv, expected: &str) {
     let (ok, line) = codex_login_status(env);
     assert!(ok, "codex login status failed: {line}");
-    assert!(line.starts_with(expected), "codex login status said: {line}");
+    assert!(
+        line.starts_with(expected),
+        "codex login status said: {line}"
+    );
 }
 
 #[test]
@@ -85,23 +89,45 @@ fn codex_refreshed_auth_is_imported_switched_and_still_accepted() {
     env.write_codex_auth(&account);
     codex_config(&env, &upstream);
     let out = codex(&env)
-        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", format!("{}/oauth/token", upstream.url()))
+        .env(
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+            format!("{}/oauth/token", upstream.url()),
+        )
         .args(["exec", "--skip-git-repo-check", "say hello"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
     let written_by_codex = env.read_auth();
-    assert_eq!(written_by_codex["tokens"]["refresh_token"], "rt-acc-codex-1");
+    assert_eq!(
+        written_by_codex["tokens"]["refresh_token"],
+        "rt-acc-codex-1"
+    );
 
     env.ok(&["import"]);
     let store = env.read_store();
     assert_eq!(store["published"], "acc-codex");
-    assert_eq!(store["accounts"][0]["tokens"]["refresh_token"], "rt-acc-codex-1");
-    assert_eq!(env.read_auth(), written_by_codex, "import leaves Codex's file as it was");
+    assert_eq!(
+        store["accounts"][0]["tokens"]["refresh_token"],
+        "rt-acc-codex-1"
+    );
+    assert_eq!(
+        env.read_auth(),
+        written_by_codex,
+        "import leaves Codex's file as it was"
+    );
 
-    env.ok(&["import", crate::support::fixture("auth/chatgpt.json").to_str().unwrap()]);
+    env.ok(&[
+        "import",
+        crate::support::fixture("auth/chatgpt.json")
+            .to_str()
+            .unwrap(),
+    ]);
     env.ok(&["accounts", "switch", "acc-fixture-1"]);
     assert_eq!(env.read_auth()["tokens"]["account_id"], "acc-fixture-1");
     assert_codex_logged_in(&env, "Logged in using ChatGPT");
@@ -136,7 +162,12 @@ fn codex_api_key_login_is_imported_and_switched_back_and_forth() {
 
     let imported = env.ok(&["import"]);
     assert!(imported.contains("Imported account apikey-"), "{imported}");
-    env.ok(&["import", crate::support::fixture("auth/chatgpt.json").to_str().unwrap()]);
+    env.ok(&[
+        "import",
+        crate::support::fixture("auth/chatgpt.json")
+            .to_str()
+            .unwrap(),
+    ]);
     env.ok(&["accounts", "switch", "acc-fixture-1"]);
     assert_codex_logged_in(&env, "Logged in using ChatGPT");
     env.ok(&["accounts", "switch", "apikey"]);

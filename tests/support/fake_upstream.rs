@@ -194,9 +194,16 @@ fn oauth_error(status: StatusCode, code: &str, message: &str) -> Response<Body> 
 fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
     let body = req.json();
     if body["grant_type"] != "refresh_token" {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "unsupported grant");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "unsupported grant",
+        );
     }
-    let presented = body["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let presented = body["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let mut state = state.lock().unwrap();
     let Some(issued) = state.live.remove(&presented) else {
         if state.spent.contains(&presented) {

@@ -21,7 +21,9 @@ pub fn now() -> i64 {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// A user with an empty HOME in a temporary directory; the broker home and
@@ -139,7 +141,8 @@ pub struct TestAccount {
     /// Access-token expiry, unix seconds.
     pub expires_at: i64,
     pub refresh_token: String,
-    pub last_refresh: String,
+    /// When the tokens were last refreshed, unix seconds.
+    pub refreshed_at: i64,
 }
 
 impl TestAccount {
@@ -150,7 +153,7 @@ impl TestAccount {
             plan: "plus".into(),
             expires_at: now() + 3600,
             refresh_token: format!("rt-{id}-0"),
-            last_refresh: "2026-11-22T14:59:16.513947230Z".into(),
+            refreshed_at: now() - 300,
         }
     }
 
@@ -160,11 +163,21 @@ impl TestAccount {
     }
 
     pub fn access_token(&self) -> String {
-        encode_unsigned(&chatgpt_claims(&self.id, &self.plan, &self.email, self.expires_at))
+        encode_unsigned(&chatgpt_claims(
+            &self.id,
+            &self.plan,
+            &self.email,
+            self.expires_at,
+        ))
     }
 
     pub fn id_token(&self) -> String {
-        encode_unsigned(&chatgpt_claims(&self.id, &self.plan, &self.email, self.expires_at))
+        encode_unsigned(&chatgpt_claims(
+            &self.id,
+            &self.plan,
+            &self.email,
+            self.expires_at,
+        ))
     }
 
     pub fn auth_json(&self) -> String {
@@ -177,7 +190,9 @@ impl TestAccount {
                 "refresh_token": self.refresh_token,
                 "account_id": self.id,
             },
-            "last_refresh": self.last_refresh,
+            "last_refresh": codex_broker::codex_auth::format_timestamp(
+                time::OffsetDateTime::from_unix_timestamp(self.refreshed_at).unwrap()
+            ),
         }))
         .unwrap()
     }
