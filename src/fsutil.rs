@@ -85,7 +85,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .map_err(|e| FsError::new("cannot write", tmp.path(), e))?;
     tmp.persist(&target)
         .map_err(|e| FsError::new("cannot replace", &target, e.error))?;
-    sync_dir(&dir)
+    sync_dir(&dir)?;
+    remove_stale_temporaries(&dir, &name);
+    Ok(())
+}
+
+/// A writer killed between creating its temporary file and the rename
+/// leaves the file behind; one older than this is certainly abandoned.
+const STALE_TEMPORARY: Duration = Duration::from_secs(60);
+
+/// Removes temporary files of `name` abandoned by killed writers, so that
+/// no stray copy of a credential lingers. Failures are not errors: the
+/// write itself has already succeeded.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMPORARY);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), FsError> {
@@ -210,6 +242,31 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn abandoned_temporaries_are_removed_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        let stale = dir.path().join(".auth.json.abc123.tmp");
+        let fresh = dir.path().join(".auth.json.def456.tmp");
+        let unrelated = dir.path().join(".other.json.abc123.tmp");
+        for p in [&stale, &fresh, &unrelated] {
+            fs::write(p, b"left by a killed writer").unwrap();
+        }
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for p in [&stale, &unrelated] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        write_atomic(&path, b"new").unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists(), "a writer may still be using a fresh one");
+        assert!(unrelated.exists());
     }
 
     #[test]

@@ -9,7 +9,10 @@ fn walk(cmd: &mut clap::Command, prefix: &str, out: &mut String) {
     } else {
         format!("{prefix} {}", cmd.get_name())
     };
-    out.push_str(&format!("===== {name} --help\n{}\n", cmd.render_long_help()));
+    out.push_str(&format!(
+        "===== {name} --help\n{}\n",
+        cmd.render_long_help()
+    ));
     for sub in cmd.get_subcommands_mut() {
         if sub.get_name() != "help" {
             walk(sub, &name, out);

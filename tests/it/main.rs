@@ -4,5 +4,7 @@
 mod support;
 
 mod cli;
+mod concurrency;
+mod crash;
 mod docs;
 mod interop;

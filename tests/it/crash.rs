@@ -1,0 +1,105 @@
+//! SIGKILL at random moments while the broker rewrites auth.json and the
+//! account store: every file left behind is whole, old or new.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{TestAccount, TestEnv};
+
+/// A small xorshift generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn switch(env: &TestEnv, id: &str) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("codex-broker"));
+    cmd.env_clear()
+        .env("HOME", env.user_home())
+        .args(["accounts", "switch", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+#[test]
+fn sigkill_mid_write_leaves_old_or_new_files() {
+    let env = TestEnv::new();
+    for id in ["acc-a", "acc-b"] {
+        let path = env.dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, TestAccount::new(id).auth_json()).unwrap();
+        env.ok(&["import", path.to_str().unwrap()]);
+    }
+    // The two states each switch produces, and how long a switch takes.
+    let mut versions = Vec::new();
+    let mut took = Duration::ZERO;
+    for id in ["acc-a", "acc-b", "acc-a", "acc-b"] {
+        let started = Instant::now();
+        assert!(switch(&env, id).status().unwrap().success());
+        took += started.elapsed();
+        versions.push((
+            std::fs::read(env.auth_path()).unwrap(),
+            std::fs::read(env.store_path()).unwrap(),
+        ));
+    }
+    assert_eq!(versions[0], versions[2]);
+    assert_eq!(versions[1], versions[3]);
+    versions.truncate(2);
+    let window = (took / 4).as_micros() as u64;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}, kill window {window} µs");
+    let mut rng = Rng(seed);
+    let mut killed_alive = 0;
+    let mut rounds = 0;
+    const KILLS: usize = 250;
+    while killed_alive < KILLS && rounds < 4 * KILLS {
+        rounds += 1;
+        let round = rounds;
+        let target = if rng.next().is_multiple_of(2) {
+            "acc-a"
+        } else {
+            "acc-b"
+        };
+        let mut child = switch(&env, target).spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(rng.next() % window.max(1)));
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let status = child.wait().unwrap();
+        if std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+            killed_alive += 1;
+        }
+        let auth = std::fs::read(env.auth_path()).unwrap();
+        let store = std::fs::read(env.store_path()).unwrap();
+        assert!(
+            versions.iter().any(|(a, _)| *a == auth),
+            "round {round} (seed {seed}): auth.json is torn:\n{}",
+            String::from_utf8_lossy(&auth)
+        );
+        assert!(
+            versions.iter().any(|(_, s)| *s == store),
+            "round {round} (seed {seed}): the store is torn:\n{}",
+            String::from_utf8_lossy(&store)
+        );
+    }
+    eprintln!("{killed_alive} of {rounds} kills hit a running process");
+    assert_eq!(
+        killed_alive, KILLS,
+        "only {killed_alive} of {rounds} kills hit a running process (seed {seed})"
+    );
+    // The broker still works after all that.
+    env.ok(&["accounts", "switch", "acc-a"]);
+    assert_eq!(std::fs::read(env.auth_path()).unwrap(), versions[0].0);
+}
