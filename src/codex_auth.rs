@@ -396,10 +396,24 @@ mod tests {
 
     #[test]
     fn debug_never_shows_tokens() {
-        let auth = AuthDotJson::parse(chatgpt_file("acc-1").as_bytes()).unwrap();
-        let dbg = format!("{auth:?}");
-        assert!(!dbg.contains("rt-1"));
-        assert!(!dbg.contains(&token("acc-1", 1_900_000_000)));
-        assert!(!dbg.contains("kept"));
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        std::fs::write(home.auth_path(), chatgpt_file("acc-1")).unwrap();
+        let snapshot = home.read().unwrap();
+        let auth = snapshot.valid().unwrap().clone();
+        let tokens = auth.tokens.clone().unwrap();
+        let key = AuthDotJson::api_key("sk-secret-key".into(), Map::new());
+        for dbg in [
+            format!("{auth:?}"),
+            format!("{tokens:?}"),
+            format!("{snapshot:?}"),
+            format!("{:?}", snapshot.state),
+            format!("{key:?}"),
+        ] {
+            assert!(!dbg.contains("rt-1"), "{dbg}");
+            assert!(!dbg.contains("eyJ"), "{dbg}");
+            assert!(!dbg.contains("sk-secret"), "{dbg}");
+            assert!(!dbg.contains("kept"), "{dbg}");
+        }
     }
 }

@@ -622,9 +622,11 @@ mod tests {
         let mut s = Store::default();
         s.upsert(chatgpt_account("acc-1", 1));
         let a = s.get("acc-1").unwrap().clone();
-        let dbg = format!("{s:?}");
-        let t = a.tokens.unwrap();
-        assert!(!dbg.contains(t.refresh_token.expose().as_str()));
-        assert!(!dbg.contains(t.access_token.expose().as_str()));
+        let t = a.tokens.clone().unwrap();
+        for dbg in [format!("{s:?}"), format!("{a:?}"), format!("{t:?}")] {
+            assert!(!dbg.contains(t.refresh_token.expose().as_str()), "{dbg}");
+            assert!(!dbg.contains(t.access_token.expose().as_str()), "{dbg}");
+            assert!(!dbg.contains(t.id_token.expose().as_str()), "{dbg}");
+        }
     }
 }
