@@ -6,13 +6,16 @@
 
 pub mod cli;
 pub mod codex_auth;
+pub mod config;
 pub mod display;
 pub mod fsutil;
 pub mod json;
 pub mod jwt;
 pub mod paths;
 pub mod publish;
+pub mod oauth;
 pub mod quota;
+pub mod refresh;
 pub mod secret;
 pub mod store;
 pub mod view;

@@ -102,6 +102,17 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
     Err(PublishError::Busy(codex.auth_path()))
 }
 
+/// Writes the account `id` to auth.json again after its tokens changed, but
+/// only while auth.json holds that account: a deleted file (the user logged
+/// out) or another account (the user logged in elsewhere) is respected.
+/// Returns whether the file was written.
+pub fn republish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<bool, PublishError> {
+    if codex.read()?.account_id().as_deref() != Some(id) {
+        return Ok(false);
+    }
+    Ok(publish(codex, store, id)?.written)
+}
+
 /// Codex and the broker spell the same instant with different sub-second
 /// digits; an unchanged `last_refresh` keeps the file's spelling so that an
 /// unchanged account is not rewritten.

@@ -112,6 +112,10 @@ pub struct Tokens {
     pub codex_extra: Secret<Map<String, Value>>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn is_empty_secret_map(m: &Secret<Map<String, Value>>) -> bool {
     m.expose().is_empty()
 }
@@ -131,6 +135,12 @@ pub struct Account {
     pub state: State,
     #[serde(default)]
     pub state_reason: Option<String>,
+    /// While in `refresh_backoff`: no refresh is tried before this, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_until: Option<i64>,
+    /// Refresh failures in a row (transient ones; reset by a success).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refresh_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Tokens>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +172,8 @@ impl Account {
             role: Role::Fallback,
             state: State::Ok,
             state_reason: None,
+            backoff_until: None,
+            refresh_failures: 0,
             tokens: None,
             api_key: None,
             last_refresh: None,
@@ -223,6 +235,14 @@ impl Account {
         }
     }
 
+    /// Clears any refresh problem: the credentials are good again.
+    pub fn mark_ok(&mut self) {
+        self.state = State::Ok;
+        self.state_reason = None;
+        self.backoff_until = None;
+        self.refresh_failures = 0;
+    }
+
     /// The label if there is one, else the id.
     pub fn name(&self) -> &str {
         self.label.as_deref().unwrap_or(&self.id)
@@ -233,7 +253,8 @@ impl Account {
     /// anything changed.
     pub fn adopt_credentials(&mut self, newer: &Account) -> bool {
         debug_assert_eq!(self.id, newer.id);
-        if self.last_refresh > newer.last_refresh {
+        let same = self.tokens == newer.tokens && self.api_key == newer.api_key;
+        if same || self.last_refresh > newer.last_refresh {
             return false;
         }
         let before = self.clone();
@@ -248,8 +269,7 @@ impl Account {
         if newer.plan.is_some() {
             self.plan.clone_from(&newer.plan);
         }
-        self.state = State::Ok;
-        self.state_reason = None;
+        self.mark_ok();
         *self != before
     }
 }
