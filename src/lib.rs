@@ -16,6 +16,7 @@ pub mod publish;
 pub mod oauth;
 pub mod quota;
 pub mod refresh;
+pub mod routing;
 pub mod secret;
 pub mod store;
 pub mod view;

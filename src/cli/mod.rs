@@ -15,6 +15,7 @@ mod import;
 mod killswitch;
 mod routing;
 mod status;
+mod token;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -22,6 +23,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: the command line was wrong.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status: no account can serve; a login is needed.
+pub const EXIT_NEEDS_LOGIN: u8 = 3;
 
 const AFTER_HELP: &str = "\
 Files:
@@ -83,6 +86,7 @@ pub enum Command {
     Import(import::Args),
     Accounts(accounts::Args),
     Status(status::Args),
+    Token(token::Args),
     Routing(routing::Args),
     Killswitch(killswitch::Args),
     Completions(completions::Args),
@@ -106,6 +110,14 @@ impl Exit {
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
         Exit {
             code: EXIT_USAGE,
+            message: message.into(),
+        }
+        .into()
+    }
+
+    pub fn needs_login(message: impl Into<String>) -> anyhow::Error {
+        Exit {
+            code: EXIT_NEEDS_LOGIN,
             message: message.into(),
         }
         .into()
@@ -170,6 +182,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(&paths()?, args),
         Command::Accounts(args) => accounts::run(&paths()?, args),
         Command::Status(args) => status::run(&paths()?, args),
+        Command::Token(args) => token::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),

@@ -8,3 +8,4 @@ mod concurrency;
 mod crash;
 mod docs;
 mod interop;
+mod refresh;

@@ -2,9 +2,9 @@
 //! request. Refresh tokens rotate and are single-use, as the real issuer's.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
 use http_body_util::{BodyExt, Full};
@@ -38,8 +38,35 @@ struct Issued {
     generation: u64,
 }
 
+/// How `/oauth/token` answers refresh requests.
+#[derive(Debug, Clone, Default)]
+pub enum Refresh {
+    /// Rotate the refresh token and answer at once.
+    #[default]
+    Rotate,
+    /// Answer with this status and JSON body; nothing rotates.
+    Fail(u16, Value),
+    /// Rotate (the old token is spent from then on), then answer only after
+    /// this long: a client that dies meanwhile never learns the new tokens.
+    RotateThenDelay(Duration),
+    /// Close the connection without an answer; nothing rotates.
+    Drop,
+}
+
+impl Refresh {
+    /// A failure in the issuer's real body shape.
+    pub fn error(status: u16, code: &str) -> Refresh {
+        Refresh::Fail(
+            status,
+            json!({"error": {"message": format!("fake issuer says {code}"),
+                "type": "invalid_request_error", "param": null, "code": code}}),
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    refresh: Refresh,
     requests: Vec<Recorded>,
     /// Refresh tokens that may still be spent, and what they belong to.
     live: HashMap<String, Issued>,
@@ -54,6 +81,7 @@ struct State {
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    arrived: Arc<Condvar>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -66,8 +94,9 @@ impl FakeUpstream {
             token_lifetime: 3600,
             ..State::default()
         }));
+        let arrived = Arc::new(Condvar::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = state.clone();
+        let served = (state.clone(), arrived.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -84,6 +113,7 @@ impl FakeUpstream {
         FakeUpstream {
             addr,
             state,
+            arrived,
             _stop: stop,
         }
     }
@@ -108,6 +138,23 @@ impl FakeUpstream {
         self.state.lock().unwrap().token_lifetime = seconds;
     }
 
+    pub fn set_refresh(&self, behaviour: Refresh) {
+        self.state.lock().unwrap().refresh = behaviour;
+    }
+
+    /// Blocks until `n` requests to `path` have arrived, or `timeout` passes;
+    /// returns whether they did.
+    pub fn wait_for_requests(&self, path: &str, n: usize, timeout: Duration) -> bool {
+        let state = self.state.lock().unwrap();
+        let (_state, result) = self
+            .arrived
+            .wait_timeout_while(state, timeout, |s| {
+                s.requests.iter().filter(|r| r.path == path).count() < n
+            })
+            .unwrap();
+        !result.timed_out()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -119,20 +166,45 @@ impl FakeUpstream {
             .collect()
     }
 
+    /// Spends `account`'s refresh token the way Codex would on its own,
+    /// returning the rotated refresh token.
+    pub fn spend_as_codex(&self, account: &TestAccount) -> String {
+        let request = Recorded {
+            method: "POST".into(),
+            path: "/oauth/token".into(),
+            headers: HashMap::new(),
+            body: json!({"grant_type": "refresh_token", "refresh_token": account.refresh_token})
+                .to_string()
+                .into_bytes(),
+        };
+        self.state.lock().unwrap().requests.push(request.clone());
+        let response = token(&request, &self.state);
+        assert_eq!(response.status(), StatusCode::OK);
+        let state = self.state.lock().unwrap();
+        state
+            .live
+            .values()
+            .find(|i| i.account.id == account.id)
+            .map(|i| i.account.refresh_token.clone())
+            .unwrap()
+    }
+
     /// Refresh tokens that were presented again after being spent.
     pub fn reused_tokens(&self) -> Vec<String> {
         self.state.lock().unwrap().reused.clone()
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+type Shared = (Arc<Mutex<State>>, Arc<Condvar>);
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, state.clone()));
+            let service = service_fn(move |req| handle(req, shared.clone()));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -142,10 +214,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
 
 type Body = Full<Bytes>;
 
-async fn handle(
-    req: Request<Incoming>,
-    state: Arc<Mutex<State>>,
-) -> Result<Response<Body>, Infallible> {
+/// Why a connection was closed without an answer.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Response<Body>, Dropped> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let headers = req
@@ -166,8 +247,23 @@ async fn handle(
         body,
     };
     state.lock().unwrap().requests.push(recorded.clone());
+    arrived.notify_all();
     Ok(match (recorded.method.as_str(), recorded.path.as_str()) {
-        ("POST", "/oauth/token") => token(&recorded, &state),
+        ("POST", "/oauth/token") => {
+            let behaviour = state.lock().unwrap().refresh.clone();
+            match behaviour {
+                Refresh::Rotate => token(&recorded, &state),
+                Refresh::Fail(status, body) => {
+                    json_response(StatusCode::from_u16(status).unwrap(), body)
+                }
+                Refresh::RotateThenDelay(delay) => {
+                    let response = token(&recorded, &state);
+                    tokio::time::sleep(delay).await;
+                    response
+                }
+                Refresh::Drop => return Err(Dropped),
+            }
+        }
         ("POST", p) if p.ends_with("/responses") => sse(),
         ("GET", p) if p.ends_with("/responses") => {
             json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}))

@@ -30,6 +30,8 @@ pub fn fixture(name: &str) -> PathBuf {
 /// Codex home take their default places below it.
 pub struct TestEnv {
     pub dir: TempDir,
+    /// Extra environment for every command, such as the issuer to use.
+    pub vars: Vec<(String, String)>,
 }
 
 impl Default for TestEnv {
@@ -45,7 +47,18 @@ impl TestEnv {
             .tempdir()
             .unwrap();
         std::fs::create_dir(dir.path().join("user")).unwrap();
-        TestEnv { dir }
+        TestEnv {
+            dir,
+            vars: Vec::new(),
+        }
+    }
+
+    /// A user whose broker talks to `upstream` as its issuer.
+    pub fn with_issuer(upstream: &fake_upstream::FakeUpstream) -> TestEnv {
+        let mut env = TestEnv::new();
+        env.vars
+            .push(("CODEX_BROKER_ISSUER".into(), upstream.url()));
+        env
     }
 
     pub fn user_home(&self) -> PathBuf {
@@ -74,8 +87,25 @@ impl TestEnv {
         cmd.env_clear()
             .env("HOME", self.user_home())
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path());
         cmd
+    }
+
+    /// The same command as a plain `std::process::Command`, for spawning.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("codex-broker"));
+        cmd.env_clear()
+            .env("HOME", self.user_home())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Imports `account` as Codex would have written it, through auth.json.
+    pub fn import_account(&self, account: &TestAccount) {
+        self.write_codex_auth(account);
+        self.ok(&["import"]);
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

@@ -1,0 +1,245 @@
+//! The refresh engine through `codex-broker token`, against the fake issuer.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::fake_upstream::{FakeUpstream, Refresh};
+use crate::support::{TestAccount, TestEnv};
+
+fn account_state(env: &TestEnv, id: &str) -> serde_json::Value {
+    env.read_store()["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_fresh_token_is_served_without_asking_the_issuer() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-fresh").expiring_in(3600);
+    env.import_account(&account);
+    assert_eq!(env.ok(&["token"]).trim(), account.access_token());
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["token", "--json"])).unwrap();
+    assert_eq!(json["account_id"], "acc-fresh");
+    assert_eq!(json["kind"], "chatgpt");
+    assert_eq!(json["headers"]["chatgpt-account-id"], "acc-fresh");
+    assert_eq!(json["headers"]["authorization"], format!("Bearer {}", account.access_token()));
+    assert!(json.get("refresh_token").is_none());
+    assert!(upstream.requests().is_empty());
+}
+
+#[test]
+fn an_expiring_token_is_refreshed_saved_and_published() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-exp").expiring_in(120);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let token = env.ok(&["token"]);
+    let refreshes = upstream.requests_to("/oauth/token");
+    assert_eq!(refreshes.len(), 1);
+    let body = refreshes[0].json();
+    assert_eq!(body["grant_type"], "refresh_token");
+    assert_eq!(body["client_id"], "app_EMoamEEZ73f0CkXaXp7hrann");
+    assert_eq!(body["refresh_token"], "rt-acc-exp-0");
+    let stored = account_state(&env, "acc-exp");
+    assert_eq!(stored["tokens"]["refresh_token"], "rt-acc-exp-1");
+    assert_eq!(stored["tokens"]["access_token"], token.trim());
+    assert_eq!(env.read_auth()["tokens"]["refresh_token"], "rt-acc-exp-1");
+    assert_eq!(env.read_auth()["tokens"]["access_token"], token.trim());
+    // Now fresh: no second refresh.
+    assert_eq!(env.ok(&["token"]), token);
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+}
+
+#[test]
+fn fifty_concurrent_token_processes_cause_one_refresh() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-busy").expiring_in(60);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            env.std_cmd()
+                .arg("token")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in &outputs {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "exactly one refresh");
+    assert!(upstream.reused_tokens().is_empty());
+    let first = &outputs[0].stdout;
+    assert!(outputs.iter().all(|o| &o.stdout == first), "all got the same token");
+    assert_eq!(account_state(&env, "acc-busy")["tokens"]["refresh_token"], "rt-acc-busy-1");
+}
+
+#[test]
+fn tokens_codex_wrote_meanwhile_are_adopted_not_refreshed_again() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-race").expiring_in(60);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    // Codex refreshes on its own (spending rt-acc-race-0) and rewrites auth.json.
+    let mut by_codex = account.clone();
+    by_codex.refresh_token = "rt-acc-race-1".into();
+    by_codex.expires_at = crate::support::now() + 3600;
+    by_codex.refreshed_at += 1;
+    let spent_by_codex = upstream.spend_as_codex(&account);
+    assert_eq!(spent_by_codex, by_codex.refresh_token);
+    env.write_codex_auth(&by_codex);
+
+    let token = env.ok(&["token"]);
+    assert_eq!(token.trim(), by_codex.access_token());
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "only Codex's own refresh");
+    assert!(upstream.reused_tokens().is_empty(), "no spent token was sent");
+    assert_eq!(account_state(&env, "acc-race")["tokens"]["refresh_token"], "rt-acc-race-1");
+}
+
+#[test]
+fn permanent_errors_mark_needs_login_and_keep_the_tokens() {
+    let cases = [
+        Refresh::error(401, "refresh_token_expired"),
+        Refresh::error(401, "refresh_token_reused"),
+        Refresh::error(401, "refresh_token_invalidated"),
+        Refresh::Fail(401, serde_json::json!({"detail": "unauthorized"})),
+        Refresh::Fail(400, serde_json::json!({"error": "invalid_grant"})),
+    ];
+    for case in cases {
+        let upstream = FakeUpstream::start();
+        let env = TestEnv::with_issuer(&upstream);
+        let account = TestAccount::new("acc-dead").expiring_in(60);
+        env.import_account(&account);
+        upstream.set_refresh(case.clone());
+        let out = env.run(&["token"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{case:?}: {stderr}");
+        assert!(stderr.contains("needs a new login"), "{stderr}");
+        assert!(stderr.contains("run: codex-broker login"), "{stderr}");
+        let stored = account_state(&env, "acc-dead");
+        assert_eq!(stored["state"], "needs_login", "{case:?}");
+        assert_eq!(stored["tokens"]["refresh_token"], "rt-acc-dead-0", "tokens are kept");
+        assert!(env.auth_path().exists());
+        // No second attempt: the account waits for a login.
+        let again = env.run(&["token", "--account", "acc-dead"]);
+        assert_eq!(again.status.code(), Some(3));
+        assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+        let status = env.ok(&["status"]);
+        assert!(status.contains("needs_login"), "{status}");
+    }
+}
+
+#[test]
+fn server_errors_back_off_and_serve_the_old_token_while_valid() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-flaky").expiring_in(120);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    for failure in [Refresh::error(500, "server_error"), Refresh::Drop] {
+        upstream.set_refresh(failure);
+        let token = env.ok(&["token"]);
+        assert_eq!(token.trim(), account.access_token(), "the old token is still valid");
+        let stored = account_state(&env, "acc-flaky");
+        assert_eq!(stored["state"], "refresh_backoff");
+        assert!(stored["backoff_until"].as_i64().unwrap() > crate::support::now());
+        // During the backoff nothing is sent.
+        let sent = upstream.requests_to("/oauth/token").len();
+        env.ok(&["token"]);
+        assert_eq!(upstream.requests_to("/oauth/token").len(), sent);
+        // The backoff ends (as if time passed) and the issuer recovers.
+        let mut store = env.read_store();
+        store["accounts"][0]["backoff_until"] = serde_json::json!(0);
+        std::fs::write(env.store_path(), store.to_string()).unwrap();
+    }
+    upstream.set_refresh(Refresh::Rotate);
+    let token = env.ok(&["token"]);
+    assert_ne!(token.trim(), account.access_token());
+    let stored = account_state(&env, "acc-flaky");
+    assert_eq!(stored["state"], "ok");
+    assert!(stored.get("backoff_until").is_none());
+    assert!(stored.get("refresh_failures").is_none());
+}
+
+#[test]
+fn an_expired_token_with_a_failing_issuer_is_an_error_not_a_login() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-down").expiring_in(-10);
+    env.import_account(&account);
+    upstream.set_refresh(Refresh::error(503, "unavailable"));
+    let out = env.run(&["token"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refreshing it fails"), "{stderr}");
+    assert!(stderr.contains("HTTP 503"), "{stderr}");
+    assert_eq!(account_state(&env, "acc-down")["state"], "refresh_backoff");
+}
+
+/// A `token` process killed after the issuer rotated the refresh token but
+/// before the answer reached it: the store still holds the spent token. The
+/// next run serves the old access token while it is valid; a refresh after
+/// that is answered `refresh_token_reused`, and the account needs a login.
+#[test]
+fn sigkill_after_the_issuer_rotated_is_recoverable_only_by_login() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-killed").expiring_in(900);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    upstream.set_refresh(Refresh::RotateThenDelay(Duration::from_secs(30)));
+    let mut child = env
+        .std_cmd()
+        .args(["token", "--min-ttl", "3600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(20)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    upstream.set_refresh(Refresh::Rotate);
+
+    assert_eq!(account_state(&env, "acc-killed")["tokens"]["refresh_token"], "rt-acc-killed-0");
+    assert_eq!(env.ok(&["token"]).trim(), account.access_token(), "still valid: served");
+    let out = env.run(&["token", "--min-ttl", "3600"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(upstream.reused_tokens(), ["rt-acc-killed-0"]);
+    assert_eq!(account_state(&env, "acc-killed")["state"], "needs_login");
+}
+
+#[test]
+fn routing_skips_dead_accounts_and_exit_3_when_none_is_left() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let main = TestAccount::new("acc-main").expiring_in(60);
+    let fallback = TestAccount::new("acc-fallback").expiring_in(3600);
+    env.import_account(&main);
+    let path = env.dir.path().join("fallback.json");
+    std::fs::write(&path, fallback.auth_json()).unwrap();
+    env.ok(&["import", path.to_str().unwrap()]);
+    upstream.set_refresh(Refresh::error(401, "refresh_token_reused"));
+    assert_eq!(env.ok(&["token"]).trim(), fallback.access_token());
+    let mut store = env.read_store();
+    store["accounts"][1]["state"] = serde_json::json!("needs_login");
+    std::fs::write(env.store_path(), store.to_string()).unwrap();
+    let out = env.run(&["token"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no usable account"), "{stderr}");
+    assert!(stderr.contains("run: codex-broker login"), "{stderr}");
+}
