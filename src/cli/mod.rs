@@ -13,6 +13,7 @@ mod accounts;
 mod completions;
 mod import;
 mod killswitch;
+mod login;
 mod routing;
 mod status;
 mod token;
@@ -83,6 +84,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Login(login::Args),
     Import(import::Args),
     Accounts(accounts::Args),
     Status(status::Args),
@@ -179,6 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let paths = || Paths::resolve(overrides.clone());
     match cli.command {
+        Command::Login(args) => login::run(&paths()?, args),
         Command::Import(args) => import::run(&paths()?, args),
         Command::Accounts(args) => accounts::run(&paths()?, args),
         Command::Status(args) => status::run(&paths()?, args),

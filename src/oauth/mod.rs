@@ -1,6 +1,8 @@
 //! Talking to the OAuth issuer: the token endpoint (refresh and code
 //! exchange), PKCE, and the two login flows.
 
+pub mod browser;
+pub mod device;
 pub mod pkce;
 
 use std::time::Duration;

@@ -8,4 +8,5 @@ mod concurrency;
 mod crash;
 mod docs;
 mod interop;
+mod login;
 mod refresh;

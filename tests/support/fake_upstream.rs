@@ -64,9 +64,25 @@ impl Refresh {
     }
 }
 
+/// A sign-in in progress at the fake issuer.
+#[derive(Debug, Clone)]
+struct Grant {
+    account: TestAccount,
+    /// The PKCE challenge the code is bound to.
+    challenge: String,
+    redirect_uri: String,
+}
+
 #[derive(Debug, Default)]
 struct State {
     refresh: Refresh,
+    /// The account the next sign-in (browser or device) logs into.
+    login_account: Option<TestAccount>,
+    /// Authorization codes not yet exchanged.
+    codes: HashMap<String, Grant>,
+    /// Device polls answered "pending" before the approval.
+    device_pending_polls: usize,
+    device_polls: usize,
     requests: Vec<Recorded>,
     /// Refresh tokens that may still be spent, and what they belong to.
     live: HashMap<String, Issued>,
@@ -136,6 +152,14 @@ impl FakeUpstream {
     /// Lifetime of the access tokens a refresh hands out, in seconds.
     pub fn set_token_lifetime(&self, seconds: i64) {
         self.state.lock().unwrap().token_lifetime = seconds;
+    }
+
+    /// The account the next browser or device sign-in logs into, and how
+    /// many device polls are answered "pending" first.
+    pub fn set_login_account(&self, account: &TestAccount, device_pending_polls: usize) {
+        let mut state = self.state.lock().unwrap();
+        state.login_account = Some(account.clone());
+        state.device_pending_polls = device_pending_polls;
     }
 
     pub fn set_refresh(&self, behaviour: Refresh) {
@@ -229,11 +253,13 @@ impl std::error::Error for Dropped {}
 async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Response<Body>, Dropped> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
-    let headers = req
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut headers: HashMap<String, String> = req
         .headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
+    headers.insert("x-fake-query".into(), query);
     let body = req
         .into_body()
         .collect()
@@ -249,6 +275,14 @@ async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Resp
     state.lock().unwrap().requests.push(recorded.clone());
     arrived.notify_all();
     Ok(match (recorded.method.as_str(), recorded.path.as_str()) {
+        ("GET", "/oauth/authorize") => authorize(&recorded, &state),
+        ("POST", "/oauth/revoke") => json_response(StatusCode::OK, json!({})),
+        ("POST", "/api/accounts/deviceauth/usercode") => json_response(
+            StatusCode::OK,
+            json!({"device_auth_id": "dev-auth-1", "user_code": "ABCD-1234", "interval": "1"}),
+        ),
+        ("POST", "/api/accounts/deviceauth/token") => device_token(&state),
+        ("POST", "/oauth/token") if is_form(&recorded) => exchange(&recorded, &state),
         ("POST", "/oauth/token") => {
             let behaviour = state.lock().unwrap().refresh.clone();
             match behaviour {
@@ -270,6 +304,121 @@ async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Resp
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     })
+}
+
+fn is_form(req: &Recorded) -> bool {
+    req.headers
+        .get("content-type")
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"))
+}
+
+fn pairs(text: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn s256(verifier: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// `GET /oauth/authorize`: checks the request and redirects back with a code.
+fn authorize(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
+    let query = pairs(req.headers.get("x-fake-query").map_or("", String::as_str));
+    let ok = query.get("response_type").map(String::as_str) == Some("code")
+        && query.get("client_id").map(String::as_str) == Some("app_EMoamEEZ73f0CkXaXp7hrann")
+        && query.get("code_challenge_method").map(String::as_str) == Some("S256")
+        && query.contains_key("state")
+        && query.contains_key("code_challenge");
+    let mut state = state.lock().unwrap();
+    let (Some(account), true, Some(redirect)) =
+        (state.login_account.clone(), ok, query.get("redirect_uri"))
+    else {
+        return json_response(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+    };
+    let code = format!("code-{}", state.codes.len() + 1);
+    state.codes.insert(
+        code.clone(),
+        Grant {
+            account,
+            challenge: query["code_challenge"].clone(),
+            redirect_uri: redirect.clone(),
+        },
+    );
+    let mut location = url::Url::parse(redirect).unwrap();
+    location
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &query["state"]);
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", location.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Device polls: pending (403) a few times, then the code and its verifier.
+fn device_token(state: &Mutex<State>) -> Response<Body> {
+    let mut state = state.lock().unwrap();
+    state.device_polls += 1;
+    if state.device_polls <= state.device_pending_polls {
+        return json_response(StatusCode::FORBIDDEN, json!({"error": "authorization_pending"}));
+    }
+    let Some(account) = state.login_account.clone() else {
+        return json_response(StatusCode::FORBIDDEN, json!({"error": "authorization_pending"}));
+    };
+    let verifier = format!("device-verifier-{}", state.device_polls);
+    let code = format!("device-code-{}", state.device_polls);
+    let challenge = s256(&verifier);
+    let redirect_uri = "/deviceauth/callback".to_owned();
+    state.codes.insert(
+        code.clone(),
+        Grant {
+            account,
+            challenge: challenge.clone(),
+            redirect_uri,
+        },
+    );
+    json_response(
+        StatusCode::OK,
+        json!({"authorization_code": code, "code_challenge": challenge, "code_verifier": verifier}),
+    )
+}
+
+/// `POST /oauth/token` with a form: the authorization-code exchange.
+fn exchange(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
+    let form = pairs(&String::from_utf8_lossy(&req.body));
+    let mut state = state.lock().unwrap();
+    let grant = form
+        .get("code")
+        .and_then(|c| state.codes.remove(c));
+    let valid = grant.as_ref().is_some_and(|g| {
+        form.get("grant_type").map(String::as_str) == Some("authorization_code")
+            && form.get("client_id").map(String::as_str) == Some("app_EMoamEEZ73f0CkXaXp7hrann")
+            && form.get("code_verifier").is_some_and(|v| s256(v) == g.challenge)
+            && form.get("redirect_uri").is_some_and(|r| r.ends_with(&g.redirect_uri))
+    });
+    let Some(grant) = grant.filter(|_| valid) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "bad authorization code");
+    };
+    let account = grant.account;
+    state.live.insert(
+        account.refresh_token.clone(),
+        Issued {
+            account: account.clone(),
+            generation: 0,
+        },
+    );
+    json_response(
+        StatusCode::OK,
+        json!({
+            "id_token": account.id_token(),
+            "access_token": account.access_token(),
+            "refresh_token": account.refresh_token,
+        }),
+    )
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Body> {
