@@ -69,7 +69,9 @@ pub enum Assessment {
     /// Due for a refresh now.
     Refresh,
     /// Due, but refreshing failed recently: wait until then.
-    Wait { until: i64 },
+    Wait {
+        until: i64,
+    },
     NeedsLogin,
 }
 
@@ -149,7 +151,13 @@ impl Refresher {
     fn lock_path(&self, id: &str) -> PathBuf {
         let safe: String = id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.locks.join(format!("{safe}.lock"))
     }
@@ -176,9 +184,10 @@ impl Refresher {
         }
         fsutil::ensure_private_dir(&self.locks)?;
         let lock_path = self.lock_path(id);
-        let _across_processes = tokio::task::spawn_blocking(move || fsutil::lock_exclusive(&lock_path))
-            .await
-            .expect("the lock task does not panic")?;
+        let _across_processes =
+            tokio::task::spawn_blocking(move || fsutil::lock_exclusive(&lock_path))
+                .await
+                .expect("the lock task does not panic")?;
         let account = self.reload_adopting_codex(id)?;
         let now = (self.clock)();
         match assess(&account, now, min_ttl) {
@@ -216,7 +225,9 @@ impl Refresher {
                 let reason = format!("the issuer rejected its refresh token: {code}: {message}");
                 tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");
                 let account = self.store.update(|store| {
-                    let a = store.get_mut(&id).ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+                    let a = store
+                        .get_mut(&id)
+                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
                     a.state = State::NeedsLogin;
                     a.state_reason = Some(format!("{reason}; {LOGIN_HINT}"));
                     a.backoff_until = None;
@@ -226,7 +237,9 @@ impl Refresher {
             }
             Err(OAuthError::Transient(reason)) => {
                 let account = self.store.update(|store| {
-                    let a = store.get_mut(&id).ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+                    let a = store
+                        .get_mut(&id)
+                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
                     a.refresh_failures = a.refresh_failures.saturating_add(1);
                     let delay = backoff_delay(a.refresh_failures, jitter());
                     a.state = State::RefreshBackoff;
@@ -253,8 +266,13 @@ impl Refresher {
         let refreshed_at = OffsetDateTime::from_unix_timestamp((self.clock)())
             .unwrap_or_else(|_| OffsetDateTime::now_utc());
         let account = self.store.update(|store| {
-            let a = store.get_mut(id).ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
-            let tokens = a.tokens.as_mut().ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
+            let a = store
+                .get_mut(id)
+                .ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
+            let tokens = a
+                .tokens
+                .as_mut()
+                .ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
             if let Some(t) = response.id_token {
                 tokens.id_token = t;
             }
@@ -264,7 +282,9 @@ impl Refresher {
             if let Some(t) = response.refresh_token {
                 tokens.refresh_token = t;
             }
-            a.expires_at = jwt::decode(tokens.access_token.expose()).ok().and_then(|c| c.exp);
+            a.expires_at = jwt::decode(tokens.access_token.expose())
+                .ok()
+                .and_then(|c| c.exp);
             if let Ok(claims) = jwt::decode(tokens.id_token.expose()) {
                 a.email = claims.email.or(a.email.take());
                 a.plan = claims.plan.or(a.plan.take());
@@ -277,7 +297,10 @@ impl Refresher {
             .store
             .update(|store| republish(&self.codex, store, id).map_err(anyhow::Error::from));
         if let Err(e) = published {
-            tracing::warn!(account = id, "refreshed, but could not update auth.json: {e}");
+            tracing::warn!(
+                account = id,
+                "refreshed, but could not update auth.json: {e}"
+            );
         }
         Ok(account)
     }
@@ -323,8 +346,14 @@ mod tests {
     #[test]
     fn assessment() {
         let now = 1_795_000_000;
-        assert_eq!(assess(&account(Some(3600), now), now, 300), Assessment::Fresh);
-        assert_eq!(assess(&account(Some(200), now), now, 300), Assessment::Refresh);
+        assert_eq!(
+            assess(&account(Some(3600), now), now, 300),
+            Assessment::Fresh
+        );
+        assert_eq!(
+            assess(&account(Some(200), now), now, 300),
+            Assessment::Refresh
+        );
         assert_eq!(assess(&account(Some(-5), now), now, 0), Assessment::Refresh);
         let mut a = account(Some(200), now);
         a.backoff_until = Some(now + 30);
@@ -336,7 +365,10 @@ mod tests {
         let a = account(None, now);
         let refreshed = a.last_refresh.unwrap().unix_timestamp();
         assert_eq!(assess(&a, refreshed + 86_400, 300), Assessment::Fresh);
-        assert_eq!(assess(&a, refreshed + CODEX_STALE_AFTER, 0), Assessment::Refresh);
+        assert_eq!(
+            assess(&a, refreshed + CODEX_STALE_AFTER, 0),
+            Assessment::Refresh
+        );
     }
 
     #[test]

@@ -71,7 +71,10 @@ mod tests {
     }
 
     fn ids(store: &Store) -> Vec<&str> {
-        candidates(store, 1_000).iter().map(|a| a.id.as_str()).collect()
+        candidates(store, 1_000)
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect()
     }
 
     fn quota(five_hour: f64, resets_at: i64) -> Option<Quota> {
@@ -106,10 +109,19 @@ mod tests {
     fn killswitch_blocks_above_thresholds_only_when_on() {
         let mut s = store();
         s.accounts[1].quota = quota(85.0, 2_000);
-        s.killswitch.limits.insert("b".into(), Limits { five_hour: 80.0, weekly: 100.0 });
+        s.killswitch.limits.insert(
+            "b".into(),
+            Limits {
+                five_hour: 80.0,
+                weekly: 100.0,
+            },
+        );
         assert_eq!(ids(&s), ["b", "a", "c"]);
         s.killswitch.enabled = true;
         assert_eq!(ids(&s), ["a", "c"]);
-        assert_eq!(blocked(&s, &s.accounts[1], 1_000).unwrap(), "blocked by the killswitch");
+        assert_eq!(
+            blocked(&s, &s.accounts[1], 1_000).unwrap(),
+            "blocked by the killswitch"
+        );
     }
 }

@@ -65,9 +65,7 @@ fn list(paths: &Paths, json: bool) -> anyhow::Result<()> {
         return Ok(super::print_json(&AccountList::new(&store))?);
     }
     if store.accounts.is_empty() {
-        return Ok(super::print(
-            "No accounts yet. Import Codex's login with: codex-broker import\n",
-        )?);
+        return Ok(super::print(super::NO_ACCOUNTS)?);
     }
     let now = display::now();
     let mut table = Table::new(&[

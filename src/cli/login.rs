@@ -101,7 +101,7 @@ fn api_key_account() -> anyhow::Result<Account> {
         ));
     }
     let auth = AuthDotJson::api_key(Secret::from(key), Map::new());
-    Ok(Account::from_auth(&auth).map_err(|p| anyhow::anyhow!("{p}"))?)
+    Account::from_auth(&auth).map_err(|p| anyhow::anyhow!("{p}"))
 }
 
 /// The account the issuer's tokens belong to.
@@ -120,7 +120,7 @@ fn chatgpt_account(tokens: TokenResponse) -> anyhow::Result<Account> {
         extra: Secret::default(),
     };
     let auth = AuthDotJson::chatgpt(data, OffsetDateTime::now_utc(), Map::new());
-    Ok(Account::from_auth(&auth).map_err(|p| anyhow::anyhow!("the issuer's tokens: {p}"))?)
+    Account::from_auth(&auth).map_err(|p| anyhow::anyhow!("the issuer's tokens: {p}"))
 }
 
 async fn browser_login(
@@ -152,14 +152,18 @@ async fn browser_login(
     let redirect_uri = pending.redirect_uri.clone();
     let verifier = pending.pkce.verifier.clone();
     let code = pending.code(timeout).await?;
-    Ok(oauth
+    oauth
         .exchange_code(&code, &redirect_uri, &verifier)
         .await
-        .context("exchanging the sign-in code")?)
+        .context("exchanging the sign-in code")
 }
 
 fn open_url(url: &str) -> bool {
-    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
     std::process::Command::new(opener)
         .arg(url)
         .stdin(std::process::Stdio::null())
@@ -213,10 +217,14 @@ async fn device_login(oauth: &OAuthClient, timeout: Duration) -> anyhow::Result<
     if tty {
         eprint!("\r\x1b[2K");
     }
-    Ok(oauth
-        .exchange_code(&approved.authorization_code, &oauth.device_redirect_uri(), &approved.code_verifier)
+    oauth
+        .exchange_code(
+            &approved.authorization_code,
+            &oauth.device_redirect_uri(),
+            &approved.code_verifier,
+        )
         .await
-        .context("exchanging the device code")?)
+        .context("exchanging the device code")
 }
 
 /// Adds or updates the account; the first account becomes main and is
@@ -246,11 +254,18 @@ fn save_login(paths: &Paths, account: Account, label: Option<String>) -> anyhow:
     let mut text = format!(
         "Logged in: {} ({}) is a {} account.\n",
         saved.name(),
-        if details.is_empty() { saved.kind.to_string() } else { details.join(", ") },
+        if details.is_empty() {
+            saved.kind.to_string()
+        } else {
+            details.join(", ")
+        },
         saved.role
     );
     if published {
-        text.push_str(&format!("Published it to {}.\n", codex.auth_path().display()));
+        text.push_str(&format!(
+            "Published it to {}.\n",
+            codex.auth_path().display()
+        ));
     }
     Ok(super::print(&text)?)
 }

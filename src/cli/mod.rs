@@ -27,6 +27,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit status: no account can serve; a login is needed.
 pub const EXIT_NEEDS_LOGIN: u8 = 3;
 
+/// What `accounts` and `status` say on an empty store.
+const NO_ACCOUNTS: &str = "No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)\n";
+
 const AFTER_HELP: &str = "\
 Files:
   <home>/accounts.json      the account store (0600, directory 0700)

@@ -105,7 +105,8 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
     ]);
     let mut text = head.render();
     if store.accounts.is_empty() {
-        text.push_str("\nNo accounts yet. Import Codex's login with: codex-broker import\n");
+        text.push('\n');
+        text.push_str(super::NO_ACCOUNTS);
         return text;
     }
     for account in &store.accounts {

@@ -52,27 +52,34 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             Ok(account) => {
                 let view = TokenView::new(&account)
                     .ok_or_else(|| anyhow::anyhow!("account {id} holds no credential"))?;
-                return Ok(if args.json {
-                    super::print_json(&view)?
+                if args.json {
+                    super::print_json(&view)?;
                 } else {
-                    super::print(&format!("{}\n", view.access_token))?
-                });
+                    super::print(&format!("{}\n", view.access_token))?;
+                }
+                return Ok(());
             }
             Err(e @ RefreshError::NeedsLogin { .. }) if args.account.is_none() => {
                 tracing::info!("skipping: {e}");
                 last_error = Some(e);
             }
-            Err(e @ RefreshError::NeedsLogin { .. }) => return Err(super::Exit::needs_login(e.to_string())),
+            Err(e @ RefreshError::NeedsLogin { .. }) => {
+                return Err(super::Exit::needs_login(e.to_string()));
+            }
             Err(e) => return Err(e.into()),
         }
     }
     let message = last_error.map_or_else(|| "no account can serve".to_owned(), |e| e.to_string());
-    Err(super::Exit::needs_login(format!("no usable account: {message}")))
+    Err(super::Exit::needs_login(format!(
+        "no usable account: {message}"
+    )))
 }
 
 fn no_usable_account(store: &crate::store::Store) -> anyhow::Error {
     if store.accounts.is_empty() {
-        return super::Exit::needs_login(format!("no accounts yet; {LOGIN_HINT}, or import Codex's login with: codex-broker import"));
+        return super::Exit::needs_login(format!(
+            "no accounts yet; {LOGIN_HINT}, or import Codex's login with: codex-broker import"
+        ));
     }
     let now = display::now();
     let reasons: Vec<String> = store
@@ -80,5 +87,8 @@ fn no_usable_account(store: &crate::store::Store) -> anyhow::Error {
         .iter()
         .filter_map(|a| routing::blocked(store, a, now).map(|why| format!("{}: {why}", a.name())))
         .collect();
-    super::Exit::needs_login(format!("no usable account ({}); {LOGIN_HINT}", reasons.join("; ")))
+    super::Exit::needs_login(format!(
+        "no usable account ({}); {LOGIN_HINT}",
+        reasons.join("; ")
+    ))
 }

@@ -23,7 +23,9 @@ pub const CALLBACK_PATH: &str = "/auth/callback";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrowserError {
-    #[error("port {0} on 127.0.0.1 is in use (is another login running?); pass --port N to use another")]
+    #[error(
+        "port {0} on 127.0.0.1 is in use (is another login running?); pass --port N to use another"
+    )]
     PortInUse(u16),
     #[error("cannot listen on 127.0.0.1:{port}: {source}")]
     Listen { port: u16, source: std::io::Error },
@@ -60,7 +62,8 @@ impl PendingLogin {
         let redirect_uri = format!("http://localhost:{bound}{CALLBACK_PATH}");
         let pkce = Pkce::new();
         let state = random_token(32);
-        let mut url = url::Url::parse(&format!("{issuer}/oauth/authorize")).expect("issuer is a URL");
+        let mut url =
+            url::Url::parse(&format!("{issuer}/oauth/authorize")).expect("issuer is a URL");
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", CLIENT_ID)
@@ -121,11 +124,16 @@ async fn callback(
     reply: Reply,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() != CALLBACK_PATH {
-        return Ok(page(StatusCode::NOT_FOUND, "Not found", "This is codex-broker's login callback."));
+        return Ok(page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This is codex-broker's login callback.",
+        ));
     }
-    let query: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let outcome = if get("state").as_deref() != Some(state.as_str()) {
         Err("the callback's state does not match this login (a stale or forged link)".to_owned())
@@ -154,7 +162,11 @@ async fn callback(
 }
 
 fn page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
-    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>codex-broker: {t}</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;}}</style>\

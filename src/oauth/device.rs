@@ -93,11 +93,11 @@ impl OAuthClient {
             .map_err(|e| DeviceError::Poll(describe_transport_error(&e)))?;
         match response.status().as_u16() {
             403 | 404 => Ok(None),
-            200..=299 => response
-                .json()
-                .await
-                .map(Some)
-                .map_err(|_| DeviceError::Poll("the answer carries no authorization code".into())),
+            200..=299 => {
+                response.json().await.map(Some).map_err(|_| {
+                    DeviceError::Poll("the answer carries no authorization code".into())
+                })
+            }
             status => Err(DeviceError::Poll(format!("HTTP {status}"))),
         }
     }

@@ -83,7 +83,11 @@ pub fn classify(status: u16, body: &[u8]) -> OAuthError {
     if permanent {
         OAuthError::Permanent {
             status,
-            code: if code.is_empty() { "unauthorized".into() } else { code },
+            code: if code.is_empty() {
+                "unauthorized".into()
+            } else {
+                code
+            },
             message: error_message(&json),
         }
     } else {
@@ -138,7 +142,10 @@ impl OAuthClient {
     }
 
     /// Spends `refresh_token` for new tokens (JSON body, as Codex sends it).
-    pub async fn refresh(&self, refresh_token: &Secret<String>) -> Result<TokenResponse, OAuthError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret<String>,
+    ) -> Result<TokenResponse, OAuthError> {
         let body = serde_json::json!({
             "client_id": CLIENT_ID,
             "grant_type": "refresh_token",
@@ -166,7 +173,10 @@ impl OAuthClient {
         self.token_call(request).await
     }
 
-    async fn token_call(&self, request: reqwest::RequestBuilder) -> Result<TokenResponse, OAuthError> {
+    async fn token_call(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<TokenResponse, OAuthError> {
         let response = request
             .send()
             .await
@@ -180,7 +190,9 @@ impl OAuthClient {
             return Err(classify(status, &body));
         }
         serde_json::from_slice(&body).map_err(|_| {
-            OAuthError::Transient(format!("the issuer answered HTTP {status} with a body that is not a token response"))
+            OAuthError::Transient(format!(
+                "the issuer answered HTTP {status} with a body that is not a token response"
+            ))
         })
     }
 }
@@ -198,7 +210,12 @@ pub fn describe_transport_error(e: &reqwest::Error) -> String {
         "request failed"
     };
     match e.url() {
-        Some(url) => format!("{what}: {}://{}{}", url.scheme(), url.authority(), url.path()),
+        Some(url) => format!(
+            "{what}: {}://{}{}",
+            url.scheme(),
+            url.authority(),
+            url.path()
+        ),
         None => what.to_owned(),
     }
 }
@@ -210,7 +227,9 @@ mod tests {
     #[test]
     fn classification_follows_codex() {
         let reused = br#"{"error":{"message":"Your refresh token has already been used","type":"invalid_request_error","param":null,"code":"refresh_token_reused"}}"#;
-        assert!(matches!(classify(401, reused), OAuthError::Permanent { ref code, .. } if code == "refresh_token_reused"));
+        assert!(
+            matches!(classify(401, reused), OAuthError::Permanent { ref code, .. } if code == "refresh_token_reused")
+        );
         assert!(classify(400, br#"{"error":"invalid_grant"}"#).is_permanent());
         assert!(classify(400, br#"{"code":"refresh_token_expired"}"#).is_permanent());
         assert!(classify(401, b"").is_permanent());

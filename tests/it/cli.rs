@@ -92,7 +92,7 @@ fn accounts_and_status_show_expiry_and_quota() {
     insta::assert_snapshot!(env.snapshot(&["accounts"]), @r"
     exit: 0
     --- stdout
-    No accounts yet. Import Codex's login with: codex-broker import
+    No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)
     --- stderr
     ");
     let main = TestAccount::new("acc-main").expiring_in(9_030);
@@ -152,7 +152,7 @@ fn status_reports_a_broken_or_missing_auth_json() {
     Routing:     main-first
     Killswitch:  off
 
-    No accounts yet. Import Codex's login with: codex-broker import
+    No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)
     --- stderr
     ");
     std::fs::remove_file(env.auth_path()).unwrap();

@@ -174,3 +174,50 @@ fn codex_api_key_login_is_imported_and_switched_back_and_forth() {
     assert_eq!(env.read_auth()["OPENAI_API_KEY"], "sk-interop-key");
     assert_codex_logged_in(&env, "API key configured");
 }
+
+#[test]
+fn codex_uses_the_token_the_broker_refreshed_ahead_of_time() {
+    isolated!(codex_uses_the_token_the_broker_refreshed_ahead_of_time);
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    // Inside Codex's own 5-minute window: Codex would refresh it itself.
+    let account = TestAccount::new("acc-ahead").expiring_in(60);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    codex_config(&env, &upstream);
+
+    let token = env.ok(&["token", "--min-ttl", "1800"]);
+    let token = token.trim();
+    assert_ne!(token, account.access_token());
+    assert_eq!(env.read_auth()["tokens"]["access_token"], token);
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+
+    let out = codex(&env)
+        .env(
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+            format!("{}/oauth/token", upstream.url()),
+        )
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    let inference = upstream.requests_to("/codex/responses");
+    let posted: Vec<_> = inference.iter().filter(|r| r.method == "POST").collect();
+    assert!(!posted.is_empty());
+    for r in posted {
+        assert_eq!(r.headers["authorization"], format!("Bearer {token}"));
+        assert_eq!(r.headers["chatgpt-account-id"], "acc-ahead");
+    }
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "Codex did not refresh"
+    );
+    assert!(upstream.reused_tokens().is_empty());
+}

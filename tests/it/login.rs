@@ -41,7 +41,14 @@ fn browser_login_end_to_end() {
     upstream.set_login_account(&account, 0);
     let mut child = env
         .std_cmd()
-        .args(["login", "--no-browser", "--port", "0", "--label", "personal"])
+        .args([
+            "login",
+            "--no-browser",
+            "--port",
+            "0",
+            "--label",
+            "personal",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -77,7 +84,10 @@ fn browser_login_end_to_end() {
     assert_eq!(store["accounts"][0]["label"], "personal");
     assert_eq!(store["accounts"][0]["plan"], "plus");
     assert_eq!(store["published"], "acc-browser");
-    assert_eq!(env.read_auth()["tokens"]["refresh_token"], account.refresh_token);
+    assert_eq!(
+        env.read_auth()["tokens"]["refresh_token"],
+        account.refresh_token
+    );
 }
 
 #[test]
@@ -103,7 +113,10 @@ fn browser_login_rejects_a_forged_state() {
     assert!(page.contains("does not match"), "{page}");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
-    assert!(upstream.requests_to("/oauth/token").is_empty(), "a forged code is never exchanged");
+    assert!(
+        upstream.requests_to("/oauth/token").is_empty(),
+        "a forged code is never exchanged"
+    );
     assert!(!env.store_path().exists());
 }
 
@@ -116,12 +129,18 @@ fn browser_login_port_in_use_and_timeout() {
     let out = env.run(&["login", "--no-browser", "--port", &port]);
     assert_eq!(out.status.code(), Some(13));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("port {port} on 127.0.0.1 is in use")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is in use")),
+        "{stderr}"
+    );
 
     let out = env.run(&["login", "--no-browser", "--port", "0", "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no answer from the browser within 1 seconds"), "{stderr}");
+    assert!(
+        stderr.contains("no answer from the browser within 1 seconds"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -133,22 +152,35 @@ fn device_login_end_to_end() {
     let account = TestAccount::new("acc-device");
     upstream.set_login_account(&account, 2);
     let out = env.run(&["login", "--device"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("open {}/codex/device", upstream.url())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("open {}/codex/device", upstream.url())),
+        "{stderr}"
+    );
     assert!(stderr.contains("ABCD-1234"), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "Logged in: acc-device (acc-device@example.com, plus) is a fallback account.\n"
     );
-    assert_eq!(upstream.requests_to("/api/accounts/deviceauth/token").len(), 3);
+    assert_eq!(
+        upstream.requests_to("/api/accounts/deviceauth/token").len(),
+        3
+    );
     let exchange = &upstream.requests_to("/oauth/token")[0];
     let body = String::from_utf8_lossy(&exchange.body);
     assert!(body.contains("code_verifier=device-verifier-3"), "{body}");
     assert!(body.contains("deviceauth%2Fcallback"), "{body}");
     let store = env.read_store();
     assert_eq!(store["accounts"][1]["id"], "acc-device");
-    assert_eq!(store["published"], "acc-first", "a later account is not published");
+    assert_eq!(
+        store["published"], "acc-first",
+        "a later account is not published"
+    );
 }
 
 #[test]
@@ -166,12 +198,27 @@ fn a_new_login_revives_an_account_that_needed_one() {
     new.refreshed_at += 10;
     upstream.set_login_account(&new, 0);
     let out = env.run(&["login", "--device"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = env.read_store();
-    assert_eq!(store["accounts"].as_array().unwrap().len(), 1, "one login per account");
+    assert_eq!(
+        store["accounts"].as_array().unwrap().len(),
+        1,
+        "one login per account"
+    );
     assert_eq!(store["accounts"][0]["state"], "ok");
-    assert_eq!(store["accounts"][0]["tokens"]["refresh_token"], "rt-acc-revive-new");
-    assert_eq!(env.read_auth()["tokens"]["refresh_token"], "rt-acc-revive-new", "republished");
+    assert_eq!(
+        store["accounts"][0]["tokens"]["refresh_token"],
+        "rt-acc-revive-new"
+    );
+    assert_eq!(
+        env.read_auth()["tokens"]["refresh_token"],
+        "rt-acc-revive-new",
+        "republished"
+    );
 }
 
 #[test]
@@ -185,16 +232,33 @@ fn api_key_login_reads_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"sk-from-stdin\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-from-stdin\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("Logged in: platform (api_key) is a main account."), "{stdout}");
+    assert!(
+        stdout.starts_with("Logged in: platform (api_key) is a main account."),
+        "{stdout}"
+    );
     assert!(!stdout.contains("sk-from-stdin"));
     assert_eq!(env.read_auth()["OPENAI_API_KEY"], "sk-from-stdin");
     assert_eq!(env.read_store()["accounts"][0]["kind"], "api_key");
 
-    let out = env.cmd().args(["login", "--api-key"]).write_stdin("\n").output().unwrap();
+    let out = env
+        .cmd()
+        .args(["login", "--api-key"])
+        .write_stdin("\n")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API key on stdin"));
 }

@@ -27,7 +27,10 @@ fn a_fresh_token_is_served_without_asking_the_issuer() {
     assert_eq!(json["account_id"], "acc-fresh");
     assert_eq!(json["kind"], "chatgpt");
     assert_eq!(json["headers"]["chatgpt-account-id"], "acc-fresh");
-    assert_eq!(json["headers"]["authorization"], format!("Bearer {}", account.access_token()));
+    assert_eq!(
+        json["headers"]["authorization"],
+        format!("Bearer {}", account.access_token())
+    );
     assert!(json.get("refresh_token").is_none());
     assert!(upstream.requests().is_empty());
 }
@@ -78,13 +81,27 @@ fn fifty_concurrent_token_processes_cause_one_refresh() {
         .map(|c| c.wait_with_output().unwrap())
         .collect();
     for out in &outputs {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "exactly one refresh");
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "exactly one refresh"
+    );
     assert!(upstream.reused_tokens().is_empty());
     let first = &outputs[0].stdout;
-    assert!(outputs.iter().all(|o| &o.stdout == first), "all got the same token");
-    assert_eq!(account_state(&env, "acc-busy")["tokens"]["refresh_token"], "rt-acc-busy-1");
+    assert!(
+        outputs.iter().all(|o| &o.stdout == first),
+        "all got the same token"
+    );
+    assert_eq!(
+        account_state(&env, "acc-busy")["tokens"]["refresh_token"],
+        "rt-acc-busy-1"
+    );
 }
 
 #[test]
@@ -105,9 +122,19 @@ fn tokens_codex_wrote_meanwhile_are_adopted_not_refreshed_again() {
 
     let token = env.ok(&["token"]);
     assert_eq!(token.trim(), by_codex.access_token());
-    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "only Codex's own refresh");
-    assert!(upstream.reused_tokens().is_empty(), "no spent token was sent");
-    assert_eq!(account_state(&env, "acc-race")["tokens"]["refresh_token"], "rt-acc-race-1");
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "only Codex's own refresh"
+    );
+    assert!(
+        upstream.reused_tokens().is_empty(),
+        "no spent token was sent"
+    );
+    assert_eq!(
+        account_state(&env, "acc-race")["tokens"]["refresh_token"],
+        "rt-acc-race-1"
+    );
 }
 
 #[test]
@@ -132,7 +159,10 @@ fn permanent_errors_mark_needs_login_and_keep_the_tokens() {
         assert!(stderr.contains("run: codex-broker login"), "{stderr}");
         let stored = account_state(&env, "acc-dead");
         assert_eq!(stored["state"], "needs_login", "{case:?}");
-        assert_eq!(stored["tokens"]["refresh_token"], "rt-acc-dead-0", "tokens are kept");
+        assert_eq!(
+            stored["tokens"]["refresh_token"], "rt-acc-dead-0",
+            "tokens are kept"
+        );
         assert!(env.auth_path().exists());
         // No second attempt: the account waits for a login.
         let again = env.run(&["token", "--account", "acc-dead"]);
@@ -153,7 +183,11 @@ fn server_errors_back_off_and_serve_the_old_token_while_valid() {
     for failure in [Refresh::error(500, "server_error"), Refresh::Drop] {
         upstream.set_refresh(failure);
         let token = env.ok(&["token"]);
-        assert_eq!(token.trim(), account.access_token(), "the old token is still valid");
+        assert_eq!(
+            token.trim(),
+            account.access_token(),
+            "the old token is still valid"
+        );
         let stored = account_state(&env, "acc-flaky");
         assert_eq!(stored["state"], "refresh_backoff");
         assert!(stored["backoff_until"].as_i64().unwrap() > crate::support::now());
@@ -214,8 +248,15 @@ fn sigkill_after_the_issuer_rotated_is_recoverable_only_by_login() {
     child.wait().unwrap();
     upstream.set_refresh(Refresh::Rotate);
 
-    assert_eq!(account_state(&env, "acc-killed")["tokens"]["refresh_token"], "rt-acc-killed-0");
-    assert_eq!(env.ok(&["token"]).trim(), account.access_token(), "still valid: served");
+    assert_eq!(
+        account_state(&env, "acc-killed")["tokens"]["refresh_token"],
+        "rt-acc-killed-0"
+    );
+    assert_eq!(
+        env.ok(&["token"]).trim(),
+        account.access_token(),
+        "still valid: served"
+    );
     let out = env.run(&["token", "--min-ttl", "3600"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(upstream.reused_tokens(), ["rt-acc-killed-0"]);
@@ -242,4 +283,77 @@ fn routing_skips_dead_accounts_and_exit_3_when_none_is_left() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no usable account"), "{stderr}");
     assert!(stderr.contains("run: codex-broker login"), "{stderr}");
+}
+
+/// Timeouts, with the engine's clock under the test's control.
+#[test]
+fn timeouts_back_off_with_growing_delays_and_recover() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use codex_broker::oauth::OAuthClient;
+    use codex_broker::paths::{Overrides, Paths};
+    use codex_broker::refresh::{RefreshError, Refresher};
+
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let account = TestAccount::new("acc-slow").expiring_in(120);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let paths = Paths::resolve(Overrides {
+        home: Some(env.broker_home()),
+        codex_home: Some(env.codex_home()),
+        socket: None,
+    })
+    .unwrap();
+    let now = Arc::new(AtomicI64::new(crate::support::now()));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let oauth = OAuthClient::with_timeout(&upstream.url(), Duration::from_millis(300));
+    let engine = Refresher::with_parts(&paths, oauth, clock);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    upstream.set_refresh(Refresh::Hang(Duration::from_secs(5)));
+
+    let mut last_delay = 0;
+    for attempt in 1..=3 {
+        let served = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+        assert_eq!(
+            served.tokens.unwrap().access_token.expose(),
+            &account.access_token()
+        );
+        let stored = account_state(&env, "acc-slow");
+        assert_eq!(stored["refresh_failures"], attempt);
+        assert!(
+            stored["state_reason"]
+                .as_str()
+                .unwrap()
+                .contains("timed out")
+        );
+        let delay = stored["backoff_until"].as_i64().unwrap() - now.load(Ordering::SeqCst);
+        assert!(
+            delay >= 15 << (attempt - 1) >> 1,
+            "attempt {attempt}: {delay}"
+        );
+        assert!(delay > last_delay / 2 && delay <= 15 << (attempt - 1));
+        last_delay = delay;
+        // Within the backoff nothing is sent.
+        let sent = upstream.requests_to("/oauth/token").len();
+        runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+        assert_eq!(upstream.requests_to("/oauth/token").len(), sent);
+        now.fetch_add(delay, Ordering::SeqCst);
+    }
+    // Past expiry and still failing: an error, never a login problem.
+    now.fetch_add(600, Ordering::SeqCst);
+    let err = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap_err();
+    assert!(matches!(err, RefreshError::Backoff { .. }), "{err}");
+    now.fetch_add(3600, Ordering::SeqCst);
+    upstream.set_refresh(Refresh::Rotate);
+    let refreshed = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+    assert_eq!(refreshed.state, codex_broker::store::State::Ok);
+    assert_eq!(
+        refreshed.tokens.unwrap().refresh_token.expose(),
+        "rt-acc-slow-1"
+    );
 }

@@ -51,6 +51,8 @@ pub enum Refresh {
     RotateThenDelay(Duration),
     /// Close the connection without an answer; nothing rotates.
     Drop,
+    /// Hang this long, then answer 503; nothing rotates.
+    Hang(Duration),
 }
 
 impl Refresh {
@@ -250,7 +252,10 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
-async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Response<Body>, Dropped> {
+async fn handle(
+    req: Request<Incoming>,
+    (state, arrived): Shared,
+) -> Result<Response<Body>, Dropped> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -296,6 +301,10 @@ async fn handle(req: Request<Incoming>, (state, arrived): Shared) -> Result<Resp
                     response
                 }
                 Refresh::Drop => return Err(Dropped),
+                Refresh::Hang(delay) => {
+                    tokio::time::sleep(delay).await;
+                    oauth_error(StatusCode::SERVICE_UNAVAILABLE, "hung", "gave up")
+                }
             }
         }
         ("POST", p) if p.ends_with("/responses") => sse(),
@@ -321,7 +330,8 @@ fn pairs(text: &str) -> HashMap<String, String> {
 fn s256(verifier: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 /// `GET /oauth/authorize`: checks the request and redirects back with a code.
@@ -364,10 +374,16 @@ fn device_token(state: &Mutex<State>) -> Response<Body> {
     let mut state = state.lock().unwrap();
     state.device_polls += 1;
     if state.device_polls <= state.device_pending_polls {
-        return json_response(StatusCode::FORBIDDEN, json!({"error": "authorization_pending"}));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "authorization_pending"}),
+        );
     }
     let Some(account) = state.login_account.clone() else {
-        return json_response(StatusCode::FORBIDDEN, json!({"error": "authorization_pending"}));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "authorization_pending"}),
+        );
     };
     let verifier = format!("device-verifier-{}", state.device_polls);
     let code = format!("device-code-{}", state.device_polls);
@@ -391,17 +407,23 @@ fn device_token(state: &Mutex<State>) -> Response<Body> {
 fn exchange(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
     let form = pairs(&String::from_utf8_lossy(&req.body));
     let mut state = state.lock().unwrap();
-    let grant = form
-        .get("code")
-        .and_then(|c| state.codes.remove(c));
+    let grant = form.get("code").and_then(|c| state.codes.remove(c));
     let valid = grant.as_ref().is_some_and(|g| {
         form.get("grant_type").map(String::as_str) == Some("authorization_code")
             && form.get("client_id").map(String::as_str) == Some("app_EMoamEEZ73f0CkXaXp7hrann")
-            && form.get("code_verifier").is_some_and(|v| s256(v) == g.challenge)
-            && form.get("redirect_uri").is_some_and(|r| r.ends_with(&g.redirect_uri))
+            && form
+                .get("code_verifier")
+                .is_some_and(|v| s256(v) == g.challenge)
+            && form
+                .get("redirect_uri")
+                .is_some_and(|r| r.ends_with(&g.redirect_uri))
     });
     let Some(grant) = grant.filter(|_| valid) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "bad authorization code");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "bad authorization code",
+        );
     };
     let account = grant.account;
     state.live.insert(
