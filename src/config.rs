@@ -2,7 +2,6 @@
 //! Precedence: flag > environment > config.toml > default.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -10,8 +9,6 @@ use crate::fsutil::{self, FsError};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
-pub const DEFAULT_CHATGPT_BASE: &str = "https://chatgpt.com/backend-api";
-pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,9 +23,6 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     issuer: Option<String>,
-    chatgpt_base: Option<String>,
-    /// Seconds before expiry at which the daemon refreshes a token.
-    refresh_ahead: Option<u64>,
 }
 
 /// The settings in force.
@@ -36,14 +30,11 @@ struct File {
 pub struct Config {
     /// The OAuth issuer, without a trailing slash.
     pub issuer: String,
-    /// The ChatGPT backend, without a trailing slash.
-    pub chatgpt_base: String,
-    pub refresh_ahead: Duration,
 }
 
 impl Config {
     /// Reads `<home>/config.toml` (absent is fine) and applies the
-    /// `CODEX_BROKER_ISSUER` and `CODEX_BROKER_CHATGPT_BASE` variables.
+    /// `CODEX_BROKER_ISSUER` variable.
     pub fn load(home: &Path) -> Result<Config, ConfigError> {
         let path = home.join(CONFIG_FILE);
         let invalid = |message: String| ConfigError::Invalid {
@@ -73,15 +64,6 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_ISSUER.into()),
                 "issuer",
             )?,
-            chatgpt_base: url(
-                env("CODEX_BROKER_CHATGPT_BASE")
-                    .or(file.chatgpt_base)
-                    .unwrap_or_else(|| DEFAULT_CHATGPT_BASE.into()),
-                "chatgpt_base",
-            )?,
-            refresh_ahead: file
-                .refresh_ahead
-                .map_or(DEFAULT_REFRESH_AHEAD, Duration::from_secs),
         })
     }
 }
@@ -95,20 +77,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.issuer, DEFAULT_ISSUER);
-        assert_eq!(c.refresh_ahead, DEFAULT_REFRESH_AHEAD);
         std::fs::write(
             dir.path().join(CONFIG_FILE),
-            "issuer = \"http://127.0.0.1:9/\"\nrefresh_ahead = 3600\n",
+            "issuer = \"http://127.0.0.1:9/\"\n",
         )
         .unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.issuer, "http://127.0.0.1:9");
-        assert_eq!(c.refresh_ahead, Duration::from_secs(3600));
         std::fs::write(dir.path().join(CONFIG_FILE), "isuer = \"x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("isuer"), "{e}");
-        std::fs::write(dir.path().join(CONFIG_FILE), "chatgpt_base = \"ftp://x\"\n").unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "issuer = \"ftp://x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("`chatgpt_base` must be an http(s) URL"), "{e}");
+        assert!(e.contains("`issuer` must be an http(s) URL"), "{e}");
     }
 }
