@@ -1,6 +1,6 @@
 //! Many processes updating the store at once lose no update.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::support::{TestAccount, TestEnv};
 
@@ -8,9 +8,7 @@ fn spawn_all(env: &TestEnv, commands: Vec<Vec<String>>) {
     let children: Vec<_> = commands
         .iter()
         .map(|args| {
-            Command::new(assert_cmd::cargo::cargo_bin("codex-broker"))
-                .env_clear()
-                .env("HOME", env.user_home())
+            env.std_cmd()
                 .args(args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

@@ -22,10 +22,8 @@ impl Rng {
 }
 
 fn switch(env: &TestEnv, id: &str) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("codex-broker"));
-    cmd.env_clear()
-        .env("HOME", env.user_home())
-        .args(["accounts", "switch", id])
+    let mut cmd = env.std_cmd();
+    cmd.args(["accounts", "switch", id])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd

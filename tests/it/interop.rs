@@ -68,6 +68,26 @@ fn codex_config(env: &TestEnv, upstream: &FakeUpstream) {
     .unwrap();
 }
 
+/// `codex exec` of one prompt against the fake upstream, refreshing (if it
+/// must) at the fake issuer; asserts that it succeeded.
+fn codex_exec(env: &TestEnv, upstream: &FakeUpstream) -> std::process::Output {
+    let out = codex(env)
+        .env(
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+            format!("{}/oauth/token", upstream.url()),
+        )
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn assert_codex_logged_in(env: &TestEnv, expected: &str) {
     let (ok, line) = codex_login_status(env);
     assert!(ok, "codex login status failed: {line}");
@@ -88,20 +108,7 @@ fn codex_refreshed_auth_is_imported_switched_and_still_accepted() {
     upstream.add_account(&account);
     env.write_codex_auth(&account);
     codex_config(&env, &upstream);
-    let out = codex(&env)
-        .env(
-            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-            format!("{}/oauth/token", upstream.url()),
-        )
-        .args(["exec", "--skip-git-repo-check", "say hello"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    codex_exec(&env, &upstream);
     assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
     let written_by_codex = env.read_auth();
     assert_eq!(
@@ -192,20 +199,7 @@ fn codex_uses_the_token_the_broker_refreshed_ahead_of_time() {
     assert_eq!(env.read_auth()["tokens"]["access_token"], token);
     assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
 
-    let out = codex(&env)
-        .env(
-            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-            format!("{}/oauth/token", upstream.url()),
-        )
-        .args(["exec", "--skip-git-repo-check", "say hello"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = codex_exec(&env, &upstream);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
     let inference = upstream.requests_to("/codex/responses");
     let posted: Vec<_> = inference.iter().filter(|r| r.method == "POST").collect();
