@@ -88,6 +88,20 @@ fn codex_exec(env: &TestEnv, upstream: &FakeUpstream) -> std::process::Output {
     out
 }
 
+/// Imports the fixture ChatGPT account, publishes it with `accounts switch`
+/// and checks that Codex accepts the file the broker wrote.
+fn switch_codex_to_the_fixture_account(env: &TestEnv) {
+    env.ok(&[
+        "import",
+        crate::support::fixture("auth/chatgpt.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    env.ok(&["accounts", "switch", "acc-fixture-1"]);
+    assert_eq!(env.read_auth()["tokens"]["account_id"], "acc-fixture-1");
+    assert_codex_logged_in(env, "Logged in using ChatGPT");
+}
+
 fn assert_codex_logged_in(env: &TestEnv, expected: &str) {
     let (ok, line) = codex_login_status(env);
     assert!(ok, "codex login status failed: {line}");
@@ -129,15 +143,7 @@ fn codex_refreshed_auth_is_imported_switched_and_still_accepted() {
         "import leaves Codex's file as it was"
     );
 
-    env.ok(&[
-        "import",
-        crate::support::fixture("auth/chatgpt.json")
-            .to_str()
-            .unwrap(),
-    ]);
-    env.ok(&["accounts", "switch", "acc-fixture-1"]);
-    assert_eq!(env.read_auth()["tokens"]["account_id"], "acc-fixture-1");
-    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    switch_codex_to_the_fixture_account(&env);
 
     env.ok(&["accounts", "switch", "acc-codex"]);
     let republished = env.read_auth();
@@ -169,14 +175,7 @@ fn codex_api_key_login_is_imported_and_switched_back_and_forth() {
 
     let imported = env.ok(&["import"]);
     assert!(imported.contains("Imported account apikey-"), "{imported}");
-    env.ok(&[
-        "import",
-        crate::support::fixture("auth/chatgpt.json")
-            .to_str()
-            .unwrap(),
-    ]);
-    env.ok(&["accounts", "switch", "acc-fixture-1"]);
-    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    switch_codex_to_the_fixture_account(&env);
     env.ok(&["accounts", "switch", "apikey"]);
     assert_eq!(env.read_auth()["OPENAI_API_KEY"], "sk-interop-key");
     assert_codex_logged_in(&env, "API key configured");
