@@ -9,6 +9,8 @@ use crate::fsutil::{self, FsError};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
+/// How long before expiry a token is refreshed by default, seconds.
+pub const DEFAULT_REFRESH_AHEAD: i64 = 30 * 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,6 +25,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     issuer: Option<String>,
+    refresh_ahead: Option<toml::Value>,
 }
 
 /// The settings in force.
@@ -30,11 +33,13 @@ struct File {
 pub struct Config {
     /// The OAuth issuer, without a trailing slash.
     pub issuer: String,
+    /// Refresh a token once less than this many seconds of it remain.
+    pub refresh_ahead: i64,
 }
 
 impl Config {
     /// Reads `<home>/config.toml` (absent is fine) and applies the
-    /// `CODEX_BROKER_ISSUER` variable.
+    /// `CODEX_BROKER_ISSUER` and `CODEX_BROKER_REFRESH_AHEAD` variables.
     pub fn load(home: &Path) -> Result<Config, ConfigError> {
         let path = home.join(CONFIG_FILE);
         let invalid = |message: String| ConfigError::Invalid {
@@ -57,6 +62,20 @@ impl Config {
                 Err(invalid(format!("`{key}` must be an http(s) URL")))
             }
         };
+        let refresh_ahead = match env("CODEX_BROKER_REFRESH_AHEAD") {
+            Some(text) => parse_duration(&text).ok_or_else(|| ConfigError::Invalid {
+                path: "CODEX_BROKER_REFRESH_AHEAD".into(),
+                message: format!("`{text}` is not a duration such as 1800, \"30m\" or \"1h\""),
+            })?,
+            None => match file.refresh_ahead {
+                None => DEFAULT_REFRESH_AHEAD,
+                Some(value) => duration_value(&value).ok_or_else(|| {
+                    invalid(format!(
+                        "`refresh_ahead` must be seconds or a duration such as \"30m\", not {value}"
+                    ))
+                })?,
+            },
+        };
         Ok(Config {
             issuer: url(
                 env("CODEX_BROKER_ISSUER")
@@ -64,8 +83,33 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_ISSUER.into()),
                 "issuer",
             )?,
+            refresh_ahead,
         })
     }
+}
+
+fn duration_value(value: &toml::Value) -> Option<i64> {
+    match value {
+        toml::Value::Integer(secs) if *secs >= 0 => Some(*secs),
+        toml::Value::String(text) => parse_duration(text),
+        _ => None,
+    }
+}
+
+/// `90`, `90s`, `30m`, `1h`: a non-negative number of seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    digits.parse::<i64>().ok()?.checked_mul(scale)
 }
 
 #[cfg(test)]
@@ -77,18 +121,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.issuer, DEFAULT_ISSUER);
+        assert_eq!(c.refresh_ahead, DEFAULT_REFRESH_AHEAD);
         std::fs::write(
             dir.path().join(CONFIG_FILE),
-            "issuer = \"http://127.0.0.1:9/\"\n",
+            "issuer = \"http://127.0.0.1:9/\"\nrefresh_ahead = \"45m\"\n",
         )
         .unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.issuer, "http://127.0.0.1:9");
+        assert_eq!(c.refresh_ahead, 45 * 60);
+        std::fs::write(dir.path().join(CONFIG_FILE), "refresh_ahead = -3\n").unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("`refresh_ahead` must be"), "{e}");
         std::fs::write(dir.path().join(CONFIG_FILE), "isuer = \"x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("isuer"), "{e}");
         std::fs::write(dir.path().join(CONFIG_FILE), "issuer = \"ftp://x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("`issuer` must be an http(s) URL"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration("2h"), Some(7200));
+        assert_eq!(parse_duration("2d"), None);
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod codex_auth;
 pub mod config;
+pub mod daemon;
 pub mod display;
 pub mod fsutil;
 pub mod json;
@@ -17,6 +18,9 @@ pub mod publish;
 pub mod quota;
 pub mod refresh;
 pub mod routing;
+pub mod scheduler;
 pub mod secret;
+pub mod socket;
 pub mod store;
 pub mod view;
+pub mod watch;

@@ -30,6 +30,72 @@ pub struct Window {
     pub resets_at: Option<i64>,
 }
 
+impl Quota {
+    /// Reads Codex's `x-codex-primary-*` (5-hour) and `x-codex-secondary-*`
+    /// (weekly) response headers; `header` looks a header up by its
+    /// lower-case name. `None` when the response carried no quota.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>, now: i64) -> Option<Quota> {
+        let window = |name: &str| {
+            let get = |field: &str| header(&format!("x-codex-{name}-{field}")).map(str::trim);
+            Some(Window {
+                used_percent: get("used-percent")?.parse::<f64>().ok()?,
+                window_minutes: get("window-minutes").and_then(|v| v.parse().ok()),
+                resets_at: get("reset-at").and_then(|v| v.parse().ok()),
+            })
+        };
+        let five_hour = window("primary");
+        let weekly = window("secondary");
+        if five_hour.is_none() && weekly.is_none() {
+            return None;
+        }
+        Some(Quota {
+            five_hour,
+            weekly,
+            source: "headers".into(),
+            observed_at: now,
+            extra: Map::new(),
+        })
+    }
+
+    /// Reads a 429 `usage_limit_reached` body: the account is used up until
+    /// `resets_at`. The window it names (`five_hour` unless the reset is more
+    /// than five hours away) is marked full on top of `previous`.
+    pub fn from_usage_limit(body: &Value, previous: Option<&Quota>, now: i64) -> Option<Quota> {
+        let error = body.get("error")?;
+        if error.get("type").and_then(Value::as_str) != Some("usage_limit_reached") {
+            return None;
+        }
+        let resets_at = error.get("resets_at").and_then(Value::as_i64).or_else(|| {
+            error
+                .get("resets_in_seconds")
+                .and_then(Value::as_i64)
+                .map(|s| now + s)
+        });
+        let mut quota = previous.cloned().unwrap_or(Quota {
+            five_hour: None,
+            weekly: None,
+            source: String::new(),
+            observed_at: now,
+            extra: Map::new(),
+        });
+        let weekly = resets_at.is_some_and(|at| at - now > 5 * 3600);
+        let slot = if weekly {
+            &mut quota.weekly
+        } else {
+            &mut quota.five_hour
+        };
+        let window_minutes = slot.as_ref().and_then(|w| w.window_minutes);
+        *slot = Some(Window {
+            used_percent: 100.0,
+            window_minutes: window_minutes.or(Some(if weekly { 7 * 24 * 60 } else { 300 })),
+            resets_at,
+        });
+        quota.source = "usage_limit".into();
+        quota.observed_at = now;
+        Some(quota)
+    }
+}
+
 impl Window {
     /// The share used now: a window whose reset time has passed is empty again.
     pub fn used_at(&self, now: i64) -> f64 {
@@ -43,6 +109,41 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers() {
+        let headers = [
+            ("x-codex-primary-used-percent", "42.5"),
+            ("x-codex-primary-window-minutes", "300"),
+            ("x-codex-primary-reset-at", "1795363200"),
+            ("x-codex-secondary-used-percent", "7"),
+        ];
+        let lookup = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let q = Quota::from_headers(lookup, 5).unwrap();
+        assert_eq!(q.five_hour.as_ref().unwrap().used_percent, 42.5);
+        assert_eq!(q.five_hour.as_ref().unwrap().window_minutes, Some(300));
+        assert_eq!(q.five_hour.as_ref().unwrap().resets_at, Some(1_795_363_200));
+        assert_eq!(q.weekly.as_ref().unwrap().used_percent, 7.0);
+        assert_eq!((q.source.as_str(), q.observed_at), ("headers", 5));
+        assert!(Quota::from_headers(|_| None, 5).is_none());
+        assert!(Quota::from_headers(|_| Some("lots"), 5).is_none());
+    }
+
+    #[test]
+    fn usage_limit_body() {
+        let now = 1_000_000;
+        let body = serde_json::json!({"error": {"type": "usage_limit_reached",
+            "message": "limit", "plan_type": "plus", "resets_at": now + 3600}});
+        let q = Quota::from_usage_limit(&body, None, now).unwrap();
+        let w = q.five_hour.unwrap();
+        assert_eq!((w.used_percent, w.resets_at), (100.0, Some(now + 3600)));
+        let body = serde_json::json!({"error": {"type": "usage_limit_reached",
+            "resets_at": now + 3 * 86_400}});
+        let q = Quota::from_usage_limit(&body, None, now).unwrap();
+        assert_eq!(q.weekly.unwrap().used_percent, 100.0);
+        let other = serde_json::json!({"error": {"type": "rate_limit_exceeded"}});
+        assert!(Quota::from_usage_limit(&other, None, now).is_none());
+    }
 
     #[test]
     fn a_reset_window_is_empty() {

@@ -9,6 +9,7 @@
 //! anyone is handed them.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +22,7 @@ use crate::jwt;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
 use crate::paths::Paths;
 use crate::publish::{adopt_from_snapshot, republish};
-use crate::store::{Account, Kind, State, StoreError, StoreFile};
+use crate::store::{Account, Kind, State, Store, StoreError, StoreFile};
 
 /// Codex refreshes a token without `exp` once `last_refresh` is this old.
 pub const CODEX_STALE_AFTER: i64 = 8 * 86_400;
@@ -76,7 +77,7 @@ pub enum Assessment {
 }
 
 /// Decides whether `account` must be refreshed to stay valid for `min_ttl`
-/// more seconds at `now`.
+/// more seconds at `now`, and to stay clear of Codex's 8-day rule.
 pub fn assess(account: &Account, now: i64, min_ttl: i64) -> Assessment {
     if account.kind == Kind::ApiKey {
         return Assessment::Fresh;
@@ -84,11 +85,11 @@ pub fn assess(account: &Account, now: i64, min_ttl: i64) -> Assessment {
     if account.state == State::NeedsLogin {
         return Assessment::NeedsLogin;
     }
+    // Codex refreshes on its own once `last_refresh` is 8 days old.
+    let young = |t: OffsetDateTime| now - t.unix_timestamp() + min_ttl < CODEX_STALE_AFTER;
     let fresh = match account.expires_at {
-        Some(exp) => exp - now > min_ttl,
-        None => account
-            .last_refresh
-            .is_some_and(|t| now - t.unix_timestamp() + min_ttl < CODEX_STALE_AFTER),
+        Some(exp) => exp - now > min_ttl && account.last_refresh.is_none_or(young),
+        None => account.last_refresh.is_some_and(young),
     };
     match account.backoff_until {
         _ if fresh => Assessment::Fresh,
@@ -125,6 +126,28 @@ pub struct Refresher {
     locks: PathBuf,
     clock: Clock,
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    cache: Mutex<Option<(FileStamp, Arc<Store>)>>,
+}
+
+/// Identifies one version of a file: every save is a rename of a new file,
+/// so a changed store has a new inode and change time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
 }
 
 impl Refresher {
@@ -140,7 +163,35 @@ impl Refresher {
             locks: paths.home.join("locks"),
             clock,
             gates: Mutex::new(HashMap::new()),
+            cache: Mutex::new(None),
         }
+    }
+
+    /// The current wall-clock time, unix seconds.
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// The store as it is on disk now. Parsed once per version of the file:
+    /// a `stat` tells whether the cached copy is still current.
+    pub fn store(&self) -> Result<Arc<Store>, RefreshError> {
+        let path = self.store.path();
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) => Some(FileStamp::of(&meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FsError::new("cannot inspect", &path, e).into()),
+        };
+        let mut cache = self.cache.lock().expect("store cache lock");
+        if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref())
+            && stamp == *cached
+        {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(self.store.load()?);
+        // Stamp taken before the read: a save racing with it only makes the
+        // next call read again.
+        *cache = stamp.map(|s| (s, store.clone()));
+        Ok(store)
     }
 
     fn gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -163,8 +214,7 @@ impl Refresher {
     }
 
     fn load(&self, id: &str) -> Result<Account, RefreshError> {
-        self.store
-            .load()?
+        self.store()?
             .get(id)
             .cloned()
             .ok_or_else(|| RefreshError::Unknown(id.to_owned()))

@@ -1,6 +1,7 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
-use crate::store::{Account, Role, Routing, State, Store};
+use crate::refresh::{LOGIN_HINT, RefreshError, Refresher};
+use crate::store::{Account, LookupError, Role, Routing, State, Store};
 
 /// Why `account` may not serve at `now`, if it may not.
 pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<String> {
@@ -50,6 +51,99 @@ pub fn candidates(store: &Store, now: i64) -> Vec<&Account> {
         .collect();
     usable.sort_by_key(|a| if a.role == Role::Main { main_rank } else { 1 });
     usable
+}
+
+/// Why no account could hand out a token.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no accounts yet; {LOGIN_HINT}, or import Codex's login with: codex-broker import")]
+    NoAccounts,
+    #[error("no usable account ({0}); {LOGIN_HINT}")]
+    AllBlocked(String),
+    #[error("no usable account: {0}")]
+    AllFailed(RefreshError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+}
+
+impl Unavailable {
+    /// Whether a login (or waiting for a quota reset) is what it takes.
+    pub fn needs_login(&self) -> bool {
+        matches!(
+            self,
+            Unavailable::NoAccounts
+                | Unavailable::AllBlocked(_)
+                | Unavailable::AllFailed(_)
+                | Unavailable::Refresh(RefreshError::NeedsLogin { .. })
+        )
+    }
+
+    /// The stable error code the socket API answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unavailable::NoAccounts
+            | Unavailable::AllFailed(_)
+            | Unavailable::Refresh(RefreshError::NeedsLogin { .. }) => "needs_login",
+            Unavailable::AllBlocked(_) => "no_usable_account",
+            Unavailable::Lookup(_) => "unknown_account",
+            Unavailable::Refresh(RefreshError::Backoff { .. }) => "refresh_failed",
+            Unavailable::Refresh(_) => "internal",
+        }
+    }
+}
+
+/// An account with a token valid for more than `min_ttl` seconds: the named
+/// one (`query`: id, label or unique prefix), or else the first routed
+/// account that can serve, skipping those in `exclude` and those whose
+/// refresh token is dead.
+pub async fn fresh_account(
+    refresher: &Refresher,
+    query: Option<&str>,
+    exclude: &[&str],
+    min_ttl: i64,
+) -> Result<Account, Unavailable> {
+    let store = refresher.store()?;
+    if let Some(query) = query {
+        let id = store.find(query)?.id.clone();
+        return Ok(refresher.fresh(&id, min_ttl).await?);
+    }
+    let now = refresher.now();
+    let ids: Vec<String> = candidates(&store, now)
+        .iter()
+        .filter(|a| !exclude.contains(&a.id.as_str()))
+        .map(|a| a.id.clone())
+        .collect();
+    if ids.is_empty() {
+        if store.accounts.is_empty() {
+            return Err(Unavailable::NoAccounts);
+        }
+        let reasons: Vec<String> = store
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let why = blocked(&store, a, now)
+                    .or_else(|| exclude.contains(&a.id.as_str()).then(|| "just failed".into()))?;
+                Some(format!("{}: {why}", a.name()))
+            })
+            .collect();
+        return Err(Unavailable::AllBlocked(reasons.join("; ")));
+    }
+    let mut last = None;
+    for id in &ids {
+        match refresher.fresh(id, min_ttl).await {
+            Ok(account) => return Ok(account),
+            Err(e @ RefreshError::NeedsLogin { .. }) => {
+                tracing::info!("skipping: {e}");
+                last = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Unavailable::AllFailed(
+        last.expect("every candidate failed with an error"),
+    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod import;
 mod killswitch;
 mod login;
 mod routing;
+mod serve;
 mod status;
 mod token;
 
@@ -26,6 +27,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: no account can serve; a login is needed.
 pub const EXIT_NEEDS_LOGIN: u8 = 3;
+
+/// `token --min-ttl` and `/v1/token?min_ttl=` by default, seconds.
+pub const DEFAULT_MIN_TTL: u32 = 300;
 
 /// What `accounts` and `status` say on an empty store.
 const NO_ACCOUNTS: &str = "No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)\n";
@@ -92,6 +96,7 @@ pub enum Command {
     Accounts(accounts::Args),
     Status(status::Args),
     Token(token::Args),
+    Serve(serve::Args),
     Routing(routing::Args),
     Killswitch(killswitch::Args),
     Completions(completions::Args),
@@ -139,7 +144,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
     match run(cli) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(err) if is_broken_pipe(&err) => ExitCode::from(EXIT_OK),
@@ -159,8 +164,10 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn init_logging(verbose: u8) {
-    let level = match verbose {
+/// Logs go to stderr: warnings by default, and what the daemon does when it
+/// serves; each -v adds a level.
+fn init_logging(verbose: u8, daemon: bool) {
+    let level = match verbose + u8::from(daemon) {
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -171,6 +178,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -189,6 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(args) => accounts::run(&paths()?, args),
         Command::Status(args) => status::run(&paths()?, args),
         Command::Token(args) => token::run(&paths()?, args),
+        Command::Serve(args) => serve::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),

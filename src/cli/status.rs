@@ -1,6 +1,5 @@
 //! `codex-broker status [--json]`
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use serde::Serialize;
@@ -9,6 +8,7 @@ use crate::codex_auth::AuthState;
 use crate::display::{self, Table};
 use crate::paths::Paths;
 use crate::quota::Window;
+use crate::socket::client::{self, Answer};
 use crate::store::{Account, Killswitch, Routing, Store};
 use crate::view::AccountView;
 
@@ -16,7 +16,8 @@ use crate::view::AccountView;
 ///
 /// Per account: label, email, plan, role, state, token expiry, last refresh,
 /// and the last known 5-hour and weekly quota with their reset times. Also
-/// whether the daemon runs and which account auth.json holds.
+/// whether the daemon runs (and the problems it reports) and which account
+/// auth.json holds.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, accounts}
@@ -37,6 +38,43 @@ struct Status<'a> {
 struct Daemon<'a> {
     running: bool,
     socket: &'a Path,
+    pid: Option<u64>,
+    version: Option<String>,
+    /// What the daemon reports as wrong, `{code, message}` each.
+    problems: Vec<serde_json::Value>,
+}
+
+impl<'a> Daemon<'a> {
+    fn ask(paths: &'a Paths) -> anyhow::Result<Daemon<'a>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut daemon = Daemon {
+            running: false,
+            socket: &paths.socket,
+            pid: None,
+            version: None,
+            problems: Vec::new(),
+        };
+        match runtime.block_on(client::get(paths, "/v1/health")) {
+            Ok(Answer::NoDaemon) => {}
+            Ok(Answer::Ok(health)) => {
+                daemon.running = true;
+                daemon.pid = health["pid"].as_u64();
+                daemon.version = health["version"].as_str().map(str::to_owned);
+                daemon.problems = health["problems"].as_array().cloned().unwrap_or_default();
+            }
+            Ok(Answer::Error { code, message, .. }) => {
+                daemon.running = true;
+                daemon.problems
+                    .push(serde_json::json!({"code": code, "message": message}));
+            }
+            Err(e) => daemon
+                .problems
+                .push(serde_json::json!({"code": "unreachable", "message": e.to_string()})),
+        }
+        Ok(daemon)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -68,10 +106,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         },
     };
     let status = Status {
-        daemon: Daemon {
-            running: UnixStream::connect(&paths.socket).is_ok(),
-            socket: &paths.socket,
-        },
+        daemon: Daemon::ask(paths)?,
         codex_auth,
         routing: store.routing,
         killswitch: &store.killswitch,
@@ -104,6 +139,12 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
         .into(),
     ]);
     let mut text = head.render();
+    for problem in &status.daemon.problems {
+        text.push_str(&format!(
+            "! {}\n",
+            problem["message"].as_str().unwrap_or_default()
+        ));
+    }
     if store.accounts.is_empty() {
         text.push('\n');
         text.push_str(super::NO_ACCOUNTS);
@@ -118,7 +159,8 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
 
 fn daemon_line(daemon: &Daemon) -> String {
     if daemon.running {
-        format!("running (socket {})", daemon.socket.display())
+        let pid = daemon.pid.map_or_else(String::new, |p| format!("pid {p}, "));
+        format!("running ({pid}socket {})", daemon.socket.display())
     } else {
         format!("not running (no daemon at {})", daemon.socket.display())
     }

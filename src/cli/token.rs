@@ -1,19 +1,20 @@
 //! `codex-broker token [--account ID] [--min-ttl SECS] [--json]`
 
 use crate::config::Config;
-use crate::display;
 use crate::paths::Paths;
-use crate::refresh::{LOGIN_HINT, RefreshError, Refresher};
+use crate::refresh::Refresher;
 use crate::routing;
+use crate::socket::client::{self, Answer};
 use crate::view::TokenView;
 
 /// Print a valid access token, refreshing it first when needed
 ///
 /// Without --account, the routed account is used: the main account (or the
 /// fallbacks first, with `routing fallback-first`), skipping accounts that
-/// need a login, are used up or are blocked by the killswitch. Safe to run
-/// from many processes at once: one refresh happens per rotation. Exits 3
-/// when no account can serve.
+/// need a login, are used up or are blocked by the killswitch. Asks the
+/// daemon when it runs, and works without it otherwise. Safe to run from
+/// many processes at once: one refresh happens per rotation. Exits 3 when no
+/// account can serve.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Use this account (id, label or unique id prefix)
@@ -21,7 +22,7 @@ pub struct Args {
     pub account: Option<String>,
 
     /// Refresh first if the token expires within this many seconds
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = super::DEFAULT_MIN_TTL)]
     pub min_ttl: u32,
 
     /// Print {account_id, kind, access_token, expires_at, plan, email, headers}
@@ -30,65 +31,54 @@ pub struct Args {
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&paths.home)?;
-    let store = paths.store().load()?;
-    let ids: Vec<String> = match &args.account {
-        Some(query) => vec![store.find(query)?.id.clone()],
-        None => routing::candidates(&store, display::now())
-            .iter()
-            .map(|a| a.id.clone())
-            .collect(),
-    };
-    if ids.is_empty() {
-        return Err(no_usable_account(&store));
-    }
-    let refresher = Refresher::new(paths, &config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut last_error = None;
-    for id in &ids {
-        match runtime.block_on(refresher.fresh(id, i64::from(args.min_ttl))) {
-            Ok(account) => {
-                let view = TokenView::new(&account)
-                    .ok_or_else(|| anyhow::anyhow!("account {id} holds no credential"))?;
-                if args.json {
-                    super::print_json(&view)?;
-                } else {
-                    super::print(&format!("{}\n", view.access_token))?;
-                }
-                return Ok(());
-            }
-            Err(e @ RefreshError::NeedsLogin { .. }) if args.account.is_none() => {
-                tracing::info!("skipping: {e}");
-                last_error = Some(e);
-            }
-            Err(e @ RefreshError::NeedsLogin { .. }) => {
-                return Err(super::Exit::needs_login(e.to_string()));
-            }
-            Err(e) => return Err(e.into()),
+    let body = match runtime.block_on(from_daemon(paths, &args))? {
+        Some(body) => body,
+        None => {
+            let config = Config::load(&paths.home)?;
+            let refresher = Refresher::new(paths, &config);
+            let found = runtime.block_on(routing::fresh_account(
+                &refresher,
+                args.account.as_deref(),
+                &[],
+                i64::from(args.min_ttl),
+            ));
+            let account = match found {
+                Ok(account) => account,
+                Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
+                Err(e) => return Err(e.into()),
+            };
+            let view = TokenView::new(&account).ok_or_else(|| {
+                anyhow::anyhow!("account {} holds no credential", account.id)
+            })?;
+            serde_json::to_value(&view)?
         }
+    };
+    if args.json {
+        return Ok(super::print_json(&body)?);
     }
-    let message = last_error.map_or_else(|| "no account can serve".to_owned(), |e| e.to_string());
-    Err(super::Exit::needs_login(format!(
-        "no usable account: {message}"
-    )))
+    let token = body["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the daemon answered without an access_token"))?;
+    Ok(super::print(&format!("{token}\n"))?)
 }
 
-fn no_usable_account(store: &crate::store::Store) -> anyhow::Error {
-    if store.accounts.is_empty() {
-        return super::Exit::needs_login(format!(
-            "no accounts yet; {LOGIN_HINT}, or import Codex's login with: codex-broker import"
-        ));
+/// The daemon's answer, or `None` when no daemon serves this home.
+async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<serde_json::Value>> {
+    let mut query = format!("/v1/token?min_ttl={}", args.min_ttl);
+    if let Some(account) = &args.account {
+        query.push_str("&account=");
+        query.push_str(&client::encode_query_value(account));
     }
-    let now = display::now();
-    let reasons: Vec<String> = store
-        .accounts
-        .iter()
-        .filter_map(|a| routing::blocked(store, a, now).map(|why| format!("{}: {why}", a.name())))
-        .collect();
-    super::Exit::needs_login(format!(
-        "no usable account ({}); {LOGIN_HINT}",
-        reasons.join("; ")
-    ))
+    match client::get(paths, &query).await? {
+        Answer::NoDaemon => Ok(None),
+        Answer::Ok(body) => Ok(Some(body)),
+        Answer::Error { code, message, .. } => match code.as_str() {
+            "needs_login" | "no_usable_account" => Err(super::Exit::needs_login(message)),
+            _ => Err(anyhow::anyhow!("{message}")),
+        },
+    }
 }
+

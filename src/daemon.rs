@@ -1,0 +1,265 @@
+//! `serve`: wiring of the daemon. One instance per broker home; one
+//! cancellation token and a task tracker for an orderly shutdown.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use fs2::FileExt;
+use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::paths::Paths;
+use crate::refresh::{LOGIN_HINT, Refresher};
+use crate::socket::{self, Limits};
+use crate::store::State;
+use crate::{scheduler, watch};
+
+/// The file whose lock marks the running daemon of a broker home; it holds
+/// that daemon's pid.
+pub const PID_FILE: &str = "serve.pid";
+
+/// State shared by the daemon's tasks.
+pub struct Shared {
+    pub paths: Paths,
+    home_real: PathBuf,
+    pub config: Config,
+    pub refresher: Refresher,
+    /// Why auth.json cannot be used, while it cannot.
+    auth_problem: Mutex<Option<String>>,
+    /// Signalled when the account store changed on disk.
+    pub store_changed: Notify,
+}
+
+impl Shared {
+    pub fn new(paths: Paths, config: Config, refresher: Refresher) -> Shared {
+        let home_real = paths
+            .home
+            .canonicalize()
+            .unwrap_or_else(|_| paths.home.clone());
+        Shared {
+            paths,
+            home_real,
+            config,
+            refresher,
+            auth_problem: Mutex::new(None),
+            store_changed: Notify::new(),
+        }
+    }
+
+    /// Whether `home` names the broker home this daemon serves.
+    pub fn serves_home(&self, home: &Path) -> bool {
+        home == self.paths.home || home.canonicalize().is_ok_and(|h| h == self.home_real)
+    }
+
+    /// Records what is wrong with auth.json (`None`: nothing). Returns
+    /// whether that changed.
+    pub fn set_auth_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.auth_problem.lock().expect("problem lock");
+        let changed = *current != problem;
+        *current = problem;
+        changed
+    }
+
+    /// The `/v1/health` answer.
+    pub fn health(&self) -> Value {
+        let mut problems = Vec::new();
+        if let Some(problem) = self.auth_problem.lock().expect("problem lock").clone() {
+            problems.push(json!({"code": "auth_json_invalid", "message": problem}));
+        }
+        let (accounts, published) = match self.refresher.store() {
+            Ok(store) => {
+                for a in &store.accounts {
+                    let reason = a.state_reason.as_deref().unwrap_or_default();
+                    match a.state {
+                        State::NeedsLogin => problems.push(json!({
+                            "code": "needs_login",
+                            "message": format!("account {} needs a new login: {}", a.name(),
+                                reason.trim_end_matches(&format!("; {LOGIN_HINT}"))) + "; " + LOGIN_HINT,
+                        })),
+                        State::RefreshBackoff => problems.push(json!({
+                            "code": "refresh_backoff",
+                            "message": format!("account {}: refreshing fails ({reason}); retrying", a.name()),
+                        })),
+                        State::Ok => {}
+                    }
+                }
+                (store.accounts.len(), store.published.clone())
+            }
+            Err(e) => {
+                problems.push(json!({"code": "store_invalid", "message": e.to_string()}));
+                (0, None)
+            }
+        };
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "home": self.paths.home,
+            "codex_home": self.paths.codex_home,
+            "accounts": accounts,
+            "published": published,
+            "forwarder": Value::Null,
+            "problems": problems,
+        })
+    }
+}
+
+/// How the daemon runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub limits: Limits,
+}
+
+/// Holds the instance lock of a broker home while the daemon runs.
+struct Instance {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another codex-broker serve is already running for {home} (pid {pid}); stop it first \
+     (kill {pid}, or systemctl --user stop codex-broker)"
+)]
+pub struct AlreadyRunning {
+    pub home: PathBuf,
+    pub pid: String,
+}
+
+fn lock_instance(home: &Path) -> anyhow::Result<Instance> {
+    let path = home.join(PID_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock_exclusive().is_err() {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(AlreadyRunning {
+            home: home.to_owned(),
+            pid: if pid.is_empty() { "unknown" } else { pid }.to_owned(),
+        }
+        .into());
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Instance { _file: file })
+}
+
+/// Sends `state` to systemd's notification socket when `NOTIFY_SOCKET` is
+/// set (`Type=notify` units).
+fn sd_notify(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            use std::os::unix::ffi::OsStrExt;
+            if let Some(name) = target.as_bytes().strip_prefix(b"@") {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &addr)?;
+                return Ok(());
+            }
+        }
+        socket.send_to(state.as_bytes(), Path::new(&target))?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(paths: Paths, config: Config, options: Options) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("codex-broker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(paths, config, options))
+}
+
+async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result<()> {
+    fsutil::ensure_private_dir(&paths.home)?;
+    let _instance = lock_instance(&paths.home)?;
+    let (listener, socket_file) = socket::bind(&paths.socket)?;
+    fsutil::create_dir_if_missing(&paths.codex_home)?;
+    let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
+        .context("cannot watch the Codex home and the broker home")?;
+    let refresher = Refresher::new(&paths, &config);
+    let shared = Arc::new(Shared::new(paths, config, refresher));
+    {
+        let shared = shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || watch::sync_codex(&shared)).await? {
+            tracing::warn!("cannot take in auth.json: {e}");
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(watcher.run(shared.clone(), shutdown.clone()));
+    tracker.spawn(scheduler::run(shared.clone(), shutdown.clone()));
+    {
+        let (shared, shutdown, limits) = (shared.clone(), shutdown.clone(), options.limits);
+        tracker.spawn(socket::serve(listener, shared, limits, shutdown));
+    }
+    tracker.close();
+
+    announce(&shared)?;
+    sd_notify("READY=1");
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    sd_notify("STOPPING=1");
+    shutdown.cancel();
+    let grace = options.limits.grace + Duration::from_secs(1);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("tasks still running after {grace:?}; exiting anyway");
+    }
+    drop(socket_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn announce(shared: &Shared) -> anyhow::Result<()> {
+    let store = shared.refresher.store()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %shared.paths.socket.display(),
+        codex_home = %shared.paths.codex_home.display(),
+        accounts = store.accounts.len(),
+        refresh_ahead = shared.config.refresh_ahead,
+        "codex-broker serving"
+    );
+    if store.accounts.is_empty() {
+        tracing::warn!(
+            "no accounts yet: log in with `codex-broker login`, or adopt Codex's login with \
+             `codex-broker import`; the daemon picks them up at once"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The refresh scheduler: sleeps until the next account is due, refreshes it
+//! through the single-flight engine, and wakes early when the store changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Shared;
+use crate::refresh::CODEX_STALE_AFTER;
+use crate::store::{Account, Kind, State};
+
+/// An account is not tried again sooner than this after an attempt.
+const RETRY_FLOOR: i64 = 5;
+/// How long to wait before reading a store that could not be read.
+const STORE_RETRY: i64 = 30;
+
+/// How long before expiry `account` is refreshed: `refresh_ahead`, but at
+/// most half the lifetime of its token, so a short-lived token is not
+/// refreshed again the moment it arrives.
+pub fn lead_time(account: &Account, refresh_ahead: i64) -> i64 {
+    let lifetime = account
+        .expires_at
+        .zip(account.last_refresh)
+        .map(|(exp, refreshed)| exp - refreshed.unix_timestamp())
+        .filter(|l| *l > 0);
+    match lifetime {
+        Some(lifetime) => refresh_ahead.min(lifetime / 2),
+        None => refresh_ahead,
+    }
+}
+
+/// When `account` is due for a refresh (unix seconds), or `None` when the
+/// scheduler leaves it alone (API keys, accounts that need a login). Due
+/// `lead_time` before its token expires, and never later than that before
+/// Codex's own 8-day rule on `last_refresh` would refresh it.
+pub fn due_at(account: &Account, refresh_ahead: i64) -> Option<i64> {
+    if account.kind != Kind::Chatgpt || account.state == State::NeedsLogin {
+        return None;
+    }
+    let lead = lead_time(account, refresh_ahead);
+    let by_expiry = account.expires_at.map(|exp| exp - lead);
+    let by_age = account
+        .last_refresh
+        .map(|t| t.unix_timestamp() + CODEX_STALE_AFTER - lead);
+    let due = match (by_expiry, by_age) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(i64::MIN),
+    };
+    Some(match account.backoff_until {
+        Some(until) if until > due => until,
+        _ => due,
+    })
+}
+
+/// Runs until `shutdown` is cancelled. A refresh in flight is finished, not
+/// abandoned: the issuer may already have rotated the token.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let refresh_ahead = shared.config.refresh_ahead;
+    let mut attempted: HashMap<String, i64> = HashMap::new();
+    loop {
+        let now = shared.refresher.now();
+        let next = match shared.refresher.store() {
+            Err(e) => {
+                tracing::warn!("the scheduler cannot read the store: {e}");
+                now + STORE_RETRY
+            }
+            Ok(store) => {
+                let mut next = i64::MAX;
+                for account in &store.accounts {
+                    let Some(due) = due_at(account, refresh_ahead) else {
+                        continue;
+                    };
+                    let floor = attempted.get(&account.id).map_or(i64::MIN, |t| t + RETRY_FLOOR);
+                    let due = due.max(floor);
+                    if due > now {
+                        next = next.min(due);
+                        continue;
+                    }
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    attempted.insert(account.id.clone(), now);
+                    let lead = lead_time(account, refresh_ahead);
+                    match shared.refresher.fresh(&account.id, lead).await {
+                        Ok(a) => tracing::debug!(account = %a.id, expires_at = ?a.expires_at, "account is fresh"),
+                        Err(e) => tracing::warn!("scheduled refresh: {e}"),
+                    }
+                    // Look again at once: the store has changed.
+                    next = now;
+                }
+                attempted.retain(|id, _| store.get(id).is_some());
+                next
+            }
+        };
+        if next <= now {
+            continue;
+        }
+        let wait = Duration::from_secs(u64::try_from(next - now).unwrap_or(u64::MAX).min(3600));
+        tracing::debug!(seconds = wait.as_secs(), "next scheduled refresh check");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = shared.store_changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(expires_at: Option<i64>, refreshed: i64) -> Account {
+        serde_json::from_value(serde_json::json!({
+            "id": "acc", "kind": "chatgpt", "role": "main",
+            "tokens": {"id_token": "a.b.c", "access_token": "a.b.c", "refresh_token": "r"},
+            "expires_at": expires_at,
+            "last_refresh": crate::codex_auth::format_timestamp(
+                time::OffsetDateTime::from_unix_timestamp(refreshed).unwrap()),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn due_ahead_of_expiry_and_codex_age_rule() {
+        let t = 1_795_000_000;
+        // A 10-day token: due 30 min before the 8-day mark, not 30 min before expiry.
+        let a = account(Some(t + 10 * 86_400), t);
+        assert_eq!(due_at(&a, 1800), Some(t + CODEX_STALE_AFTER - 1800));
+        // A 1-hour token: 30 min ahead.
+        let a = account(Some(t + 3600), t);
+        assert_eq!(due_at(&a, 1800), Some(t + 1800));
+        // A 20-minute token with a 30-minute lead: at half its lifetime.
+        let a = account(Some(t + 1200), t);
+        assert_eq!(due_at(&a, 1800), Some(t + 600));
+        // Backing off: not before the backoff ends.
+        let mut a = account(Some(t + 3600), t);
+        a.backoff_until = Some(t + 2000);
+        assert_eq!(due_at(&a, 1800), Some(t + 2000));
+        a.state = State::NeedsLogin;
+        assert_eq!(due_at(&a, 1800), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! A client of the daemon's socket API, used by `status` and `token` and by
+//! programs built on this library.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+use crate::paths::Paths;
+
+/// The header naming the broker home a client works on; a daemon serving
+/// another home answers `wrong_home`.
+pub const HOME_HEADER: &str = "x-codex-broker-home";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the daemon at {path}: {source}")]
+    Connect { path: String, source: io::Error },
+    #[error("the daemon at {path} did not answer: {source}")]
+    Http { path: String, source: hyper::Error },
+    #[error("the daemon at {path} did not answer within {seconds} s")]
+    Timeout { path: String, seconds: u64 },
+    #[error("the daemon at {path} answered with something that is not JSON")]
+    NotJson { path: String },
+}
+
+/// One keep-alive HTTP/1.1 connection to the daemon.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    path: String,
+}
+
+impl Connection {
+    pub async fn open(socket: &Path) -> Result<Connection, ClientError> {
+        let path = socket.display().to_string();
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.clone(),
+                source,
+            })?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ClientError::Http {
+                path: path.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("daemon connection ended: {e}");
+            }
+        });
+        Ok(Connection { sender, path })
+    }
+
+    /// Sends one request and returns the status and the raw body.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let http = |source| ClientError::Http {
+            path: self.path.clone(),
+            source,
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "localhost");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a request built from valid parts");
+        self.sender.ready().await.map_err(http)?;
+        let response = self.sender.send_request(request).await.map_err(http)?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(http)?;
+        Ok((status, body.to_bytes()))
+    }
+}
+
+/// What the daemon said.
+#[derive(Debug)]
+pub enum Answer {
+    /// No daemon listens for this broker home.
+    NoDaemon,
+    Ok(Value),
+    Error {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+/// How long a command waits for the daemon's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `GET target` from the daemon serving `paths.home`, if one runs.
+pub async fn get(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, get_now(paths, target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                path: paths.socket.display().to_string(),
+                seconds: ANSWER_TIMEOUT.as_secs(),
+            })
+        })
+}
+
+async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
+    let mut connection = match Connection::open(&paths.socket).await {
+        Ok(c) => c,
+        Err(ClientError::Connect { source, .. })
+            if matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(Answer::NoDaemon);
+        }
+        Err(e) => return Err(e),
+    };
+    let home = paths.home.to_string_lossy();
+    let (status, body) = connection
+        .send(Method::GET, target, &[(HOME_HEADER, &home)], None)
+        .await?;
+    let value: Value = serde_json::from_slice(&body).map_err(|_| ClientError::NotJson {
+        path: connection.path.clone(),
+    })?;
+    if (200..300).contains(&status) {
+        return Ok(Answer::Ok(value));
+    }
+    let field = |name: &str| {
+        value["error"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let code = field("code");
+    if code == "wrong_home" {
+        tracing::debug!("the daemon at {} serves another home", connection.path);
+        return Ok(Answer::NoDaemon);
+    }
+    Ok(Answer::Error {
+        status,
+        code,
+        message: field("message"),
+    })
+}
+
+/// `value` percent-encoded for a query string.
+pub fn encode_query_value(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}

@@ -1,0 +1,534 @@
+//! The socket API: HTTP/1.1 with JSON bodies over the daemon's Unix socket,
+//! for proxies and scripts on the same machine and user.
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Shared;
+use crate::quota::Quota;
+use crate::routing::{self, Unavailable};
+use crate::store::{Account, StoreError};
+use crate::view::{AccountList, TokenView};
+
+/// Requests with a larger body get 413.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 4096;
+/// A 401 report refreshes the account unless it was refreshed this recently.
+const RECENT_REFRESH: i64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{path}: {message}")]
+    Unsafe { path: PathBuf, message: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
+    move |source| SocketError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The socket file; removed when this is dropped, if it is still the one
+/// this process created.
+pub struct SocketFile {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the socket at `path`: its directory is created 0700, or must be
+/// owned by this user and writable by nobody else; a stale socket left by a
+/// dead daemon is replaced; the socket is made 0600.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    prepare_dir(dir)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::Unsafe {
+                    path: path.to_owned(),
+                    message: "another daemon is listening on this socket".into(),
+                });
+            }
+            fs::remove_file(path).map_err(io_error("cannot remove the stale socket", path))?;
+        }
+        Ok(_) => {
+            return Err(SocketError::Unsafe {
+                path: path.to_owned(),
+                message: "exists and is not a socket; move it away".into(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("cannot inspect", path)(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_error("cannot listen on", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(io_error("cannot restrict permissions of", path))?;
+    let ino = fs::symlink_metadata(path)
+        .map_err(io_error("cannot inspect", path))?
+        .ino();
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            ino,
+        },
+    ))
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_error("cannot create directory", dir));
+        }
+        Err(e) => return Err(io_error("cannot inspect", dir)(e)),
+    };
+    let unsafe_dir = |message: String| SocketError::Unsafe {
+        path: dir.to_owned(),
+        message,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "the socket directory belongs to uid {}, not to you (uid {me}); choose another with --socket",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "the socket directory is writable by others (mode {:o}); run: chmod 700 {}",
+            meta.mode() & 0o777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The uid of the process at the other end of `stream`.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok(cred.uid())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let (uid, _gid) = nix::unistd::getpeereid(stream)?;
+        Ok(uid.as_raw())
+    }
+}
+
+/// Limits that keep one client from holding the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed to send a request's head, and then its body.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub grace: Duration,
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish within the grace period.
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("socket accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        match peer_uid(&stream) {
+            Ok(uid) if uid == me || uid == 0 => {}
+            Ok(uid) => {
+                tracing::warn!(uid, "refused a socket connection from another user");
+                tokio::spawn(refuse(stream));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("cannot tell who connected to the socket: {e}");
+                continue;
+            }
+        }
+        let shared = shared.clone();
+        let service = service_fn(move |request| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, request, limits).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.request_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("socket connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight socket requests did not finish within {:?}; closing them",
+            limits.grace
+        );
+    }
+}
+
+/// Answers a connection from another user with 403 and closes it.
+async fn refuse(mut stream: UnixStream) {
+    let body = error_body(
+        "forbidden",
+        "only the user running the daemon (or root) may use this socket",
+    );
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
+
+fn error_body(code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"error": {"code": code, "message": message}}))
+        .expect("JSON always serializes")
+}
+
+/// An API error: HTTP status, stable code and a sentence.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> ApiError {
+        let status = match e.code() {
+            "unknown_account" => StatusCode::NOT_FOUND,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response built from valid parts")
+}
+
+async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    limits: Limits,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let result = route(shared, request, limits).await;
+    match result {
+        Ok(value) => {
+            let mut body = serde_json::to_vec(&value).expect("JSON always serializes");
+            body.push(b'\n');
+            json_response(StatusCode::OK, body)
+        }
+        Err(e) => {
+            tracing::debug!(%method, %path, code = e.code, "socket request failed: {}", e.message);
+            json_response(e.status, error_body(e.code, &e.message))
+        }
+    }
+}
+
+async fn route(
+    shared: &Shared,
+    request: Request<Incoming>,
+    limits: Limits,
+) -> Result<Value, ApiError> {
+    if let Some(home) = request.headers().get(client::HOME_HEADER)
+        && !shared.serves_home(Path::new(&*String::from_utf8_lossy(home.as_bytes())))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_home",
+            format!(
+                "this daemon serves the broker home {}",
+                shared.paths.home.display()
+            ),
+        ));
+    }
+    let query = parse_query(request.uri().query());
+    let path = request.uri().path().to_owned();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/v1/health") => Ok(shared.health()),
+        (&Method::GET, "/v1/token") => {
+            let min_ttl = min_ttl(&query)?;
+            let account =
+                routing::fresh_account(&shared.refresher, query.get("account").map(String::as_str), &[], min_ttl)
+                    .await?;
+            token_json(&account)
+        }
+        (&Method::POST, "/v1/report") => {
+            let min_ttl = min_ttl(&query)?;
+            let body = read_body(request, limits).await?;
+            report(shared, &body, min_ttl).await
+        }
+        (&Method::GET, "/v1/accounts") => {
+            let store = shared.refresher.store().map_err(ApiError::internal)?;
+            serde_json::to_value(AccountList::new(&store)).map_err(ApiError::internal)
+        }
+        (&Method::GET, "/v1/quota") => {
+            let store = shared.refresher.store().map_err(ApiError::internal)?;
+            Ok(quota_json(&store.accounts))
+        }
+        (_, "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota") => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} does not accept {}", path, request.method()),
+            ))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts and /v1/quota"
+            ),
+        )),
+    }
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("min_ttl") {
+        None => Ok(crate::cli::DEFAULT_MIN_TTL.into()),
+        Some(text) => text.parse::<u32>().map(i64::from).map_err(|_| {
+            ApiError::bad_request(format!(
+                "min_ttl must be a whole number of seconds, not `{text}`"
+            ))
+        }),
+    }
+}
+
+async fn read_body(request: Request<Incoming>, limits: Limits) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(limits.request_timeout, collect).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                limits.request_timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn token_json(account: &Account) -> Result<Value, ApiError> {
+    let view = TokenView::new(account).ok_or_else(|| {
+        ApiError::internal(format!("account {} holds no credential", account.id))
+    })?;
+    serde_json::to_value(view).map_err(ApiError::internal)
+}
+
+fn quota_json(accounts: &[Account]) -> Value {
+    let accounts: Vec<Value> = accounts
+        .iter()
+        .map(|a| {
+            let q = a.quota.as_ref();
+            json!({
+                "account_id": a.id,
+                "label": a.label,
+                "email": a.email,
+                "five_hour": q.and_then(|q| q.five_hour.as_ref()),
+                "weekly": q.and_then(|q| q.weekly.as_ref()),
+                "source": q.map(|q| q.source.as_str()),
+                "observed_at": q.map(|q| q.observed_at),
+            })
+        })
+        .collect();
+    json!({ "accounts": accounts })
+}
+
+/// What a proxy tells the daemon it saw.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    account_id: String,
+    status: u16,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    #[serde(default)]
+    body: Value,
+}
+
+async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, ApiError> {
+    let report: Report = crate::json::parse(body)
+        .map_err(|problem| ApiError::bad_request(format!("invalid report: {problem}")))?;
+    let now = shared.refresher.now();
+    let headers: HashMap<String, &str> = report
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+        .collect();
+    // A body may arrive as the JSON text the proxy saw.
+    let upstream_body = match &report.body {
+        Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    let id = report.account_id.clone();
+    let recorded = shared.paths.store().update(|store| {
+        let account = store.get_mut(&id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_account",
+                format!("no account {id} in the store"),
+            )
+        })?;
+        let mut quota = Quota::from_headers(|name| headers.get(name).copied(), now).map(|mut q| {
+            q.source = "report".into();
+            q
+        });
+        if report.status == 429
+            && let Some(limited) =
+                Quota::from_usage_limit(&upstream_body, quota.as_ref().or(account.quota.as_ref()), now)
+        {
+            quota = Some(limited);
+        }
+        if let Some(q) = quota {
+            account.quota = Some(q);
+        }
+        Ok::<_, ApiError>(account.last_refresh.map(|t| t.unix_timestamp()))
+    })?;
+    let mut exclude = Vec::new();
+    match report.status {
+        401 => {
+            if recorded.is_some_and(|at| now - at < RECENT_REFRESH) {
+                exclude.push(id.as_str());
+            } else {
+                tracing::info!(account = %id, "a proxy saw 401: refreshing the token");
+                if let Err(e) = shared.refresher.fresh(&id, i64::MAX / 4).await {
+                    tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
+                    exclude.push(id.as_str());
+                }
+            }
+        }
+        403 | 429 => exclude.push(id.as_str()),
+        _ => {}
+    }
+    let account = routing::fresh_account(&shared.refresher, None, &exclude, min_ttl).await?;
+    token_json(&account)
+}
