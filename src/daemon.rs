@@ -199,7 +199,19 @@ pub fn run(paths: Paths, config: Config, options: Options) -> anyhow::Result<()>
     runtime.block_on(serve(paths, config, options))
 }
 
+/// Lets the daemon hold as many connections as the hard limit allows.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open-file limit from {soft}: {e}");
+    }
+}
+
 async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result<()> {
+    raise_open_file_limit();
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
     let (listener, socket_file) = socket::bind(&paths.socket)?;

@@ -13,12 +13,15 @@ use crate::store::{Account, Kind, State};
 
 /// An account is not tried again sooner than this after an attempt.
 const RETRY_FLOOR: i64 = 5;
+/// The shortest time between two scheduled refreshes of a short-lived token.
+const MIN_INTERVAL: i64 = 60;
 /// How long to wait before reading a store that could not be read.
 const STORE_RETRY: i64 = 30;
 
-/// How long before expiry `account` is refreshed: `refresh_ahead`, but at
-/// most half the lifetime of its token, so a short-lived token is not
-/// refreshed again the moment it arrives.
+/// How long before expiry `account` is refreshed: `refresh_ahead`, but for
+/// a token that lives shorter than that, a minute after it was issued (or
+/// at half its life, for one that lives less than two minutes), so that a
+/// new token is not due again the moment it arrives.
 pub fn lead_time(account: &Account, refresh_ahead: i64) -> i64 {
     let lifetime = account
         .expires_at
@@ -26,7 +29,7 @@ pub fn lead_time(account: &Account, refresh_ahead: i64) -> i64 {
         .map(|(exp, refreshed)| exp - refreshed.unix_timestamp())
         .filter(|l| *l > 0);
     match lifetime {
-        Some(lifetime) => refresh_ahead.min(lifetime / 2),
+        Some(lifetime) => refresh_ahead.min((lifetime - MIN_INTERVAL).max(lifetime / 2)),
         None => refresh_ahead,
     }
 }
@@ -131,9 +134,12 @@ mod tests {
         // A 1-hour token: 30 min ahead.
         let a = account(Some(t + 3600), t);
         assert_eq!(due_at(&a, 1800), Some(t + 1800));
-        // A 20-minute token with a 30-minute lead: at half its lifetime.
+        // A 20-minute token with a 30-minute lead: a minute after issue.
         let a = account(Some(t + 1200), t);
-        assert_eq!(due_at(&a, 1800), Some(t + 600));
+        assert_eq!(due_at(&a, 1800), Some(t + 60));
+        // A 90-second token: at half its life.
+        let a = account(Some(t + 90), t);
+        assert_eq!(due_at(&a, 1800), Some(t + 45));
         // Backing off: not before the backoff ends.
         let mut a = account(Some(t + 3600), t);
         a.backoff_until = Some(t + 2000);

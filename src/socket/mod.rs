@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -238,8 +238,20 @@ pub async fn serve(
     }
 }
 
-/// Answers a connection from another user with 403 and closes it.
+/// Answers a connection from another user with 403 (after reading the
+/// request head, so that an HTTP client sees the answer) and closes it.
 async fn refuse(mut stream: UnixStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
     let body = error_body(
         "forbidden",
         "only the user running the daemon (or root) may use this socket",

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod concurrency;
 mod crash;
+mod daemon;
 mod docs;
 mod interop;
 mod login;

@@ -244,3 +244,132 @@ pub fn codex_bin() -> PathBuf {
     );
     installed
 }
+
+/// A running `codex-broker serve`, killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl TestEnv {
+    /// Where the daemon's socket is by default (no XDG_RUNTIME_DIR).
+    pub fn socket_path(&self) -> PathBuf {
+        self.broker_home().join("run/broker.sock")
+    }
+
+    /// Starts `serve` with `args` and waits for its READY=1 notification.
+    pub fn start_daemon(&self, args: &[&str]) -> Daemon {
+        use std::os::unix::net::UnixDatagram;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify_path = self.dir.path().join(format!("notify-{n}.sock"));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let log = self.dir.path().join(format!("daemon-{n}.log"));
+        let child = self
+            .std_cmd()
+            .arg("serve")
+            .args(args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = args
+            .iter()
+            .position(|a| *a == "--socket")
+            .map_or_else(|| self.socket_path(), |i| PathBuf::from(args[i + 1]));
+        let mut daemon = Daemon { child, socket, log };
+        let mut buf = [0u8; 256];
+        match notify.recv(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"READY=1") => daemon,
+            other => {
+                let _ = daemon.child.kill();
+                panic!(
+                    "the daemon did not get ready ({other:?}):\n{}",
+                    daemon.log()
+                );
+            }
+        }
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// One request over the socket: the status and the JSON body.
+    pub fn api(&self, method: &str, target: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut c = codex_broker::socket::client::Connection::open(&self.socket)
+                .await
+                .unwrap();
+            let (status, bytes) = c
+                .send(
+                    method.parse().unwrap(),
+                    target,
+                    &[],
+                    body.map(|b| b.as_bytes().to_vec()),
+                )
+                .await
+                .unwrap();
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+            (status, value)
+        })
+    }
+
+    pub fn get(&self, target: &str) -> serde_json::Value {
+        let (status, body) = self.api("GET", target, None);
+        assert_eq!(status, 200, "GET {target}: {body}");
+        body
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` holds, looking every 5 ms, for at most `limit`.
+/// Returns how long it took, or `None` when it never held.
+pub fn wait_until(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
