@@ -20,6 +20,7 @@ pub mod refresh;
 pub mod routing;
 pub mod scheduler;
 pub mod secret;
+pub mod service;
 pub mod socket;
 pub mod store;
 pub mod view;

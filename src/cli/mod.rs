@@ -16,6 +16,7 @@ mod killswitch;
 mod login;
 mod routing;
 mod serve;
+mod service;
 mod status;
 mod token;
 
@@ -97,6 +98,7 @@ pub enum Command {
     Status(status::Args),
     Token(token::Args),
     Serve(serve::Args),
+    Service(service::Args),
     Routing(routing::Args),
     Killswitch(killswitch::Args),
     Completions(completions::Args),
@@ -198,6 +200,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&paths()?, args),
         Command::Token(args) => token::run(&paths()?, args),
         Command::Serve(args) => serve::run(&paths()?, args),
+        Command::Service(args) => service::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),

@@ -113,7 +113,9 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
     ))
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
+/// Creates the socket directory 0700, or checks that an existing one is
+/// owned by this user and writable by nobody else.
+pub fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
     let meta = match fs::metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -11,3 +11,4 @@ mod docs;
 mod interop;
 mod login;
 mod refresh;
+mod service;
