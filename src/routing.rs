@@ -123,8 +123,11 @@ pub async fn fresh_account(
             .accounts
             .iter()
             .filter_map(|a| {
-                let why = blocked(&store, a, now)
-                    .or_else(|| exclude.contains(&a.id.as_str()).then(|| "just failed".into()))?;
+                let why = blocked(&store, a, now).or_else(|| {
+                    exclude
+                        .contains(&a.id.as_str())
+                        .then(|| "just failed".into())
+                })?;
                 Some(format!("{}: {why}", a.name()))
             })
             .collect();

@@ -75,7 +75,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     let Some(due) = due_at(account, refresh_ahead) else {
                         continue;
                     };
-                    let floor = attempted.get(&account.id).map_or(i64::MIN, |t| t + RETRY_FLOOR);
+                    let floor = attempted
+                        .get(&account.id)
+                        .map_or(i64::MIN, |t| t + RETRY_FLOOR);
                     let due = due.max(floor);
                     if due > now {
                         next = next.min(due);
@@ -87,7 +89,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     attempted.insert(account.id.clone(), now);
                     let lead = lead_time(account, refresh_ahead);
                     match shared.refresher.fresh(&account.id, lead).await {
-                        Ok(a) => tracing::debug!(account = %a.id, expires_at = ?a.expires_at, "account is fresh"),
+                        Ok(a) => {
+                            tracing::debug!(account = %a.id, expires_at = ?a.expires_at, "account is fresh")
+                        }
                         Err(e) => tracing::warn!("scheduled refresh: {e}"),
                     }
                     // Look again at once: the store has changed.

@@ -44,7 +44,13 @@ pub struct Spec {
 impl Spec {
     /// The service for the locations this command resolved, pinned by flags
     /// so that the service and the command line agree.
-    pub fn for_paths(exe: &Path, home: &Path, codex_home: &Path, socket: &Path, log: Option<&Path>) -> Spec {
+    pub fn for_paths(
+        exe: &Path,
+        home: &Path,
+        codex_home: &Path,
+        socket: &Path,
+        log: Option<&Path>,
+    ) -> Spec {
         let text = |p: &Path| p.to_string_lossy().into_owned();
         let socket_dir = socket.parent().map_or_else(|| text(socket), text);
         Spec {
@@ -205,10 +211,7 @@ fn systemd_quote(word: &str) -> String {
     {
         return escaped;
     }
-    format!(
-        "\"{}\"",
-        escaped.replace('\\', "\\\\").replace('"', "\\\"")
-    )
+    format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn xml_escape(text: &str) -> String {

@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(c("/h/.codex/auth.json"), Some(Changed::CodexAuth));
         assert_eq!(c("/h/.codex/.auth-Xy12ab"), None);
         assert_eq!(c("/h/.codex/auth.json.lock"), None);
-        assert_eq!(c("/h/.config/codex-broker/accounts.json"), Some(Changed::Store));
+        assert_eq!(
+            c("/h/.config/codex-broker/accounts.json"),
+            Some(Changed::Store)
+        );
         assert_eq!(c("/h/.config/codex-broker/auth.json"), None);
     }
 }

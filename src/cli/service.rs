@@ -94,7 +94,10 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             let manager = manager.manager();
             let path = target(manager, &user_home);
             if !path.exists() {
-                super::print(&format!("Not installed: {} does not exist\n", path.display()))?;
+                super::print(&format!(
+                    "Not installed: {} does not exist\n",
+                    path.display()
+                ))?;
                 return Ok(());
             }
             stop(manager);
@@ -165,8 +168,14 @@ fn start(manager: Manager, path: &Path) -> anyhow::Result<()> {
         Manager::Launchd => {
             let domain = format!("gui/{}", nix::unistd::getuid());
             // Replace a loaded older definition.
-            let _ = run_tool("launchctl", &["bootout", &format!("{domain}/{LAUNCHD_LABEL}")]);
-            run_tool("launchctl", &["bootstrap", &domain, &path.to_string_lossy()])?
+            let _ = run_tool(
+                "launchctl",
+                &["bootout", &format!("{domain}/{LAUNCHD_LABEL}")],
+            );
+            run_tool(
+                "launchctl",
+                &["bootstrap", &domain, &path.to_string_lossy()],
+            )?
         }
     };
     let text = match (started, manager) {

@@ -66,7 +66,8 @@ impl<'a> Daemon<'a> {
             }
             Ok(Answer::Error { code, message, .. }) => {
                 daemon.running = true;
-                daemon.problems
+                daemon
+                    .problems
                     .push(serde_json::json!({"code": code, "message": message}));
             }
             Err(e) => daemon
@@ -159,7 +160,9 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
 
 fn daemon_line(daemon: &Daemon) -> String {
     if daemon.running {
-        let pid = daemon.pid.map_or_else(String::new, |p| format!("pid {p}, "));
+        let pid = daemon
+            .pid
+            .map_or_else(String::new, |p| format!("pid {p}, "));
         format!("running ({pid}socket {})", daemon.socket.display())
     } else {
         format!("not running (no daemon at {})", daemon.socket.display())

@@ -50,9 +50,8 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
                 Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
                 Err(e) => return Err(e.into()),
             };
-            let view = TokenView::new(&account).ok_or_else(|| {
-                anyhow::anyhow!("account {} holds no credential", account.id)
-            })?;
+            let view = TokenView::new(&account)
+                .ok_or_else(|| anyhow::anyhow!("account {} holds no credential", account.id))?;
             serde_json::to_value(&view)?
         }
     };
@@ -81,4 +80,3 @@ async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<serde_
         },
     }
 }
-

@@ -144,12 +144,7 @@ async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
     if (200..300).contains(&status) {
         return Ok(Answer::Ok(value));
     }
-    let field = |name: &str| {
-        value["error"][name]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let field = |name: &str| value["error"][name].as_str().unwrap_or_default().to_owned();
     let code = field("code");
     if code == "wrong_home" {
         tracing::debug!("the daemon at {} serves another home", connection.path);

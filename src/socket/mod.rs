@@ -50,7 +50,10 @@ pub enum SocketError {
     },
 }
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SocketError + 'a {
     move |source| SocketError::Io {
         action,
         path: path.to_owned(),
@@ -155,7 +158,8 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
 fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+        let cred =
+            nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
         Ok(cred.uid())
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -367,9 +371,13 @@ async fn route(
         (&Method::GET, "/v1/health") => Ok(shared.health()),
         (&Method::GET, "/v1/token") => {
             let min_ttl = min_ttl(&query)?;
-            let account =
-                routing::fresh_account(&shared.refresher, query.get("account").map(String::as_str), &[], min_ttl)
-                    .await?;
+            let account = routing::fresh_account(
+                &shared.refresher,
+                query.get("account").map(String::as_str),
+                &[],
+                min_ttl,
+            )
+            .await?;
             token_json(&account)
         }
         (&Method::POST, "/v1/report") => {
@@ -446,15 +454,16 @@ async fn read_body(request: Request<Incoming>, limits: Limits) -> Result<Bytes, 
             ),
         )),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
 fn token_json(account: &Account) -> Result<Value, ApiError> {
-    let view = TokenView::new(account).ok_or_else(|| {
-        ApiError::internal(format!("account {} holds no credential", account.id))
-    })?;
+    let view = TokenView::new(account)
+        .ok_or_else(|| ApiError::internal(format!("account {} holds no credential", account.id)))?;
     serde_json::to_value(view).map_err(ApiError::internal)
 }
 
@@ -517,8 +526,11 @@ async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, Api
             q
         });
         if report.status == 429
-            && let Some(limited) =
-                Quota::from_usage_limit(&upstream_body, quota.as_ref().or(account.quota.as_ref()), now)
+            && let Some(limited) = Quota::from_usage_limit(
+                &upstream_body,
+                quota.as_ref().or(account.quota.as_ref()),
+                now,
+            )
         {
             quota = Some(limited);
         }

@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use crate::support::fake_upstream::FakeUpstream;
@@ -30,9 +30,7 @@ fn raw(socket: &std::path::Path, parts: &[&[u8]], pause: Duration) -> String {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 answer.extend_from_slice(&buf[..n]);
-                if answer.windows(4).any(|w| w == b"\r\n\r\n")
-                    && answer.ends_with(b"}\n")
-                {
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}\n") {
                     break;
                 }
             }
@@ -141,7 +139,10 @@ fn a_codex_login_is_adopted_within_a_second() {
     })
     .unwrap_or_else(|| panic!("not adopted:\n{}", daemon.log()));
     assert!(took < Duration::from_secs(1), "adopted after {took:?}");
-    assert_eq!(env.read_auth(), serde_json::from_str::<serde_json::Value>(&newer.auth_json()).unwrap());
+    assert_eq!(
+        env.read_auth(),
+        serde_json::from_str::<serde_json::Value>(&newer.auth_json()).unwrap()
+    );
 }
 
 #[test]
@@ -157,27 +158,43 @@ fn own_refresh_is_not_taken_for_a_codex_login_and_deletion_is_respected() {
     // write and leaves it alone.
     let token = daemon.get("/v1/token?min_ttl=86400");
     assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
-    assert_eq!(env.read_auth()["tokens"]["access_token"], token["access_token"]);
+    assert_eq!(
+        env.read_auth()["tokens"]["access_token"],
+        token["access_token"]
+    );
     let store_before = std::fs::read(env.store_path()).unwrap();
     // A later event (from an unrelated file) flushes the watcher's queue.
     std::fs::write(env.codex_home().join("config.toml"), "").unwrap();
-    assert!(daemon.get("/v1/health")["problems"].as_array().unwrap().is_empty());
+    assert!(
+        daemon.get("/v1/health")["problems"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert!(!daemon.log().contains("adopted"), "{}", daemon.log());
     assert_eq!(std::fs::read(env.store_path()).unwrap(), store_before);
 
     // `codex logout` deletes auth.json: it stays deleted, also after the
     // next refresh.
     std::fs::remove_file(env.auth_path()).unwrap();
-    wait_until(Duration::from_secs(5), || env.read_store()["published"].is_null())
-        .unwrap_or_else(|| panic!("deletion not seen:\n{}", daemon.log()));
+    wait_until(Duration::from_secs(5), || {
+        env.read_store()["published"].is_null()
+    })
+    .unwrap_or_else(|| panic!("deletion not seen:\n{}", daemon.log()));
     let token = daemon.get("/v1/token?min_ttl=86400");
     assert_eq!(upstream.requests_to("/oauth/token").len(), 2);
     assert!(!env.auth_path().exists(), "auth.json was recreated");
-    assert_eq!(env.read_store()["accounts"][0]["tokens"]["access_token"], token["access_token"]);
+    assert_eq!(
+        env.read_store()["accounts"][0]["tokens"]["access_token"],
+        token["access_token"]
+    );
 
     // Switching to the account publishes it again.
     env.ok(&["accounts", "switch", "acc-own"]);
-    assert_eq!(env.read_auth()["tokens"]["access_token"], token["access_token"]);
+    assert_eq!(
+        env.read_auth()["tokens"]["access_token"],
+        token["access_token"]
+    );
 }
 
 #[test]
@@ -192,10 +209,17 @@ fn an_invalid_auth_json_is_reported_and_left_alone() {
         problems().to_string().contains("auth_json_invalid")
     })
     .unwrap_or_else(|| panic!("not reported:\n{}", daemon.log()));
-    assert!(problems().to_string().contains("id_token"), "{}", problems());
+    assert!(
+        problems().to_string().contains("id_token"),
+        "{}",
+        problems()
+    );
     assert_eq!(std::fs::read(env.auth_path()).unwrap(), garbage);
     let status = env.ok(&["status"]);
-    assert!(status.contains("auth.json") && status.contains("is invalid"), "{status}");
+    assert!(
+        status.contains("auth.json") && status.contains("is invalid"),
+        "{status}"
+    );
     assert!(daemon.log().contains("left untouched"), "{}", daemon.log());
 }
 
@@ -203,7 +227,8 @@ fn an_invalid_auth_json_is_reported_and_left_alone() {
 fn the_scheduler_refreshes_every_account_ahead_of_expiry() {
     let upstream = FakeUpstream::start();
     let mut env = TestEnv::with_issuer(&upstream);
-    env.vars.push(("CODEX_BROKER_REFRESH_AHEAD".into(), "30m".into()));
+    env.vars
+        .push(("CODEX_BROKER_REFRESH_AHEAD".into(), "30m".into()));
     // The main account expires in 20 minutes, a used-up fallback in 10:
     // both are inside the 30-minute lead and get refreshed at start.
     let main = TestAccount::new("acc-main").expiring_in(1200);
@@ -225,8 +250,14 @@ fn the_scheduler_refreshes_every_account_ahead_of_expiry() {
         .iter()
         .map(|r| r.json()["refresh_token"].as_str().unwrap().to_owned())
         .collect();
-    assert!(refreshed.contains(&"rt-acc-main-0".to_owned()), "{refreshed:?}");
-    assert!(refreshed.contains(&"rt-acc-fallback-0".to_owned()), "{refreshed:?}");
+    assert!(
+        refreshed.contains(&"rt-acc-main-0".to_owned()),
+        "{refreshed:?}"
+    );
+    assert!(
+        refreshed.contains(&"rt-acc-fallback-0".to_owned()),
+        "{refreshed:?}"
+    );
     // auth.json (holding the main account) gets the new tokens.
     wait_until(Duration::from_secs(5), || {
         env.read_auth()["tokens"]["refresh_token"] == "rt-acc-main-1"
@@ -242,7 +273,8 @@ fn a_thousand_concurrent_token_requests_cause_one_refresh() {
     let upstream = FakeUpstream::start();
     let mut env = TestEnv::with_issuer(&upstream);
     // Keep the scheduler out of it: it would refresh only 10 s before expiry.
-    env.vars.push(("CODEX_BROKER_REFRESH_AHEAD".into(), "10".into()));
+    env.vars
+        .push(("CODEX_BROKER_REFRESH_AHEAD".into(), "10".into()));
     let account = TestAccount::new("acc-hot").expiring_in(120);
     upstream.add_account(&account);
     env.import_account(&account);
@@ -281,10 +313,18 @@ fn a_thousand_concurrent_token_requests_cause_one_refresh() {
         }
         tokens
     });
-    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "{}", daemon.log());
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "{}",
+        daemon.log()
+    );
     assert!(tokens.iter().all(|t| *t == tokens[0]));
     assert_ne!(tokens[0], account.access_token());
-    assert_eq!(env.read_store()["accounts"][0]["tokens"]["access_token"], tokens[0]);
+    assert_eq!(
+        env.read_store()["accounts"][0]["tokens"]["access_token"],
+        tokens[0]
+    );
 }
 
 #[test]
@@ -304,10 +344,19 @@ fn token_and_report_over_the_socket() {
     assert_eq!(token["access_token"], main.access_token());
     assert_eq!(token["expires_at"], main.expires_at);
     assert_eq!(token["email"], "acc-main@example.com");
-    assert_eq!(token["headers"]["authorization"], format!("Bearer {}", main.access_token()));
+    assert_eq!(
+        token["headers"]["authorization"],
+        format!("Bearer {}", main.access_token())
+    );
     assert_eq!(token["headers"]["chatgpt-account-id"], "acc-main");
-    assert!(!token.to_string().contains("rt-acc-main"), "never a refresh token");
-    assert_eq!(daemon.get("/v1/token?account=acc-fall")["account_id"], "acc-fallback");
+    assert!(
+        !token.to_string().contains("rt-acc-main"),
+        "never a refresh token"
+    );
+    assert_eq!(
+        daemon.get("/v1/token?account=acc-fall")["account_id"],
+        "acc-fallback"
+    );
 
     // A proxy saw quota headers, then a 429 on the main account.
     let resets_at = crate::support::now() + 3600;
@@ -340,9 +389,15 @@ fn token_and_report_over_the_socket() {
     assert_eq!(env.ok(&["token"]).trim(), fallback.access_token());
     let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
     assert_eq!(status["daemon"]["running"], true);
-    assert_eq!(status["accounts"][0]["quota"]["five_hour"]["used_percent"], 100.0);
+    assert_eq!(
+        status["accounts"][0]["quota"]["five_hour"]["used_percent"],
+        100.0
+    );
     let accounts = daemon.get("/v1/accounts");
-    assert_eq!(accounts, serde_json::from_str::<serde_json::Value>(&env.ok(&["accounts", "--json"])).unwrap());
+    assert_eq!(
+        accounts,
+        serde_json::from_str::<serde_json::Value>(&env.ok(&["accounts", "--json"])).unwrap()
+    );
 
     // Nothing can serve: 503 with a stable code, and exit 3 from `token`.
     let (status, body) = daemon.api(
@@ -400,19 +455,63 @@ fn bad_requests_get_error_codes_and_the_daemon_keeps_serving() {
     let cases = [
         ("GET", "/v2/nothing", None, 404, "not_found"),
         ("DELETE", "/v1/token", None, 405, "method_not_allowed"),
-        ("GET", "/v1/token?min_ttl=soon", None, 400, "invalid_request"),
-        ("GET", "/v1/token?account=nobody", None, 404, "unknown_account"),
-        ("POST", "/v1/report", Some("{not json"), 400, "invalid_request"),
-        ("POST", "/v1/report", Some(r#"{"account_id": 7, "status": 429}"#), 400, "invalid_request"),
-        ("POST", "/v1/report", Some(r#"{"account_id": "x", "status": 429}"#), 404, "unknown_account"),
+        (
+            "GET",
+            "/v1/token?min_ttl=soon",
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/v1/token?account=nobody",
+            None,
+            404,
+            "unknown_account",
+        ),
+        (
+            "POST",
+            "/v1/report",
+            Some("{not json"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/report",
+            Some(r#"{"account_id": 7, "status": 429}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/report",
+            Some(r#"{"account_id": "x", "status": 429}"#),
+            404,
+            "unknown_account",
+        ),
     ];
     for (method, target, body, status, code) in cases {
         let (got, answer) = daemon.api(method, target, body);
-        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{method} {target}: {answer}");
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {target}: {answer}"
+        );
         assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
     }
-    let (_, answer) = daemon.api("POST", "/v1/report", Some(r#"{"account_id": 7, "status": 429}"#));
-    assert!(answer["error"]["message"].as_str().unwrap().contains("account_id"), "{answer}");
+    let (_, answer) = daemon.api(
+        "POST",
+        "/v1/report",
+        Some(r#"{"account_id": 7, "status": 429}"#),
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("account_id"),
+        "{answer}"
+    );
 
     assert_eq!(daemon.get("/v1/health")["status"], "ok");
     assert_eq!(daemon.get("/v1/token")["account_id"], "acc-1");
@@ -446,7 +545,10 @@ fn another_user_is_refused() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("only the user running the daemon"), "{stderr}");
+    assert!(
+        stderr.contains("only the user running the daemon"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
     assert!(daemon.log().contains("another user"), "{}", daemon.log());
     // The owner is still served.

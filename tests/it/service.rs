@@ -59,7 +59,11 @@ fn contrib_files_are_current() {
 /// (where systemd is installed; CI installs it).
 #[test]
 fn systemd_analyze_verifies_the_units() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: systemd-analyze is not installed");
         return;
     }
@@ -69,7 +73,8 @@ fn systemd_analyze_verifies_the_units() {
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
     let generated = env.dir.path().join("codex-broker.service");
     std::fs::write(&generated, env.ok(&["service", "print", "--systemd"])).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/codex-broker.service");
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/codex-broker.service");
     for unit in [&generated, &shipped] {
         let out = Command::new("systemd-analyze")
             .args(["verify", "--user", "--man=no"])
@@ -108,7 +113,9 @@ fn install_and_uninstall_drive_systemctl() {
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
 
-    let unit = env.user_home().join(".config/systemd/user/codex-broker.service");
+    let unit = env
+        .user_home()
+        .join(".config/systemd/user/codex-broker.service");
     let out = env
         .cmd()
         .env("PATH", &path)
