@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{TestAccount, TestEnv, codex_bin};
@@ -213,4 +214,120 @@ fn codex_uses_the_token_the_broker_refreshed_ahead_of_time() {
         "Codex did not refresh"
     );
     assert!(upstream.reused_tokens().is_empty());
+}
+
+#[test]
+fn codex_never_refreshes_while_the_daemon_runs() {
+    isolated!(codex_never_refreshes_while_the_daemon_runs);
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    // Four minutes left: inside Codex's own 5-minute window, and well
+    // inside the daemon's 30-minute lead.
+    let account = TestAccount::new("acc-daemon").expiring_in(240);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    codex_config(&env, &upstream);
+    let daemon = env.start_daemon(&[]);
+    assert!(
+        upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    let fresh = crate::support::wait_until(Duration::from_secs(5), || {
+        env.read_auth()["tokens"]["refresh_token"] == "rt-acc-daemon-1"
+    });
+    assert!(
+        fresh.is_some(),
+        "auth.json not republished:\n{}",
+        daemon.log()
+    );
+    let token = env.read_auth()["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for _ in 0..3 {
+        codex_exec(&env, &upstream);
+    }
+    let posted: Vec<_> = upstream
+        .requests_to("/codex/responses")
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert!(posted.len() >= 3);
+    for r in &posted {
+        assert_eq!(r.headers["authorization"], format!("Bearer {token}"));
+    }
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "only the daemon refreshed"
+    );
+    assert!(upstream.reused_tokens().is_empty());
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[test]
+fn a_codex_device_login_is_adopted_by_the_running_daemon() {
+    isolated!(a_codex_device_login_is_adopted_by_the_running_daemon);
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let old = TestAccount::new("acc-before");
+    upstream.add_account(&old);
+    env.import_account(&old);
+    let daemon = env.start_daemon(&[]);
+
+    let new = TestAccount::new("acc-device");
+    upstream.set_login_account(&new, 1);
+    let out = codex(&env)
+        .env(
+            "CODEX_REVOKE_TOKEN_URL_OVERRIDE",
+            format!("{}/oauth/revoke", upstream.url()),
+        )
+        .args([
+            "login",
+            "--device-auth",
+            "--experimental_issuer",
+            &upstream.url(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.read_auth()["tokens"]["account_id"], "acc-device");
+    let adopted = crate::support::wait_until(Duration::from_secs(5), || {
+        env.read_store()["published"] == "acc-device"
+    });
+    assert!(
+        adopted.is_some_and(|t| t < Duration::from_secs(1)),
+        "{adopted:?}\n{}",
+        daemon.log()
+    );
+    let store = env.read_store();
+    let account = store["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "acc-device")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        account["tokens"]["refresh_token"],
+        env.read_auth()["tokens"]["refresh_token"]
+    );
+    assert_eq!(
+        daemon.get("/v1/token?account=acc-device")["account_id"],
+        "acc-device"
+    );
+    assert!(
+        daemon.log().contains("adopted a new account"),
+        "{}",
+        daemon.log()
+    );
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
 }
