@@ -195,6 +195,16 @@ fn own_refresh_is_not_taken_for_a_codex_login_and_deletion_is_respected() {
         env.read_auth()["tokens"]["access_token"],
         token["access_token"]
     );
+    // Nothing secret reached the log.
+    let log = daemon.log();
+    assert!(log.contains("refreshing the access token"), "{log}");
+    for secret in [
+        token["access_token"].as_str().unwrap(),
+        &account.access_token(),
+        "rt-acc-own",
+    ] {
+        assert!(!log.contains(secret), "{log}");
+    }
 }
 
 #[test]
@@ -265,6 +275,21 @@ fn the_scheduler_refreshes_every_account_ahead_of_expiry() {
     .unwrap_or_else(|| panic!("auth.json not republished:\n{}", daemon.log()));
     // The account with two hours left is not touched.
     assert_eq!(upstream.requests_to("/oauth/token").len(), 2);
+
+    // An account added while the daemon sleeps wakes it up.
+    let late = TestAccount::new("acc-late").expiring_in(900);
+    upstream.add_account(&late);
+    std::fs::write(env.dir.path().join("late.json"), late.auth_json()).unwrap();
+    env.ok(&["import", env.dir.path().join("late.json").to_str().unwrap()]);
+    assert!(
+        upstream.wait_for_requests("/oauth/token", 3, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        upstream.requests_to("/oauth/token")[2].json()["refresh_token"],
+        "rt-acc-late-0"
+    );
     assert!(upstream.reused_tokens().is_empty());
 }
 
