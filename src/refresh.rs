@@ -383,14 +383,9 @@ fn serve_while_valid(account: Account, now: i64, until: i64) -> Result<Account, 
 mod tests {
     use super::*;
 
+    /// Refreshed at the start of 2026-11-22, which is after `now` below.
     fn account(expires_in: Option<i64>, now: i64) -> Account {
-        serde_json::from_value(serde_json::json!({
-            "id": "acc", "kind": "chatgpt", "role": "main",
-            "tokens": {"id_token": "a.b.c", "access_token": "a.b.c", "refresh_token": "r"},
-            "expires_at": expires_in.map(|s| now + s),
-            "last_refresh": "2026-11-22T00:00:00Z",
-        }))
-        .unwrap()
+        crate::store::test_account(expires_in.map(|s| now + s), 1_795_305_600)
     }
 
     #[test]

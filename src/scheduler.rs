@@ -119,14 +119,7 @@ mod tests {
     use super::*;
 
     fn account(expires_at: Option<i64>, refreshed: i64) -> Account {
-        serde_json::from_value(serde_json::json!({
-            "id": "acc", "kind": "chatgpt", "role": "main",
-            "tokens": {"id_token": "a.b.c", "access_token": "a.b.c", "refresh_token": "r"},
-            "expires_at": expires_at,
-            "last_refresh": crate::codex_auth::format_timestamp(
-                time::OffsetDateTime::from_unix_timestamp(refreshed).unwrap()),
-        }))
-        .unwrap()
+        crate::store::test_account(expires_at, refreshed)
     }
 
     #[test]

@@ -522,6 +522,20 @@ fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
     Ok(store)
 }
 
+/// A ChatGPT account with placeholder tokens, for unit tests of the
+/// modules that decide on expiry and age.
+#[cfg(test)]
+pub(crate) fn test_account(expires_at: Option<i64>, last_refresh: i64) -> Account {
+    serde_json::from_value(serde_json::json!({
+        "id": "acc", "kind": "chatgpt", "role": "main",
+        "tokens": {"id_token": "a.b.c", "access_token": "a.b.c", "refresh_token": "r"},
+        "expires_at": expires_at,
+        "last_refresh": crate::codex_auth::format_timestamp(
+            OffsetDateTime::from_unix_timestamp(last_refresh).unwrap()),
+    }))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
