@@ -72,7 +72,7 @@ fn start(home: &Path) -> Daemon {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let child = cmd(&["serve"])
+    let child = cmd(&["serve", "--no-forward"])
         .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::null())
         .spawn()

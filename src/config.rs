@@ -9,6 +9,7 @@ use crate::fsutil::{self, FsError};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
+pub const DEFAULT_CHATGPT_BASE: &str = "https://chatgpt.com/backend-api";
 /// How long before expiry a token is refreshed by default, seconds.
 pub const DEFAULT_REFRESH_AHEAD: i64 = 30 * 60;
 
@@ -25,6 +26,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     issuer: Option<String>,
+    chatgpt_base: Option<String>,
     refresh_ahead: Option<toml::Value>,
 }
 
@@ -33,13 +35,16 @@ struct File {
 pub struct Config {
     /// The OAuth issuer, without a trailing slash.
     pub issuer: String,
+    /// The ChatGPT backend, without a trailing slash.
+    pub chatgpt_base: String,
     /// Refresh a token once less than this many seconds of it remain.
     pub refresh_ahead: i64,
 }
 
 impl Config {
     /// Reads `<home>/config.toml` (absent is fine) and applies the
-    /// `CODEX_BROKER_ISSUER` and `CODEX_BROKER_REFRESH_AHEAD` variables.
+    /// `CODEX_BROKER_ISSUER`, `CODEX_BROKER_CHATGPT_BASE` and
+    /// `CODEX_BROKER_REFRESH_AHEAD` variables.
     pub fn load(home: &Path) -> Result<Config, ConfigError> {
         let path = home.join(CONFIG_FILE);
         let invalid = |message: String| ConfigError::Invalid {
@@ -83,6 +88,12 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_ISSUER.into()),
                 "issuer",
             )?,
+            chatgpt_base: url(
+                env("CODEX_BROKER_CHATGPT_BASE")
+                    .or(file.chatgpt_base)
+                    .unwrap_or_else(|| DEFAULT_CHATGPT_BASE.into()),
+                "chatgpt_base",
+            )?,
             refresh_ahead,
         })
     }
@@ -122,6 +133,7 @@ mod tests {
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.issuer, DEFAULT_ISSUER);
         assert_eq!(c.refresh_ahead, DEFAULT_REFRESH_AHEAD);
+        assert_eq!(c.chatgpt_base, DEFAULT_CHATGPT_BASE);
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "issuer = \"http://127.0.0.1:9/\"\nrefresh_ahead = \"45m\"\n",

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::forward::{self, Forwarder};
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::refresh::{LOGIN_HINT, Refresher};
@@ -38,10 +40,17 @@ pub struct Shared {
     auth_problem: Mutex<Option<String>>,
     /// Signalled when the account store changed on disk.
     pub store_changed: Notify,
+    /// Where the forwarder listens, when it runs.
+    pub forwarder: Option<SocketAddr>,
 }
 
 impl Shared {
-    pub fn new(paths: Paths, config: Config, refresher: Refresher) -> Shared {
+    pub fn new(
+        paths: Paths,
+        config: Config,
+        refresher: Refresher,
+        forwarder: Option<SocketAddr>,
+    ) -> Shared {
         let home_real = paths
             .home
             .canonicalize()
@@ -53,6 +62,7 @@ impl Shared {
             refresher,
             auth_problem: Mutex::new(None),
             store_changed: Notify::new(),
+            forwarder,
         }
     }
 
@@ -108,16 +118,18 @@ impl Shared {
             "codex_home": self.paths.codex_home,
             "accounts": accounts,
             "published": published,
-            "forwarder": Value::Null,
+            "forwarder": self.forwarder.map(|a| json!({"address": a.to_string(), "port": a.port()})),
             "problems": problems,
         })
     }
 }
 
 /// How the daemon runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub limits: Limits,
+    /// The forwarder's address; `None` runs without it.
+    pub listen: Option<String>,
 }
 
 /// Holds the instance lock of a broker home while the daemon runs.
@@ -215,11 +227,19 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
     let (listener, socket_file) = socket::bind(&paths.socket)?;
+    let forward_listener = match &options.listen {
+        Some(addr) => Some(forward::bind(addr).await?),
+        None => None,
+    };
+    let forward_addr = forward_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     fsutil::create_dir_if_missing(&paths.codex_home)?;
     let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
         .context("cannot watch the Codex home and the broker home")?;
     let refresher = Refresher::new(&paths, &config);
-    let shared = Arc::new(Shared::new(paths, config, refresher));
+    let shared = Arc::new(Shared::new(paths, config, refresher, forward_addr));
     {
         let shared = shared.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || watch::sync_codex(&shared)).await? {
@@ -234,6 +254,15 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     {
         let (shared, shutdown, limits) = (shared.clone(), shutdown.clone(), options.limits);
         tracker.spawn(socket::serve(listener, shared, limits, shutdown));
+    }
+    if let Some(listener) = forward_listener {
+        let forwarder = Arc::new(Forwarder::new(shared.clone()));
+        tracker.spawn(forward::serve(
+            listener,
+            forwarder,
+            options.limits.grace,
+            shutdown.clone(),
+        ));
     }
     tracker.close();
 
@@ -263,6 +292,7 @@ fn announce(shared: &Shared) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         socket = %shared.paths.socket.display(),
         codex_home = %shared.paths.codex_home.display(),
+        forwarder = %shared.forwarder.map_or_else(|| "off".to_owned(), |a| format!("http://{a}")),
         accounts = store.accounts.len(),
         refresh_ahead = shared.config.refresh_ahead,
         "codex-broker serving"

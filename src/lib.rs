@@ -9,6 +9,7 @@ pub mod codex_auth;
 pub mod config;
 pub mod daemon;
 pub mod display;
+pub mod forward;
 pub mod fsutil;
 pub mod json;
 pub mod jwt;

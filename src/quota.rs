@@ -96,6 +96,35 @@ impl Quota {
     }
 }
 
+impl Quota {
+    /// Reads the body of `GET {chatgpt_base}/wham/usage`.
+    pub fn from_usage(body: &Value, now: i64) -> Option<Quota> {
+        let limits = body.get("rate_limit")?;
+        let window = |name: &str| {
+            let w = limits.get(name)?;
+            Some(Window {
+                used_percent: w.get("used_percent")?.as_f64()?,
+                window_minutes: w
+                    .get("limit_window_seconds")
+                    .and_then(Value::as_i64)
+                    .map(|s| s / 60),
+                resets_at: w.get("reset_at").and_then(Value::as_i64).or_else(|| {
+                    w.get("reset_after_seconds")
+                        .and_then(Value::as_i64)
+                        .map(|s| now + s)
+                }),
+            })
+        };
+        Some(Quota {
+            five_hour: window("primary_window"),
+            weekly: window("secondary_window"),
+            source: "usage".into(),
+            observed_at: now,
+            extra: Map::new(),
+        })
+    }
+}
+
 impl Window {
     /// The share used now: a window whose reset time has passed is empty again.
     pub fn used_at(&self, now: i64) -> f64 {
@@ -143,6 +172,21 @@ mod tests {
         assert_eq!(q.weekly.unwrap().used_percent, 100.0);
         let other = serde_json::json!({"error": {"type": "rate_limit_exceeded"}});
         assert!(Quota::from_usage_limit(&other, None, now).is_none());
+    }
+
+    #[test]
+    fn usage_endpoint() {
+        let body = serde_json::json!({"plan_type": "plus", "rate_limit": {
+            "allowed": true, "limit_reached": false,
+            "primary_window": {"used_percent": 12.0, "limit_window_seconds": 18000,
+                "reset_after_seconds": 60},
+            "secondary_window": {"used_percent": 3.5, "limit_window_seconds": 604800,
+                "reset_at": 99}}});
+        let q = Quota::from_usage(&body, 10).unwrap();
+        let five = q.five_hour.unwrap();
+        assert_eq!((five.window_minutes, five.resets_at), (Some(300), Some(70)));
+        assert_eq!(q.weekly.unwrap().resets_at, Some(99));
+        assert!(Quota::from_usage(&serde_json::json!({}), 10).is_none());
     }
 
     #[test]

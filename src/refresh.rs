@@ -319,6 +319,9 @@ impl Refresher {
             let a = store
                 .get_mut(id)
                 .ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
+            if let Some(t) = &response.refresh_token {
+                a.retire_refresh_token(t.expose());
+            }
             let tokens = a
                 .tokens
                 .as_mut()

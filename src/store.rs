@@ -120,6 +120,19 @@ fn is_empty_secret_map(m: &Secret<Map<String, Value>>) -> bool {
     m.expose().is_empty()
 }
 
+/// How many retired refresh tokens an account remembers.
+const RETIRED_KEPT: usize = 16;
+
+/// A token's SHA-256, hex: lets the store recognise a token without
+/// keeping it.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub id: String,
@@ -152,6 +165,11 @@ pub struct Account {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub quota: Option<Quota>,
+    /// Fingerprints (SHA-256, hex) of the refresh tokens this account had
+    /// before, newest last: a client presenting one of them is answered
+    /// with the current tokens instead of spending anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_refresh_tokens: Vec<String>,
     /// Top-level auth.json fields this version does not know, carried with
     /// the account so that publishing it again writes them back.
     #[serde(default, skip_serializing_if = "is_empty_secret_map")]
@@ -179,6 +197,7 @@ impl Account {
             last_refresh: None,
             expires_at: None,
             quota: None,
+            retired_refresh_tokens: Vec::new(),
             codex_extra: auth.extra.clone(),
             extra: Secret::default(),
         };
@@ -251,6 +270,30 @@ impl Account {
     /// Takes the credentials of `newer` (the same account read from an
     /// auth.json) unless the store's own are more recent. Returns whether
     /// anything changed.
+    /// Records the current refresh token as retired when `replacement`
+    /// takes its place.
+    pub fn retire_refresh_token(&mut self, replacement: &str) {
+        let Some(current) = &self.tokens else { return };
+        if current.refresh_token.expose() == replacement {
+            return;
+        }
+        let print = fingerprint(current.refresh_token.expose());
+        self.retired_refresh_tokens.retain(|p| *p != print);
+        self.retired_refresh_tokens.push(print);
+        let excess = self.retired_refresh_tokens.len().saturating_sub(RETIRED_KEPT);
+        self.retired_refresh_tokens.drain(..excess);
+    }
+
+    /// Whether `refresh_token` is this account's, current or retired.
+    pub fn owns_refresh_token(&self, refresh_token: &str) -> bool {
+        self.tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_token.expose() == refresh_token)
+            || self
+                .retired_refresh_tokens
+                .contains(&fingerprint(refresh_token))
+    }
+
     pub fn adopt_credentials(&mut self, newer: &Account) -> bool {
         debug_assert_eq!(self.id, newer.id);
         let same = self.tokens == newer.tokens && self.api_key == newer.api_key;
@@ -258,6 +301,9 @@ impl Account {
             return false;
         }
         let before = self.clone();
+        if let Some(new) = &newer.tokens {
+            self.retire_refresh_token(new.refresh_token.expose());
+        }
         self.tokens.clone_from(&newer.tokens);
         self.api_key.clone_from(&newer.api_key);
         self.last_refresh = newer.last_refresh;

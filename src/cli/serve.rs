@@ -7,17 +7,32 @@ use crate::daemon::{self, Options};
 use crate::paths::Paths;
 use crate::socket::Limits;
 
-/// Run the daemon: refresh scheduler, Codex-home watcher and socket API
+/// Run the daemon: refresh scheduler, Codex-home watcher, socket API, forwarder
 ///
 /// Keeps every ChatGPT account fresh ahead of expiry (config `refresh_ahead`,
-/// default 30 minutes), adopts what `codex login` writes to auth.json, and
-/// serves tokens over the Unix socket (see --socket). One daemon runs per
+/// default 30 minutes), adopts what `codex login` writes to auth.json,
+/// serves tokens over the Unix socket (see --socket), and forwards Codex
+/// traffic on --listen with the routed account's credentials, falling back
+/// to the next account on 401/403/429. One daemon runs per
 /// broker home. SIGTERM or SIGINT stop it after in-flight requests finish.
 /// With NOTIFY_SOCKET set it tells systemd when it is ready (Type=notify).
 /// Logs go to stderr at level info (-v for more, CODEX_BROKER_LOG for a
 /// filter).
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The forwarder's loopback address (port 0: any free port)
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "CODEX_BROKER_LISTEN",
+        default_value = crate::forward::DEFAULT_LISTEN
+    )]
+    pub listen: String,
+
+    /// Run without the forwarder
+    #[arg(long)]
+    pub no_forward: bool,
+
     /// Seconds a client has to send a request's head, and then its body
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub request_timeout: u32,
@@ -33,5 +48,6 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1).into()),
         grace: Duration::from_secs(args.grace.into()),
     };
-    daemon::run(paths.clone(), config, Options { limits })
+    let listen = (!args.no_forward).then_some(args.listen);
+    daemon::run(paths.clone(), config, Options { limits, listen })
 }

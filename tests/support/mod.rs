@@ -258,8 +258,14 @@ impl TestEnv {
         self.broker_home().join("run/broker.sock")
     }
 
-    /// Starts `serve` with `args` and waits for its READY=1 notification.
+    /// Starts `serve` with `args` (the forwarder on a free port unless they
+    /// say otherwise) and waits for its READY=1 notification.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
+        let mut args = args.to_vec();
+        if !args.contains(&"--listen") && !args.contains(&"--no-forward") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let args = &args[..];
         use std::os::unix::net::UnixDatagram;
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -340,6 +346,12 @@ impl Daemon {
                 .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
             (status, value)
         })
+    }
+
+    /// The forwarder's base URL.
+    pub fn forwarder(&self) -> String {
+        let port = self.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+        format!("http://127.0.0.1:{port}")
     }
 
     pub fn get(&self, target: &str) -> serde_json::Value {

@@ -1,0 +1,100 @@
+//! Bodies on their way through the forwarder: buffered (so a request can be
+//! sent again to another account) or streamed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What the forwarder answers with.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A request body: in memory, or (past the buffering cap) streamed once.
+pub enum Outgoing {
+    Buffered(Bytes),
+    Streaming(Option<Chain>),
+}
+
+impl Outgoing {
+    /// Reads `body` into memory up to `cap` bytes; a larger body (declared
+    /// or found while reading) is streamed instead.
+    pub async fn read(body: Incoming, declared: Option<u64>, cap: usize) -> Result<Outgoing, hyper::Error> {
+        if declared.is_some_and(|n| n > cap as u64) {
+            return Ok(Outgoing::Streaming(Some(Chain::new(Bytes::new(), body))));
+        }
+        let mut body = body;
+        let mut buffered = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buffered.extend_from_slice(&data);
+                if buffered.len() > cap {
+                    return Ok(Outgoing::Streaming(Some(Chain::new(buffered.into(), body))));
+                }
+            }
+        }
+        Ok(Outgoing::Buffered(buffered.into()))
+    }
+
+    /// The body for one more attempt; `None` once a streamed body is spent.
+    pub fn attempt(&mut self) -> Option<reqwest::Body> {
+        match self {
+            Outgoing::Buffered(bytes) => Some(reqwest::Body::from(bytes.clone())),
+            Outgoing::Streaming(chain) => chain.take().map(reqwest::Body::wrap),
+        }
+    }
+
+    /// Whether a failed attempt can be repeated with the same body.
+    pub fn replayable(&self) -> bool {
+        matches!(self, Outgoing::Buffered(_))
+    }
+}
+
+/// Bytes already read, then the rest of the incoming body.
+pub struct Chain {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Chain {
+    fn new(prefix: Bytes, rest: Incoming) -> Chain {
+        Chain {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest,
+        }
+    }
+}
+
+impl HttpBody for Chain {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + extra);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}

@@ -1,0 +1,593 @@
+//! The forwarder: HTTP on a loopback address. `/oauth` traffic goes to the
+//! issuer (refreshes of tokens the broker owns are answered here), Codex
+//! traffic goes to the ChatGPT backend with the routed account's
+//! credentials, falling back to the next account on 401/403/429.
+
+mod body;
+mod responses;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Shared;
+use crate::quota::Quota;
+use crate::refresh::RefreshError;
+use crate::routing::{self, Unavailable};
+use crate::store::{Account, Kind};
+pub use body::{Body, BoxError};
+use body::{Outgoing, full};
+
+/// The forwarder's address unless `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
+/// Request bodies up to this size are kept for a retry on another account.
+pub const RETRY_BUFFER: usize = 32 * 1024 * 1024;
+/// Bodies the forwarder reads whole to look into (token requests, errors).
+const SMALL_BODY: usize = 1024 * 1024;
+/// Tokens handed out are valid for at least this long, seconds.
+const MIN_TTL: i64 = 300;
+/// Quota from headers is written at most this often per account, unless
+/// it changed.
+const QUOTA_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+/// A refresh request carrying the current refresh token forces a new token
+/// unless the last refresh is this recent, seconds.
+const RECENT_REFRESH: i64 = 60;
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The forwarder's state.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    issuer: String,
+    chatgpt_base: String,
+    /// Per account: when quota was last written, and what.
+    quota_written: Mutex<HashMap<String, (Instant, Quota)>>,
+}
+
+impl Forwarder {
+    pub fn new(shared: Arc<Shared>) -> Forwarder {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(300))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the HTTP client builds");
+        Forwarder {
+            issuer: shared.config.issuer.clone(),
+            chatgpt_base: shared.config.chatgpt_base.clone(),
+            shared,
+            client,
+            quota_written: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Serves the forwarder on `listener` until `shutdown`, then lets requests
+/// in flight finish within `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    forwarder: Arc<Forwarder>,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("forwarder accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = forwarder.clone();
+        let service = service_fn(move |request| {
+            let forwarder = forwarder.clone();
+            async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("forwarder connection ended: {e}");
+            }
+        });
+    }
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("forwarded requests still open after {grace:?}; closing them");
+    }
+}
+
+/// Binds the forwarder's address; only loopback addresses are accepted,
+/// since whoever reaches the forwarder uses the accounts' credentials.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        anyhow::anyhow!("--listen `{addr}` is not an address such as 127.0.0.1:1456")
+    })?;
+    if !parsed.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {addr}: the forwarder serves only loopback addresses (127.0.0.1, ::1): \
+             anyone who reaches it uses your accounts"
+        );
+    }
+    TcpListener::bind(parsed)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// A JSON error answer: `{"error":{"code","message"}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = json!({"error": {"code": code, "message": message}});
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(value).expect("JSON always serializes")))
+        .expect("a response built from valid parts")
+}
+
+fn unavailable(e: &Unavailable) -> Response<Body> {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string())
+}
+
+/// Copies `from` without hop-by-hop headers (and those the `connection`
+/// header names), without `host`, and with `drop` removed.
+fn forwardable(from: &HeaderMap, drop: &[&str]) -> HeaderMap {
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "host" || drop.contains(&n) || named.iter().any(|t| t == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+fn is_websocket(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A bad request body, or a client that went away mid-body.
+fn body_error(e: impl std::fmt::Display) -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &format!("cannot read the request body: {e}"),
+    )
+}
+
+impl Forwarder {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if is_websocket(&request) {
+            return error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_unsupported",
+                "the forwarder does not forward WebSocket connections; use HTTP (SSE)",
+            );
+        }
+        let method = request.method().clone();
+        let response = if method == Method::POST && path == "/oauth/token" {
+            self.token_endpoint(request).await
+        } else if path.starts_with("/oauth/")
+            || path.starts_with("/api/accounts/")
+            || path == "/codex/device"
+            || path.starts_with("/deviceauth/")
+        {
+            let url = format!("{}{path}{query}", self.issuer);
+            self.to_issuer(request, url).await
+        } else if path.starts_with("/codex/") {
+            let url = format!("{}{path}{query}", self.chatgpt_base);
+            self.to_backend(request, url).await
+        } else if let Some(rest) = path.strip_prefix("/backend-api/") {
+            let url = format!("{}/{rest}{query}", self.chatgpt_base);
+            if rest == "wham/usage" && method == Method::GET {
+                self.usage(request, url).await
+            } else {
+                self.to_backend(request, url).await
+            }
+        } else if path == "/v1/responses" && method == Method::POST {
+            self.responses(request).await
+        } else if path == "/v1/models" && method == Method::GET {
+            self.models().await
+        } else {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!(
+                    "the forwarder has no route for {path}; it serves /oauth/*, /codex/*, \
+                     /backend-api/*, /v1/responses and /v1/models"
+                ),
+            )
+        };
+        tracing::debug!(%method, %path, status = response.status().as_u16(), "forwarded");
+        response
+    }
+
+    /// Sends a request upstream; a connection failure becomes 502.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, Response<Body>> {
+        self.client
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let host = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!("upstream {host} failed: {e}");
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    &format!("cannot reach {host}: {}", without_url(&e)),
+                )
+            })
+    }
+
+    /// Transparent forwarding to the issuer.
+    async fn to_issuer(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let headers = forwardable(&parts.headers, &[]);
+        match self
+            .send(parts.method, &url, headers, reqwest::Body::wrap(body))
+            .await
+        {
+            Ok(response) => relay(response),
+            Err(answer) => answer,
+        }
+    }
+
+    /// `POST /oauth/token`: refreshes of a token the broker owns are answered
+    /// here; everything else goes to the issuer.
+    async fn token_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = match Limited::new(body, SMALL_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => return body_error(e),
+        };
+        if let Some(refresh_token) = refresh_grant(&parts.headers, &bytes)
+            && let Some(answer) = self.answer_refresh(&refresh_token).await
+        {
+            return answer;
+        }
+        let url = format!("{}/oauth/token", self.issuer);
+        let headers = forwardable(&parts.headers, &[]);
+        match self.send(parts.method, &url, headers, bytes.into()).await {
+            Ok(response) => relay(response),
+            Err(answer) => answer,
+        }
+    }
+
+    /// The current tokens of the account owning `refresh_token`, in the
+    /// issuer's response shape; `None` for a token the broker does not own.
+    async fn answer_refresh(&self, refresh_token: &str) -> Option<Response<Body>> {
+        let store = self.shared.refresher.store().ok()?;
+        let account = store
+            .accounts
+            .iter()
+            .find(|a| a.kind == Kind::Chatgpt && a.owns_refresh_token(refresh_token))?;
+        let id = account.id.clone();
+        let current = account
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_token.expose() == refresh_token);
+        let now = self.shared.refresher.now();
+        let recent = account
+            .last_refresh
+            .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH);
+        // A client holding the newest tokens asks again: they expire soon or
+        // were rejected, so a new access token is due.
+        let min_ttl = if current && !recent { i64::MAX / 4 } else { MIN_TTL };
+        tracing::info!(account = %id, current, "answered a token refresh for an account the broker owns");
+        Some(match self.shared.refresher.fresh(&id, min_ttl).await {
+            Ok(account) => token_response(&account, now),
+            Err(e @ RefreshError::NeedsLogin { .. }) => json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": {"message": format!("{e}"), "type": "invalid_request_error",
+                    "param": null, "code": "refresh_token_invalidated"}}),
+            ),
+            Err(e) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e.to_string(),
+            ),
+        })
+    }
+
+    /// Forwards to the ChatGPT backend with the routed account's
+    /// credentials, trying the next usable account after a 401, 403 or 429
+    /// as long as nothing reached the client yet.
+    async fn to_backend(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let declared = declared_length(&parts.headers);
+        let outgoing = match Outgoing::read(body, declared, RETRY_BUFFER).await {
+            Ok(o) => o,
+            Err(e) => return body_error(e),
+        };
+        let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
+        match self.with_fallback(parts.method, &url, headers, outgoing).await {
+            Ok((_, response)) => relay(response),
+            Err(answer) => answer,
+        }
+    }
+
+    /// The retry loop: returns the first answer that is not a 401/403/429
+    /// (with the account that got it), or the last such answer when no
+    /// account is left.
+    async fn with_fallback(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        mut outgoing: Outgoing,
+    ) -> Result<(Account, reqwest::Response), Response<Body>> {
+        let mut tried: Vec<String> = self.api_key_accounts();
+        let mut last: Option<Response<Body>> = None;
+        loop {
+            let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+            let account =
+                match routing::fresh_account(&self.shared.refresher, None, &exclude, MIN_TTL).await
+                {
+                    Ok(a) => a,
+                    Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
+                };
+            let Some(body) = outgoing.attempt() else {
+                return Err(last.expect("a streamed body is spent only by an attempt"));
+            };
+            let mut headers = headers.clone();
+            set_credentials(&mut headers, &account);
+            let response = self.send(method.clone(), url, headers, body).await?;
+            let status = response.status();
+            let now = self.shared.refresher.now();
+            let quota = Quota::from_headers(|n| header_str(response.headers(), n), now);
+            let retry = matches!(status.as_u16(), 401 | 403 | 429);
+            if !retry {
+                self.record_quota(&account.id, quota, false);
+                return Ok((account, response));
+            }
+            // Read the (small) error body to learn from it and to pass it on.
+            let (head, bytes) = buffer(response).await;
+            let limit = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|b| Quota::from_usage_limit(&b, quota.as_ref().or(account.quota.as_ref()), now));
+            let hit_limit = limit.is_some();
+            self.record_quota(&account.id, limit.or(quota), hit_limit);
+            tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");
+            tried.push(account.id.clone());
+            last = Some(Response::from_parts(head, full(bytes)));
+            if !outgoing.replayable() {
+                return Err(last.expect("just set"));
+            }
+        }
+    }
+
+    fn api_key_accounts(&self) -> Vec<String> {
+        self.shared
+            .refresher
+            .store()
+            .map(|s| {
+                s.accounts
+                    .iter()
+                    .filter(|a| a.kind != Kind::Chatgpt)
+                    .map(|a| a.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `GET /backend-api/wham/usage`: answered from the backend with fresh
+    /// credentials; the quota it reports is stored.
+    async fn usage(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+        let (parts, _) = request.into_parts();
+        let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
+        let outgoing = Outgoing::Buffered(Bytes::new());
+        let (account, response) = match self.with_fallback(Method::GET, &url, headers, outgoing).await {
+            Ok(r) => r,
+            Err(answer) => return answer,
+        };
+        let (head, bytes) = buffer(response).await;
+        if head.status.is_success()
+            && let Some(quota) = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|b| Quota::from_usage(&b, self.shared.refresher.now()))
+        {
+            self.record_quota(&account.id, Some(quota), true);
+        }
+        Response::from_parts(head, full(bytes))
+    }
+
+    /// Stores what the backend said about an account's quota: at once when
+    /// `now` or when it changed, otherwise at most every few seconds.
+    fn record_quota(&self, id: &str, quota: Option<Quota>, now: bool) {
+        let Some(quota) = quota else { return };
+        {
+            let mut written = self.quota_written.lock().expect("quota lock");
+            let due = match written.get(id) {
+                None => true,
+                Some((at, last)) => {
+                    now || at.elapsed() >= QUOTA_WRITE_INTERVAL
+                        || last.five_hour != quota.five_hour
+                        || last.weekly != quota.weekly
+                }
+            };
+            if !due {
+                return;
+            }
+            written.insert(id.to_owned(), (Instant::now(), quota.clone()));
+        }
+        let store = self.shared.paths.store();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let saved = store.update(|s| {
+                if let Some(a) = s.get_mut(&id) {
+                    a.quota = Some(quota);
+                }
+                Ok::<_, crate::store::StoreError>(())
+            });
+            if let Err(e) = saved {
+                tracing::warn!(account = %id, "cannot save quota: {e}");
+            }
+        });
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `authorization` and `chatgpt-account-id` of `account`.
+fn set_credentials(headers: &mut HeaderMap, account: &Account) {
+    let token = account
+        .tokens
+        .as_ref()
+        .map(|t| t.access_token.expose().as_str())
+        .unwrap_or_default();
+    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&account.id) {
+        headers.insert(HeaderName::from_static("chatgpt-account-id"), value);
+    }
+}
+
+/// The upstream answer, streamed to the client frame by frame.
+fn relay(response: reqwest::Response) -> Response<Body> {
+    let response: Response<reqwest::Body> = response.into();
+    let (mut head, body) = response.into_parts();
+    head.headers = forwardable(&head.headers, &[]);
+    Response::from_parts(head, body.map_err(BoxError::from).boxed())
+}
+
+/// Reads an upstream answer whole (up to 1 MiB; an error body is small).
+async fn buffer(response: reqwest::Response) -> (hyper::http::response::Parts, Bytes) {
+    let response: Response<reqwest::Body> = response.into();
+    let (mut head, body) = response.into_parts();
+    head.headers = forwardable(&head.headers, &["content-length"]);
+    let bytes = Limited::new(body, SMALL_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (head, bytes)
+}
+
+/// The refresh token of a `grant_type=refresh_token` request, JSON or form.
+fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let form = header_str(headers, "content-type")
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let fields: HashMap<String, String> = if form {
+        url::form_urlencoded::parse(body).into_owned().collect()
+    } else {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        value
+            .as_object()?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect()
+    };
+    (fields.get("grant_type")?.as_str() == "refresh_token")
+        .then(|| fields.get("refresh_token").cloned())
+        .flatten()
+}
+
+/// The issuer's answer to a refresh, made from `account`'s tokens.
+fn token_response(account: &Account, now: i64) -> Response<Body> {
+    let Some(tokens) = &account.tokens else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no tokens");
+    };
+    let mut body = json!({
+        "id_token": tokens.id_token.expose(),
+        "access_token": tokens.access_token.expose(),
+        "refresh_token": tokens.refresh_token.expose(),
+        "token_type": "Bearer",
+        "scope": "openid profile email offline_access",
+    });
+    if let Some(exp) = account.expires_at {
+        body["expires_in"] = json!((exp - now).max(0));
+    }
+    let mut response = json_response(StatusCode::OK, &body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A reqwest error's text without the URL (which may carry a query).
+fn without_url(e: &reqwest::Error) -> String {
+    let text = e.to_string();
+    match e.url() {
+        Some(url) => text.replace(url.as_str(), "the upstream"),
+        None => text,
+    }
+}
+

@@ -1,0 +1,254 @@
+//! `/v1/responses` and `/v1/models` for clients of the public OpenAI API:
+//! requests are rewritten to the shape the Codex backend accepts, and a
+//! non-streaming client gets the SSE stream assembled into one response.
+
+use std::io::Read;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::body::{Body, Outgoing, full};
+use super::{Forwarder, RETRY_BUFFER, buffer, error_response, forwardable, json_response, relay};
+
+/// The Codex version whose model list `/v1/models` asks for.
+const CODEX_CLIENT_VERSION: &str = "0.169.0";
+
+/// Public-API fields the Codex backend rejects.
+const REJECTED_FIELDS: [&str; 14] = [
+    "max_output_tokens",
+    "max_completion_tokens",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "truncation",
+    "user",
+    "metadata",
+    "previous_response_id",
+    "background",
+    "service_tier",
+    "safety_identifier",
+    "stream_options",
+];
+
+/// Rewrites a Responses API request for the Codex backend. Returns the new
+/// body and whether the client asked for a stream.
+pub fn rewrite(body: Value) -> Result<(Value, bool), String> {
+    let Value::Object(mut body) = body else {
+        return Err("the request body must be a JSON object".into());
+    };
+    let client_stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    for field in REJECTED_FIELDS {
+        body.remove(field);
+    }
+    body.insert("store".into(), Value::Bool(false));
+    body.insert("stream".into(), Value::Bool(true));
+    if let Some(Value::String(text)) = body.get("input") {
+        let message = json!([{"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]}]);
+        body.insert("input".into(), message);
+    }
+    if body.get("reasoning").is_some_and(|r| !r.is_null()) {
+        let include = body
+            .entry("include")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        match include {
+            Value::Array(items) => {
+                let wanted = Value::String("reasoning.encrypted_content".into());
+                if !items.contains(&wanted) {
+                    items.push(wanted);
+                }
+            }
+            _ => return Err("`include` must be an array".into()),
+        }
+    }
+    Ok((Value::Object(body), client_stream))
+}
+
+/// The body as sent, decoded from `content-encoding` (zstd, gzip, deflate).
+fn decode(encoding: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let result = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "identity") => return Ok(bytes.to_vec()),
+        Some("zstd") => zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out)),
+        Some("gzip") => flate2::read::GzDecoder::new(bytes).read_to_end(&mut out),
+        Some("deflate") => flate2::read::ZlibDecoder::new(bytes).read_to_end(&mut out),
+        Some(other) => return Err(format!("content-encoding `{other}` is not supported")),
+    };
+    result
+        .map(|_| out)
+        .map_err(|e| format!("cannot decode the {} request body: {e}", encoding.unwrap_or_default()))
+}
+
+/// Folds a Codex SSE stream into the final Responses object.
+pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
+    let text = String::from_utf8_lossy(stream).replace("\r\n", "\n");
+    let mut items = Vec::new();
+    for block in text.split("\n\n") {
+        let data: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let Ok(event) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        match event["type"].as_str().unwrap_or_default() {
+            "response.output_item.done" => items.push(event["item"].clone()),
+            "response.completed" | "response.done" | "response.incomplete" => {
+                let mut response = event["response"].clone();
+                let empty = response["output"].as_array().is_none_or(Vec::is_empty);
+                if empty && let Some(obj) = response.as_object_mut() {
+                    obj.insert("output".into(), Value::Array(items));
+                }
+                if let Some(obj) = response.as_object_mut() {
+                    obj.entry("object").or_insert_with(|| json!("response"));
+                }
+                return Ok(response);
+            }
+            "response.failed" => {
+                let error = event["response"]["error"].clone();
+                return Err((StatusCode::BAD_GATEWAY, json!({"error": error})));
+            }
+            "error" => {
+                return Err((StatusCode::BAD_GATEWAY, json!({"error": event.get("error").unwrap_or(&event)})));
+            }
+            _ => {}
+        }
+    }
+    Err((
+        StatusCode::BAD_GATEWAY,
+        json!({"error": {"code": "incomplete_stream",
+            "message": "the backend's stream ended before the response completed"}}),
+    ))
+}
+
+impl Forwarder {
+    /// `POST /v1/responses`.
+    pub(super) async fn responses(&self, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    &format!("request bodies are limited to {RETRY_BUFFER} bytes here"),
+                );
+            }
+            Err(e) => return super::body_error(e),
+        };
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let rewritten = decode(encoding, &bytes)
+            .and_then(|plain| {
+                serde_json::from_slice::<Value>(&plain)
+                    .map_err(|e| format!("the request body is not JSON: {e}"))
+            })
+            .and_then(rewrite);
+        let (body, client_stream) = match rewritten {
+            Ok(r) => r,
+            Err(message) => {
+                return error_response(StatusCode::BAD_REQUEST, "invalid_request", &message);
+            }
+        };
+        let mut headers = forwardable(
+            &parts.headers,
+            &[
+                "authorization",
+                "chatgpt-account-id",
+                "content-encoding",
+                "content-length",
+                "openai-organization",
+                "openai-project",
+            ],
+        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let url = format!("{}/codex/responses", self.chatgpt_base);
+        let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
+        let response = match self.with_fallback(Method::POST, &url, headers, outgoing).await {
+            Ok((_, response)) => response,
+            Err(answer) => return answer,
+        };
+        if client_stream || !response.status().is_success() {
+            return relay(response);
+        }
+        let (_, stream) = collect(response).await;
+        match assemble(&stream) {
+            Ok(value) => json_response(StatusCode::OK, &value),
+            Err((status, value)) => json_response(status, &value),
+        }
+    }
+
+    /// `GET /v1/models`: the backend's model list for Codex, in the public
+    /// API's list shape.
+    pub(super) async fn models(&self) -> Response<Body> {
+        let url = format!(
+            "{}/codex/models?client_version={CODEX_CLIENT_VERSION}",
+            self.chatgpt_base
+        );
+        let outgoing = Outgoing::Buffered(Bytes::new());
+        let response = match self.with_fallback(Method::GET, &url, HeaderMap::new(), outgoing).await {
+            Ok((_, response)) => response,
+            Err(answer) => return answer,
+        };
+        let (head, bytes) = buffer(response).await;
+        if !head.status.is_success() {
+            return Response::from_parts(head, full(bytes));
+        }
+        let listed: Vec<Value> = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["models"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| {
+                let id = m["slug"].as_str().or_else(|| m["id"].as_str())?;
+                let mut entry = Map::new();
+                entry.insert("id".into(), json!(id));
+                entry.insert("object".into(), json!("model"));
+                entry.insert("created".into(), json!(0));
+                entry.insert("owned_by".into(), json!("openai"));
+                Some(Value::Object(entry))
+            })
+            .collect();
+        json_response(StatusCode::OK, &json!({"object": "list", "data": listed}))
+    }
+}
+
+/// Reads a whole streamed answer (an SSE stream of a finished response).
+async fn collect(response: reqwest::Response) -> (StatusCode, Bytes) {
+    let status = response.status();
+    let response: Response<reqwest::Body> = response.into();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_zstd_and_gzip() {
+        let plain = br#"{"model":"gpt-5"}"#;
+        let z = zstd::encode_all(&plain[..], 3).unwrap();
+        assert_eq!(decode(Some("zstd"), &z).unwrap(), plain);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, plain).unwrap();
+        assert_eq!(decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), plain);
+        assert_eq!(decode(None, plain).unwrap(), plain);
+        assert!(decode(Some("br"), plain).unwrap_err().contains("`br`"));
+        assert!(decode(Some("zstd"), b"not zstd").unwrap_err().contains("zstd"));
+    }
+}
