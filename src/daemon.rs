@@ -260,7 +260,7 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
         tracker.spawn(forward::serve(
             listener,
             forwarder,
-            options.limits.grace,
+            options.limits,
             shutdown.clone(),
         ));
     }

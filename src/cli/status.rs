@@ -7,13 +7,16 @@ use serde::Serialize;
 use crate::codex_auth::AuthState;
 use crate::display::{self, Table};
 use crate::paths::Paths;
-use crate::quota::Window;
+use crate::config::Config;
+use crate::quota::{Quota, Window};
+use crate::refresh::Refresher;
 use crate::socket::client::{self, Answer};
-use crate::store::{Account, Killswitch, Routing, Store};
+use crate::store::{Account, Kind, Killswitch, Routing, State, Store};
 use crate::view::AccountView;
 
 /// Show every account's state, token expiry and quota
 ///
+/// With --refresh, the quota is first asked of the usage endpoint.
 /// Per account: label, email, plan, role, state, token expiry, last refresh,
 /// and the last known 5-hour and weekly quota with their reset times. Also
 /// whether the daemon runs (and the problems it reports) and which account
@@ -23,6 +26,10 @@ pub struct Args {
     /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, accounts}
     #[arg(long)]
     pub json: bool,
+
+    /// Ask the usage endpoint for every ChatGPT account's quota first
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +97,9 @@ struct CodexAuth<'a> {
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
+    if args.refresh {
+        poll_usage(paths)?;
+    }
     let store = paths.store().load()?;
     let auth_path = paths.codex().auth_path();
     let snapshot = paths.codex().read()?;
@@ -121,6 +131,48 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         return Ok(super::print_json(&status)?);
     }
     Ok(super::print(&render(&status, &store, display::now()))?)
+}
+
+/// Asks `{chatgpt_base}/wham/usage` for the quota of every ChatGPT account
+/// that can be used, and stores the answers. An account that fails is
+/// reported and skipped.
+fn poll_usage(paths: &Paths) -> anyhow::Result<()> {
+    let config = Config::load(&paths.home)?;
+    let refresher = Refresher::new(paths, &config);
+    let client = crate::oauth::http_client(std::time::Duration::from_secs(20));
+    let url = format!("{}/wham/usage", config.chatgpt_base);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = refresher.store()?;
+    for account in store.accounts.iter().filter(|a| a.kind == Kind::Chatgpt && a.state != State::NeedsLogin) {
+        let polled = runtime.block_on(async {
+            let fresh = refresher.fresh(&account.id, i64::from(super::DEFAULT_MIN_TTL)).await?;
+            let token = fresh.tokens.as_ref().map(|t| t.access_token.expose().clone()).unwrap_or_default();
+            let response = client
+                .get(&url)
+                .bearer_auth(token)
+                .header("chatgpt-account-id", &account.id)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach the usage endpoint: {}", e.without_url()))?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "the usage endpoint answered {status}");
+            Quota::from_usage(&body, refresher.now())
+                .ok_or_else(|| anyhow::anyhow!("the usage endpoint's answer has no rate_limit"))
+        });
+        match polled {
+            Ok(quota) => paths.store().update(|s| {
+                if let Some(a) = s.get_mut(&account.id) {
+                    a.quota = Some(quota);
+                }
+                Ok::<_, anyhow::Error>(())
+            })?,
+            Err(e) => eprintln!("warning: {}: quota not refreshed: {e:#}", account.name()),
+        }
+    }
+    Ok(())
 }
 
 fn render(status: &Status, store: &Store, now: i64) -> String {

@@ -26,6 +26,7 @@ use crate::daemon::Shared;
 use crate::quota::Quota;
 use crate::refresh::RefreshError;
 use crate::routing::{self, Unavailable};
+use crate::socket::Limits;
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Outgoing, full};
@@ -69,8 +70,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(shared: Arc<Shared>) -> Forwarder {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = crate::oauth::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(300))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -88,13 +88,15 @@ impl Forwarder {
 }
 
 /// Serves the forwarder on `listener` until `shutdown`, then lets requests
-/// in flight finish within `grace`.
+/// in flight finish within the grace period. A request head must arrive
+/// within the request timeout.
 pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
-    grace: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let grace = limits.grace;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -115,7 +117,7 @@ pub async fn serve(
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(limits.request_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

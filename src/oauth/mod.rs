@@ -111,9 +111,14 @@ pub struct OAuthClient {
 
 /// Builds the HTTP client every upstream call uses: rustls, no proxy
 /// surprises beyond the standard variables, bounded time.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+/// A reqwest client builder using rustls with the ring provider.
+pub fn client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+}
+
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    client_builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("codex-broker/", env!("CARGO_PKG_VERSION")))

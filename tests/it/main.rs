@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod docs;
+mod forward;
 mod interop;
 mod login;
 mod refresh;

@@ -93,6 +93,12 @@ struct State {
     /// Refresh requests that presented a spent token.
     reused: Vec<String>,
     token_lifetime: i64,
+    /// Accounts whose inference requests get 429 usage_limit_reached.
+    limited: HashSet<String>,
+    /// Per account: the 5-hour used percent sent in quota headers.
+    quota: HashMap<String, f64>,
+    /// While set, SSE answers hold after their first event until notified.
+    hold: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The running fake; it stops when dropped.
@@ -162,6 +168,28 @@ impl FakeUpstream {
         let mut state = self.state.lock().unwrap();
         state.login_account = Some(account.clone());
         state.device_pending_polls = device_pending_polls;
+    }
+
+    /// Makes inference for `account_id` answer 429 usage_limit_reached.
+    pub fn set_limited(&self, account_id: &str) {
+        self.state.lock().unwrap().limited.insert(account_id.into());
+    }
+
+    /// Sends quota headers with this 5-hour used percent for `account_id`.
+    pub fn set_quota(&self, account_id: &str, five_hour_percent: f64) {
+        self.state
+            .lock()
+            .unwrap()
+            .quota
+            .insert(account_id.into(), five_hour_percent);
+    }
+
+    /// Holds SSE answers after their first event until the returned
+    /// `Notify` is notified (once per held answer).
+    pub fn hold_streams(&self) -> Arc<tokio::sync::Notify> {
+        let hold = Arc::new(tokio::sync::Notify::new());
+        self.state.lock().unwrap().hold = Some(hold.clone());
+        hold
     }
 
     pub fn set_refresh(&self, behaviour: Refresh) {
@@ -238,7 +266,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Shared) {
     }
 }
 
-type Body = Full<Bytes>;
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 /// Why a connection was closed without an answer.
 #[derive(Debug)]
@@ -307,10 +339,53 @@ async fn handle(
                 }
             }
         }
-        ("POST", p) if p.ends_with("/responses") => sse(),
+        ("POST", p) if p.ends_with("/responses") => {
+            let account = recorded.headers.get("chatgpt-account-id").cloned().unwrap_or_default();
+            let (limited, hold, quota) = {
+                let s = state.lock().unwrap();
+                (
+                    s.limited.contains(&account),
+                    s.hold.clone(),
+                    s.quota.get(&account).copied(),
+                )
+            };
+            let mut response = if limited {
+                json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({"error": {"type": "usage_limit_reached",
+                        "message": "The usage limit has been reached", "plan_type": "plus",
+                        "resets_at": now() + 3600}}),
+                )
+            } else {
+                sse(hold)
+            };
+            if let Some(percent) = quota.or(limited.then_some(100.0)) {
+                let h = response.headers_mut();
+                h.insert("x-codex-primary-used-percent", percent.to_string().parse().unwrap());
+                h.insert("x-codex-primary-window-minutes", "300".parse().unwrap());
+                h.insert("x-codex-primary-reset-at", (now() + 3600).to_string().parse().unwrap());
+                h.insert("x-codex-secondary-used-percent", "12".parse().unwrap());
+                h.insert("x-codex-secondary-window-minutes", "10080".parse().unwrap());
+            }
+            response
+        }
         ("GET", p) if p.ends_with("/responses") => {
             json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}))
         }
+        ("GET", "/backend-api/wham/usage") => json_response(
+            StatusCode::OK,
+            json!({"plan_type": "plus", "rate_limit": {"allowed": true, "limit_reached": false,
+                "primary_window": {"used_percent": 33.0, "limit_window_seconds": 18000,
+                    "reset_after_seconds": 1200, "reset_at": now() + 1200},
+                "secondary_window": {"used_percent": 5.0, "limit_window_seconds": 604800,
+                    "reset_after_seconds": 86400, "reset_at": now() + 86400}},
+                "credits": null}),
+        ),
+        ("GET", "/backend-api/codex/models") => json_response(
+            StatusCode::OK,
+            json!({"models": [{"slug": "gpt-5.1-codex", "display_name": "gpt-5.1-codex"},
+                {"slug": "gpt-5.1", "display_name": "gpt-5.1"}]}),
+        ),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     })
 }
@@ -365,7 +440,7 @@ fn authorize(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::FOUND)
         .header("location", location.as_str())
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .unwrap()
 }
 
@@ -447,7 +522,7 @@ fn json_response(status: StatusCode, body: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(body.to_string()))
         .unwrap()
 }
 
@@ -515,7 +590,8 @@ fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
 }
 
 /// A short Responses stream: created, one assistant message, completed.
-fn sse() -> Response<Body> {
+/// The SSE events of a finished answer.
+fn sse_events() -> Vec<String> {
     let events = [
         json!({"type": "response.created", "response": {"id": "resp_fake"}}),
         json!({"type": "response.output_item.done", "item": {
@@ -527,12 +603,33 @@ fn sse() -> Response<Body> {
             "output_tokens_details": null, "total_tokens": 2
         }}}),
     ];
-    let body: String = events
+    events
         .iter()
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
-        .collect();
+        .collect()
+}
+
+/// An SSE answer; with `hold`, the first event is sent at once and the
+/// rest only after `hold` is notified.
+fn sse(hold: Option<Arc<tokio::sync::Notify>>) -> Response<Body> {
+    let events = sse_events();
+    let body = match hold {
+        None => full(events.concat()),
+        Some(hold) => {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from(events[0].clone())).await;
+                hold.notified().await;
+                for e in &events[1..] {
+                    let _ = tx.send_data(Bytes::from(e.clone())).await;
+                }
+            });
+            body.boxed()
+        }
+    };
     Response::builder()
         .header("content-type", "text/event-stream")
-        .body(Full::new(Bytes::from(body)))
+        .header("x-codex-turn-state", "turn-state-from-backend")
+        .body(body)
         .unwrap()
 }

@@ -1,0 +1,407 @@
+//! The forwarder, against the fake issuer and backend.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::fake_upstream::FakeUpstream;
+use crate::support::{Daemon, TestAccount, TestEnv, wait_until};
+
+/// A user whose broker talks to `upstream` as issuer and backend, with a
+/// main and a fallback account.
+fn setup(upstream: &FakeUpstream) -> (TestEnv, TestAccount, TestAccount) {
+    let mut env = TestEnv::with_issuer(upstream);
+    env.vars.push((
+        "CODEX_BROKER_CHATGPT_BASE".into(),
+        format!("{}/backend-api", upstream.url()),
+    ));
+    let main = TestAccount::new("acc-main");
+    let fallback = TestAccount::new("acc-fallback");
+    for a in [&main, &fallback] {
+        upstream.add_account(a);
+    }
+    env.import_account(&main);
+    std::fs::write(env.dir.path().join("fallback.json"), fallback.auth_json()).unwrap();
+    env.ok(&["import", env.dir.path().join("fallback.json").to_str().unwrap()]);
+    (env, main, fallback)
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = codex_broker::oauth::http_client(Duration::from_secs(60));
+        let mut request = client.request(method.parse().unwrap(), url).body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap().to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    })
+}
+
+fn post_responses(daemon: &Daemon, body: &[u8]) -> Answer {
+    send(
+        "POST",
+        &format!("{}/codex/responses", daemon.forwarder()),
+        &[
+            ("authorization", "Bearer client-own-secret"),
+            ("chatgpt-account-id", "acc-client"),
+            ("content-encoding", "zstd"),
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+            ("x-codex-turn-state", "turn-state-from-client"),
+        ],
+        zstd::encode_all(body, 3).unwrap(),
+    )
+}
+
+fn backend_posts(upstream: &FakeUpstream) -> Vec<crate::support::fake_upstream::Recorded> {
+    upstream
+        .requests_to("/backend-api/codex/responses")
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect()
+}
+
+#[test]
+fn codex_traffic_gets_the_routed_accounts_credentials() {
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let health = daemon.get("/v1/health");
+    assert_eq!(health["forwarder"]["address"], format!("127.0.0.1:{}", health["forwarder"]["port"]));
+
+    let body = br#"{"model":"gpt-5.1-codex","input":[],"stream":true,"store":false}"#;
+    let answer = post_responses(&daemon, body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("hello from the fake backend"));
+    assert_eq!(answer.headers["x-codex-turn-state"], "turn-state-from-backend");
+    assert_eq!(answer.headers["content-type"], "text/event-stream");
+
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts.len(), 1);
+    let seen = &posts[0];
+    assert_eq!(seen.headers["authorization"], format!("Bearer {}", main.access_token()));
+    assert_eq!(seen.headers["chatgpt-account-id"], "acc-main");
+    assert_eq!(seen.headers["x-codex-turn-state"], "turn-state-from-client");
+    assert_eq!(seen.headers["content-encoding"], "zstd");
+    assert_eq!(seen.body, zstd::encode_all(&body[..], 3).unwrap(), "the body passes untouched");
+    for r in upstream.requests() {
+        assert!(
+            !r.headers.values().any(|v| v.contains("client-own-secret")),
+            "the client's bearer reached {}",
+            r.path
+        );
+    }
+    // The quota headers of that answer reach the store.
+    upstream.set_quota("acc-main", 42.5);
+    assert_eq!(post_responses(&daemon, body).status, 200);
+    let quota = || {
+        let status: Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+        status["accounts"][0]["quota"].clone()
+    };
+    wait_until(Duration::from_secs(5), || quota()["five_hour"]["used_percent"] == 42.5)
+        .unwrap_or_else(|| panic!("quota not stored: {}", quota()));
+    assert_eq!(quota()["source"], "headers");
+    assert_eq!(quota()["weekly"]["used_percent"], 12.0);
+    let text = env.ok(&["status"]);
+    assert!(text.contains(" 42%  resets in"), "{text}");
+    assert_eq!(daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"], 42.5);
+}
+
+#[test]
+fn sse_events_arrive_while_the_upstream_still_streams() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let hold = upstream.hold_streams();
+    let port = daemon.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"model":"m","input":[]}"#;
+    write!(
+        stream,
+        "POST /codex/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("response.created") {
+        let n = stream.read(&mut buf).expect("the first event arrives while the stream is held");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("response.completed"));
+    hold.notify_one();
+    while !String::from_utf8_lossy(&seen).contains("response.completed") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_429_is_retried_on_the_fallback_with_the_same_body() {
+    let upstream = FakeUpstream::start();
+    let (env, _, fallback) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    upstream.set_limited("acc-main");
+    let body = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[]}]}"#;
+    let answer = post_responses(&daemon, body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[0].headers["chatgpt-account-id"], "acc-main");
+    assert_eq!(posts[1].headers["chatgpt-account-id"], "acc-fallback");
+    assert_eq!(posts[1].headers["authorization"], format!("Bearer {}", fallback.access_token()));
+    assert_eq!(posts[0].body, posts[1].body);
+
+    // The main account is now known to be used up: skipped at once.
+    let quota = || daemon.get("/v1/quota")["accounts"][0].clone();
+    wait_until(Duration::from_secs(5), || quota()["five_hour"]["used_percent"] == 100.0)
+        .unwrap_or_else(|| panic!("{}", quota()));
+    assert_eq!(quota()["source"], "usage_limit");
+    assert_eq!(post_responses(&daemon, body).status, 200);
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts.len(), 3);
+    assert_eq!(posts[2].headers["chatgpt-account-id"], "acc-fallback");
+
+    // Both used up: the client gets the backend's own 429, never a bypass.
+    upstream.set_limited("acc-fallback");
+    let answer = post_responses(&daemon, body);
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["type"], "usage_limit_reached");
+    let answer = post_responses(&daemon, body);
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["code"], "no_usable_account");
+}
+
+#[test]
+fn the_killswitch_blocks_an_account_over_its_threshold() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    env.ok(&["killswitch", "set", "acc-main:50,100"]);
+    env.ok(&["killswitch", "on"]);
+    let daemon = env.start_daemon(&[]);
+    upstream.set_quota("acc-main", 60.0);
+    let body = br#"{"model":"m","input":[]}"#;
+    assert_eq!(post_responses(&daemon, body).status, 200);
+    wait_until(Duration::from_secs(5), || {
+        daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"] == 60.0
+    })
+    .unwrap();
+    assert_eq!(post_responses(&daemon, body).status, 200);
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts[0].headers["chatgpt-account-id"], "acc-main");
+    assert_eq!(posts[1].headers["chatgpt-account-id"], "acc-fallback");
+}
+
+#[test]
+fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
+    let upstream = FakeUpstream::start();
+    let mut env = TestEnv::with_issuer(&upstream);
+    env.vars.push(("CODEX_BROKER_CHATGPT_BASE".into(), format!("{}/backend-api", upstream.url())));
+    // Four minutes left: the daemon refreshes it as it starts.
+    let account = TestAccount::new("acc-owned").expiring_in(240);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)));
+    wait_until(Duration::from_secs(5), || {
+        env.read_store()["accounts"][0]["tokens"]["refresh_token"] == "rt-acc-owned-1"
+    })
+    .unwrap();
+    let url = format!("{}/oauth/token", daemon.forwarder());
+    let refresh = |token: &str| {
+        send(
+            "POST",
+            &url,
+            &[("content-type", "application/json")],
+            json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token",
+                "refresh_token": token, "refresh_reason": "expired"})
+            .to_string()
+            .into_bytes(),
+        )
+    };
+    // Codex still holds the token the daemon already spent.
+    let answer = refresh("rt-acc-owned-0");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let tokens = answer.json();
+    let store = env.read_store();
+    assert_eq!(tokens["access_token"], store["accounts"][0]["tokens"]["access_token"]);
+    assert_eq!(tokens["refresh_token"], "rt-acc-owned-1");
+    assert!(tokens["id_token"].as_str().unwrap().split('.').count() == 3);
+    // The current token, refreshed less than a minute ago: answered too.
+    assert_eq!(refresh("rt-acc-owned-1").status, 200);
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "no issuer call");
+    assert!(upstream.reused_tokens().is_empty());
+
+    // A token the broker does not own goes to the issuer as it is.
+    let answer = refresh("rt-somebody-else");
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json()["error"]["code"], "refresh_token_invalidated");
+    let to_issuer = upstream.requests_to("/oauth/token");
+    assert_eq!(to_issuer.len(), 2);
+    assert_eq!(to_issuer[1].json()["refresh_token"], "rt-somebody-else");
+    // Other issuer routes pass through.
+    let answer = send("POST", &format!("{}/oauth/revoke", daemon.forwarder()), &[], b"{}".to_vec());
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.requests_to("/oauth/revoke").len(), 1);
+}
+
+#[test]
+fn unknown_paths_websockets_and_bad_requests() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    let daemon = env.start_daemon(&["--request-timeout", "1"]);
+    let base = daemon.forwarder();
+    let before = upstream.requests().len();
+
+    let answer = send("GET", &format!("{base}/elsewhere/x"), &[], vec![]);
+    assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (404, json!("not_found")));
+    let answer = send(
+        "GET",
+        &format!("{base}/codex/responses"),
+        &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13"),
+          ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+        vec![],
+    );
+    assert_eq!(answer.status, 426);
+    assert_eq!(answer.json()["error"]["code"], "websocket_unsupported");
+    for (body, encoding, needle) in [
+        (b"{not json".to_vec(), "identity", "not JSON"),
+        (b"[1,2]".to_vec(), "identity", "JSON object"),
+        (b"garbage".to_vec(), "zstd", "zstd"),
+    ] {
+        let answer = send(
+            "POST",
+            &format!("{base}/v1/responses"),
+            &[("content-encoding", encoding)],
+            body,
+        );
+        assert_eq!(answer.status, 400, "{}", answer.text());
+        assert_eq!(answer.json()["error"]["code"], "invalid_request");
+        assert!(answer.json()["error"]["message"].as_str().unwrap().contains(needle), "{}", answer.text());
+    }
+    let huge = vec![b' '; 33 * 1024 * 1024];
+    let answer = send("POST", &format!("{base}/v1/responses"), &[], huge);
+    assert_eq!(answer.status, 413);
+    assert_eq!(upstream.requests().len(), before, "nothing left for the upstream");
+
+    // A head that never ends is cut off; the forwarder keeps serving.
+    let port = daemon.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+    let mut slow = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.write_all(b"GET /codex/models HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    assert_eq!(send("GET", &format!("{base}/v1/models"), &[], vec![]).status, 200);
+}
+
+#[test]
+fn public_responses_api_clients_are_rewritten() {
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let request = json!({
+        "model": "gpt-5.1-codex",
+        "instructions": "Be brief.",
+        "input": "say hello",
+        "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+        "reasoning": {"effort": "low"},
+        "store": true,
+        "stream": false,
+        "temperature": 0.2,
+        "max_output_tokens": 100,
+        "metadata": {"k": "v"},
+    });
+    let compressed = zstd::encode_all(request.to_string().as_bytes(), 3).unwrap();
+    let answer = send(
+        "POST",
+        &format!("{}/v1/responses", daemon.forwarder()),
+        &[("authorization", "Bearer sk-dummy"), ("content-type", "application/json"),
+          ("content-encoding", "zstd")],
+        compressed,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let response = answer.json();
+    assert_eq!(response["id"], "resp_fake");
+    assert_eq!(response["object"], "response");
+    assert_eq!(response["output"][0]["content"][0]["text"], "hello from the fake backend");
+
+    let posts = backend_posts(&upstream);
+    let seen = &posts[0];
+    assert_eq!(seen.headers["authorization"], format!("Bearer {}", main.access_token()));
+    assert!(!seen.headers.contains_key("content-encoding"));
+    insta::assert_json_snapshot!("rewritten_responses_request", seen.json());
+
+    // A streaming client gets the SSE stream as it is.
+    let answer = send(
+        "POST",
+        &format!("{}/v1/responses", daemon.forwarder()),
+        &[],
+        json!({"model": "gpt-5.1-codex", "input": "hi", "stream": true}).to_string().into_bytes(),
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.text().starts_with("event: response.created"), "{}", answer.text());
+
+    let models = send("GET", &format!("{}/v1/models", daemon.forwarder()), &[], vec![]);
+    assert_eq!(models.status, 200);
+    insta::assert_json_snapshot!("models", models.json());
+    let asked = upstream.requests_to("/backend-api/codex/models");
+    assert!(asked[0].headers["x-fake-query"].starts_with("client_version="));
+}
+
+#[test]
+fn usage_is_answered_fresh_and_polled_by_status_refresh() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    let out = env.ok(&["status", "--refresh", "--json"]);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    for i in 0..2 {
+        assert_eq!(status["accounts"][i]["quota"]["five_hour"]["used_percent"], 33.0);
+        assert_eq!(status["accounts"][i]["quota"]["source"], "usage");
+    }
+    let polled = upstream.requests_to("/backend-api/wham/usage");
+    assert_eq!(polled.len(), 2);
+    assert_eq!(polled[1].headers["chatgpt-account-id"], "acc-fallback");
+
+    let daemon = env.start_daemon(&[]);
+    let answer = send("GET", &format!("{}/backend-api/wham/usage", daemon.forwarder()), &[], vec![]);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["rate_limit"]["primary_window"]["used_percent"], 33.0);
+    let seen = upstream.requests_to("/backend-api/wham/usage");
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].headers["chatgpt-account-id"], "acc-main");
+}
