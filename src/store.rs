@@ -280,7 +280,10 @@ impl Account {
         let print = fingerprint(current.refresh_token.expose());
         self.retired_refresh_tokens.retain(|p| *p != print);
         self.retired_refresh_tokens.push(print);
-        let excess = self.retired_refresh_tokens.len().saturating_sub(RETIRED_KEPT);
+        let excess = self
+            .retired_refresh_tokens
+            .len()
+            .saturating_sub(RETIRED_KEPT);
         self.retired_refresh_tokens.drain(..excess);
     }
 

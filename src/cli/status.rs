@@ -5,13 +5,13 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::codex_auth::AuthState;
+use crate::config::Config;
 use crate::display::{self, Table};
 use crate::paths::Paths;
-use crate::config::Config;
 use crate::quota::{Quota, Window};
 use crate::refresh::Refresher;
 use crate::socket::client::{self, Answer};
-use crate::store::{Account, Kind, Killswitch, Routing, State, Store};
+use crate::store::{Account, Killswitch, Kind, Routing, State, Store};
 use crate::view::AccountView;
 
 /// Show every account's state, token expiry and quota
@@ -145,17 +145,29 @@ fn poll_usage(paths: &Paths) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let store = refresher.store()?;
-    for account in store.accounts.iter().filter(|a| a.kind == Kind::Chatgpt && a.state != State::NeedsLogin) {
+    for account in store
+        .accounts
+        .iter()
+        .filter(|a| a.kind == Kind::Chatgpt && a.state != State::NeedsLogin)
+    {
         let polled = runtime.block_on(async {
-            let fresh = refresher.fresh(&account.id, i64::from(super::DEFAULT_MIN_TTL)).await?;
-            let token = fresh.tokens.as_ref().map(|t| t.access_token.expose().clone()).unwrap_or_default();
+            let fresh = refresher
+                .fresh(&account.id, i64::from(super::DEFAULT_MIN_TTL))
+                .await?;
+            let token = fresh
+                .tokens
+                .as_ref()
+                .map(|t| t.access_token.expose().clone())
+                .unwrap_or_default();
             let response = client
                 .get(&url)
                 .bearer_auth(token)
                 .header("chatgpt-account-id", &account.id)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot reach the usage endpoint: {}", e.without_url()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach the usage endpoint: {}", e.without_url())
+                })?;
             let status = response.status();
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             anyhow::ensure!(status.is_success(), "the usage endpoint answered {status}");

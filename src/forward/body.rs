@@ -12,7 +12,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A request body: in memory, or (past the buffering cap) streamed once.
@@ -24,7 +26,11 @@ pub enum Outgoing {
 impl Outgoing {
     /// Reads `body` into memory up to `cap` bytes; a larger body (declared
     /// or found while reading) is streamed instead.
-    pub async fn read(body: Incoming, declared: Option<u64>, cap: usize) -> Result<Outgoing, hyper::Error> {
+    pub async fn read(
+        body: Incoming,
+        declared: Option<u64>,
+        cap: usize,
+    ) -> Result<Outgoing, hyper::Error> {
         if declared.is_some_and(|n| n > cap as u64) {
             return Ok(Outgoing::Streaming(Some(Chain::new(Bytes::new(), body))));
         }

@@ -161,7 +161,9 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(serde_json::to_vec(value).expect("JSON always serializes")))
+        .body(full(
+            serde_json::to_vec(value).expect("JSON always serializes"),
+        ))
         .expect("a response built from valid parts")
 }
 
@@ -182,7 +184,11 @@ fn forwardable(from: &HeaderMap, drop: &[&str]) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "host" || drop.contains(&n) || named.iter().any(|t| t == n) {
+        if HOP_BY_HOP.contains(&n)
+            || n == "host"
+            || drop.contains(&n)
+            || named.iter().any(|t| t == n)
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -348,7 +354,11 @@ impl Forwarder {
             .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH);
         // A client holding the newest tokens asks again: they expire soon or
         // were rejected, so a new access token is due.
-        let min_ttl = if current && !recent { i64::MAX / 4 } else { MIN_TTL };
+        let min_ttl = if current && !recent {
+            i64::MAX / 4
+        } else {
+            MIN_TTL
+        };
         tracing::info!(account = %id, current, "answered a token refresh for an account the broker owns");
         Some(match self.shared.refresher.fresh(&id, min_ttl).await {
             Ok(account) => token_response(&account, now),
@@ -376,7 +386,10 @@ impl Forwarder {
             Err(e) => return body_error(e),
         };
         let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
-        match self.with_fallback(parts.method, &url, headers, outgoing).await {
+        match self
+            .with_fallback(parts.method, &url, headers, outgoing)
+            .await
+        {
             Ok((_, response)) => relay(response),
             Err(answer) => answer,
         }
@@ -418,9 +431,9 @@ impl Forwarder {
             }
             // Read the (small) error body to learn from it and to pass it on.
             let (head, bytes) = buffer(response).await;
-            let limit = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|b| Quota::from_usage_limit(&b, quota.as_ref().or(account.quota.as_ref()), now));
+            let limit = serde_json::from_slice::<Value>(&bytes).ok().and_then(|b| {
+                Quota::from_usage_limit(&b, quota.as_ref().or(account.quota.as_ref()), now)
+            });
             let hit_limit = limit.is_some();
             self.record_quota(&account.id, limit.or(quota), hit_limit);
             tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");
@@ -452,7 +465,10 @@ impl Forwarder {
         let (parts, _) = request.into_parts();
         let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
         let outgoing = Outgoing::Buffered(Bytes::new());
-        let (account, response) = match self.with_fallback(Method::GET, &url, headers, outgoing).await {
+        let (account, response) = match self
+            .with_fallback(Method::GET, &url, headers, outgoing)
+            .await
+        {
             Ok(r) => r,
             Err(answer) => return answer,
         };
@@ -592,4 +608,3 @@ fn without_url(e: &reqwest::Error) -> String {
         None => text,
     }
 }
-

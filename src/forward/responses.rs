@@ -73,14 +73,19 @@ fn decode(encoding: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let result = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("" | "identity") => return Ok(bytes.to_vec()),
-        Some("zstd") => zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out)),
+        Some("zstd") => {
+            zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out))
+        }
         Some("gzip") => flate2::read::GzDecoder::new(bytes).read_to_end(&mut out),
         Some("deflate") => flate2::read::ZlibDecoder::new(bytes).read_to_end(&mut out),
         Some(other) => return Err(format!("content-encoding `{other}` is not supported")),
     };
-    result
-        .map(|_| out)
-        .map_err(|e| format!("cannot decode the {} request body: {e}", encoding.unwrap_or_default()))
+    result.map(|_| out).map_err(|e| {
+        format!(
+            "cannot decode the {} request body: {e}",
+            encoding.unwrap_or_default()
+        )
+    })
 }
 
 /// Folds a Codex SSE stream into the final Responses object.
@@ -115,7 +120,10 @@ pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
                 return Err((StatusCode::BAD_GATEWAY, json!({"error": error})));
             }
             "error" => {
-                return Err((StatusCode::BAD_GATEWAY, json!({"error": event.get("error").unwrap_or(&event)})));
+                return Err((
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": event.get("error").unwrap_or(&event)}),
+                ));
             }
             _ => {}
         }
@@ -169,11 +177,20 @@ impl Forwarder {
                 "openai-project",
             ],
         );
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
-        let response = match self.with_fallback(Method::POST, &url, headers, outgoing).await {
+        let response = match self
+            .with_fallback(Method::POST, &url, headers, outgoing)
+            .await
+        {
             Ok((_, response)) => response,
             Err(answer) => return answer,
         };
@@ -195,7 +212,10 @@ impl Forwarder {
             self.chatgpt_base
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
-        let response = match self.with_fallback(Method::GET, &url, HeaderMap::new(), outgoing).await {
+        let response = match self
+            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing)
+            .await
+        {
             Ok((_, response)) => response,
             Err(answer) => return answer,
         };
@@ -249,6 +269,10 @@ mod tests {
         assert_eq!(decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), plain);
         assert_eq!(decode(None, plain).unwrap(), plain);
         assert!(decode(Some("br"), plain).unwrap_err().contains("`br`"));
-        assert!(decode(Some("zstd"), b"not zstd").unwrap_err().contains("zstd"));
+        assert!(
+            decode(Some("zstd"), b"not zstd")
+                .unwrap_err()
+                .contains("zstd")
+        );
     }
 }

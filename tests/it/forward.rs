@@ -24,7 +24,10 @@ fn setup(upstream: &FakeUpstream) -> (TestEnv, TestAccount, TestAccount) {
     }
     env.import_account(&main);
     std::fs::write(env.dir.path().join("fallback.json"), fallback.auth_json()).unwrap();
-    env.ok(&["import", env.dir.path().join("fallback.json").to_str().unwrap()]);
+    env.ok(&[
+        "import",
+        env.dir.path().join("fallback.json").to_str().unwrap(),
+    ]);
     (env, main, fallback)
 }
 
@@ -98,23 +101,36 @@ fn codex_traffic_gets_the_routed_accounts_credentials() {
     let (env, main, _) = setup(&upstream);
     let daemon = env.start_daemon(&[]);
     let health = daemon.get("/v1/health");
-    assert_eq!(health["forwarder"]["address"], format!("127.0.0.1:{}", health["forwarder"]["port"]));
+    assert_eq!(
+        health["forwarder"]["address"],
+        format!("127.0.0.1:{}", health["forwarder"]["port"])
+    );
 
     let body = br#"{"model":"gpt-5.1-codex","input":[],"stream":true,"store":false}"#;
     let answer = post_responses(&daemon, body);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.text().contains("hello from the fake backend"));
-    assert_eq!(answer.headers["x-codex-turn-state"], "turn-state-from-backend");
+    assert_eq!(
+        answer.headers["x-codex-turn-state"],
+        "turn-state-from-backend"
+    );
     assert_eq!(answer.headers["content-type"], "text/event-stream");
 
     let posts = backend_posts(&upstream);
     assert_eq!(posts.len(), 1);
     let seen = &posts[0];
-    assert_eq!(seen.headers["authorization"], format!("Bearer {}", main.access_token()));
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", main.access_token())
+    );
     assert_eq!(seen.headers["chatgpt-account-id"], "acc-main");
     assert_eq!(seen.headers["x-codex-turn-state"], "turn-state-from-client");
     assert_eq!(seen.headers["content-encoding"], "zstd");
-    assert_eq!(seen.body, zstd::encode_all(&body[..], 3).unwrap(), "the body passes untouched");
+    assert_eq!(
+        seen.body,
+        zstd::encode_all(&body[..], 3).unwrap(),
+        "the body passes untouched"
+    );
     for r in upstream.requests() {
         assert!(
             !r.headers.values().any(|v| v.contains("client-own-secret")),
@@ -129,13 +145,18 @@ fn codex_traffic_gets_the_routed_accounts_credentials() {
         let status: Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
         status["accounts"][0]["quota"].clone()
     };
-    wait_until(Duration::from_secs(5), || quota()["five_hour"]["used_percent"] == 42.5)
-        .unwrap_or_else(|| panic!("quota not stored: {}", quota()));
+    wait_until(Duration::from_secs(5), || {
+        quota()["five_hour"]["used_percent"] == 42.5
+    })
+    .unwrap_or_else(|| panic!("quota not stored: {}", quota()));
     assert_eq!(quota()["source"], "headers");
     assert_eq!(quota()["weekly"]["used_percent"], 12.0);
     let text = env.ok(&["status"]);
     assert!(text.contains(" 42%  resets in"), "{text}");
-    assert_eq!(daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"], 42.5);
+    assert_eq!(
+        daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"],
+        42.5
+    );
 }
 
 #[test]
@@ -144,9 +165,13 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
     let (env, ..) = setup(&upstream);
     let daemon = env.start_daemon(&[]);
     let hold = upstream.hold_streams();
-    let port = daemon.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+    let port = daemon.get("/v1/health")["forwarder"]["port"]
+        .as_u64()
+        .unwrap();
     let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let body = r#"{"model":"m","input":[]}"#;
     write!(
         stream,
@@ -157,7 +182,9 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("response.created") {
-        let n = stream.read(&mut buf).expect("the first event arrives while the stream is held");
+        let n = stream
+            .read(&mut buf)
+            .expect("the first event arrives while the stream is held");
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
@@ -176,20 +203,26 @@ fn a_429_is_retried_on_the_fallback_with_the_same_body() {
     let (env, _, fallback) = setup(&upstream);
     let daemon = env.start_daemon(&[]);
     upstream.set_limited("acc-main");
-    let body = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[]}]}"#;
+    let body =
+        br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[]}]}"#;
     let answer = post_responses(&daemon, body);
     assert_eq!(answer.status, 200, "{}", answer.text());
     let posts = backend_posts(&upstream);
     assert_eq!(posts.len(), 2);
     assert_eq!(posts[0].headers["chatgpt-account-id"], "acc-main");
     assert_eq!(posts[1].headers["chatgpt-account-id"], "acc-fallback");
-    assert_eq!(posts[1].headers["authorization"], format!("Bearer {}", fallback.access_token()));
+    assert_eq!(
+        posts[1].headers["authorization"],
+        format!("Bearer {}", fallback.access_token())
+    );
     assert_eq!(posts[0].body, posts[1].body);
 
     // The main account is now known to be used up: skipped at once.
     let quota = || daemon.get("/v1/quota")["accounts"][0].clone();
-    wait_until(Duration::from_secs(5), || quota()["five_hour"]["used_percent"] == 100.0)
-        .unwrap_or_else(|| panic!("{}", quota()));
+    wait_until(Duration::from_secs(5), || {
+        quota()["five_hour"]["used_percent"] == 100.0
+    })
+    .unwrap_or_else(|| panic!("{}", quota()));
     assert_eq!(quota()["source"], "usage_limit");
     assert_eq!(post_responses(&daemon, body).status, 200);
     let posts = backend_posts(&upstream);
@@ -230,7 +263,10 @@ fn the_killswitch_blocks_an_account_over_its_threshold() {
 fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     let upstream = FakeUpstream::start();
     let mut env = TestEnv::with_issuer(&upstream);
-    env.vars.push(("CODEX_BROKER_CHATGPT_BASE".into(), format!("{}/backend-api", upstream.url())));
+    env.vars.push((
+        "CODEX_BROKER_CHATGPT_BASE".into(),
+        format!("{}/backend-api", upstream.url()),
+    ));
     // Four minutes left: the daemon refreshes it as it starts.
     let account = TestAccount::new("acc-owned").expiring_in(240);
     upstream.add_account(&account);
@@ -258,12 +294,19 @@ fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     let tokens = answer.json();
     let store = env.read_store();
-    assert_eq!(tokens["access_token"], store["accounts"][0]["tokens"]["access_token"]);
+    assert_eq!(
+        tokens["access_token"],
+        store["accounts"][0]["tokens"]["access_token"]
+    );
     assert_eq!(tokens["refresh_token"], "rt-acc-owned-1");
     assert!(tokens["id_token"].as_str().unwrap().split('.').count() == 3);
     // The current token, refreshed less than a minute ago: answered too.
     assert_eq!(refresh("rt-acc-owned-1").status, 200);
-    assert_eq!(upstream.requests_to("/oauth/token").len(), 1, "no issuer call");
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "no issuer call"
+    );
     assert!(upstream.reused_tokens().is_empty());
 
     // A token the broker does not own goes to the issuer as it is.
@@ -274,7 +317,12 @@ fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     assert_eq!(to_issuer.len(), 2);
     assert_eq!(to_issuer[1].json()["refresh_token"], "rt-somebody-else");
     // Other issuer routes pass through.
-    let answer = send("POST", &format!("{}/oauth/revoke", daemon.forwarder()), &[], b"{}".to_vec());
+    let answer = send(
+        "POST",
+        &format!("{}/oauth/revoke", daemon.forwarder()),
+        &[],
+        b"{}".to_vec(),
+    );
     assert_eq!(answer.status, 200);
     assert_eq!(upstream.requests_to("/oauth/revoke").len(), 1);
 }
@@ -288,12 +336,19 @@ fn unknown_paths_websockets_and_bad_requests() {
     let before = upstream.requests().len();
 
     let answer = send("GET", &format!("{base}/elsewhere/x"), &[], vec![]);
-    assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (404, json!("not_found")));
+    assert_eq!(
+        (answer.status, answer.json()["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
     let answer = send(
         "GET",
         &format!("{base}/codex/responses"),
-        &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13"),
-          ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
         vec![],
     );
     assert_eq!(answer.status, 426);
@@ -311,22 +366,40 @@ fn unknown_paths_websockets_and_bad_requests() {
         );
         assert_eq!(answer.status, 400, "{}", answer.text());
         assert_eq!(answer.json()["error"]["code"], "invalid_request");
-        assert!(answer.json()["error"]["message"].as_str().unwrap().contains(needle), "{}", answer.text());
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{}",
+            answer.text()
+        );
     }
     let huge = vec![b' '; 33 * 1024 * 1024];
     let answer = send("POST", &format!("{base}/v1/responses"), &[], huge);
     assert_eq!(answer.status, 413);
-    assert_eq!(upstream.requests().len(), before, "nothing left for the upstream");
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "nothing left for the upstream"
+    );
 
     // A head that never ends is cut off; the forwarder keeps serving.
-    let port = daemon.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+    let port = daemon.get("/v1/health")["forwarder"]["port"]
+        .as_u64()
+        .unwrap();
     let mut slow = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    slow.write_all(b"GET /codex/models HTTP/1.1\r\nhost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET /codex/models HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
-    assert_eq!(send("GET", &format!("{base}/v1/models"), &[], vec![]).status, 200);
+    assert_eq!(
+        send("GET", &format!("{base}/v1/models"), &[], vec![]).status,
+        200
+    );
 }
 
 #[test]
@@ -350,19 +423,28 @@ fn public_responses_api_clients_are_rewritten() {
     let answer = send(
         "POST",
         &format!("{}/v1/responses", daemon.forwarder()),
-        &[("authorization", "Bearer sk-dummy"), ("content-type", "application/json"),
-          ("content-encoding", "zstd")],
+        &[
+            ("authorization", "Bearer sk-dummy"),
+            ("content-type", "application/json"),
+            ("content-encoding", "zstd"),
+        ],
         compressed,
     );
     assert_eq!(answer.status, 200, "{}", answer.text());
     let response = answer.json();
     assert_eq!(response["id"], "resp_fake");
     assert_eq!(response["object"], "response");
-    assert_eq!(response["output"][0]["content"][0]["text"], "hello from the fake backend");
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        "hello from the fake backend"
+    );
 
     let posts = backend_posts(&upstream);
     let seen = &posts[0];
-    assert_eq!(seen.headers["authorization"], format!("Bearer {}", main.access_token()));
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {}", main.access_token())
+    );
     assert!(!seen.headers.contains_key("content-encoding"));
     insta::assert_json_snapshot!("rewritten_responses_request", seen.json());
 
@@ -371,12 +453,23 @@ fn public_responses_api_clients_are_rewritten() {
         "POST",
         &format!("{}/v1/responses", daemon.forwarder()),
         &[],
-        json!({"model": "gpt-5.1-codex", "input": "hi", "stream": true}).to_string().into_bytes(),
+        json!({"model": "gpt-5.1-codex", "input": "hi", "stream": true})
+            .to_string()
+            .into_bytes(),
     );
     assert_eq!(answer.status, 200);
-    assert!(answer.text().starts_with("event: response.created"), "{}", answer.text());
+    assert!(
+        answer.text().starts_with("event: response.created"),
+        "{}",
+        answer.text()
+    );
 
-    let models = send("GET", &format!("{}/v1/models", daemon.forwarder()), &[], vec![]);
+    let models = send(
+        "GET",
+        &format!("{}/v1/models", daemon.forwarder()),
+        &[],
+        vec![],
+    );
     assert_eq!(models.status, 200);
     insta::assert_json_snapshot!("models", models.json());
     let asked = upstream.requests_to("/backend-api/codex/models");
@@ -390,7 +483,10 @@ fn usage_is_answered_fresh_and_polled_by_status_refresh() {
     let out = env.ok(&["status", "--refresh", "--json"]);
     let status: Value = serde_json::from_str(&out).unwrap();
     for i in 0..2 {
-        assert_eq!(status["accounts"][i]["quota"]["five_hour"]["used_percent"], 33.0);
+        assert_eq!(
+            status["accounts"][i]["quota"]["five_hour"]["used_percent"],
+            33.0
+        );
         assert_eq!(status["accounts"][i]["quota"]["source"], "usage");
     }
     let polled = upstream.requests_to("/backend-api/wham/usage");
@@ -398,9 +494,17 @@ fn usage_is_answered_fresh_and_polled_by_status_refresh() {
     assert_eq!(polled[1].headers["chatgpt-account-id"], "acc-fallback");
 
     let daemon = env.start_daemon(&[]);
-    let answer = send("GET", &format!("{}/backend-api/wham/usage", daemon.forwarder()), &[], vec![]);
+    let answer = send(
+        "GET",
+        &format!("{}/backend-api/wham/usage", daemon.forwarder()),
+        &[],
+        vec![],
+    );
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.json()["rate_limit"]["primary_window"]["used_percent"], 33.0);
+    assert_eq!(
+        answer.json()["rate_limit"]["primary_window"]["used_percent"],
+        33.0
+    );
     let seen = upstream.requests_to("/backend-api/wham/usage");
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].headers["chatgpt-account-id"], "acc-main");

@@ -58,13 +58,16 @@ fn codex_login_status(env: &TestEnv) -> (bool, String) {
 }
 
 fn codex_config(env: &TestEnv, upstream: &FakeUpstream) {
+    codex_config_at(env, &upstream.url());
+}
+
+/// Points Codex's backend URLs at `base` (the fake, or the forwarder), as
+/// the README tells users to.
+fn codex_config_at(env: &TestEnv, base: &str) {
     std::fs::create_dir_all(env.codex_home()).unwrap();
     std::fs::write(
         env.codex_home().join("config.toml"),
-        format!(
-            "openai_base_url = \"{0}/codex\"\nchatgpt_base_url = \"{0}/backend-api/\"\n",
-            upstream.url()
-        ),
+        format!("openai_base_url = \"{base}/codex\"\nchatgpt_base_url = \"{base}/backend-api/\"\n"),
     )
     .unwrap();
 }
@@ -72,10 +75,15 @@ fn codex_config(env: &TestEnv, upstream: &FakeUpstream) {
 /// `codex exec` of one prompt against the fake upstream, refreshing (if it
 /// must) at the fake issuer; asserts that it succeeded.
 fn codex_exec(env: &TestEnv, upstream: &FakeUpstream) -> std::process::Output {
+    codex_exec_at(env, &upstream.url())
+}
+
+/// `codex exec` refreshing (if it must) at `{base}/oauth/token`.
+fn codex_exec_at(env: &TestEnv, base: &str) -> std::process::Output {
     let out = codex(env)
         .env(
             "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-            format!("{}/oauth/token", upstream.url()),
+            format!("{base}/oauth/token"),
         )
         .args(["exec", "--skip-git-repo-check", "say hello"])
         .stdin(Stdio::null())
@@ -330,4 +338,127 @@ fn a_codex_device_login_is_adopted_by_the_running_daemon() {
         daemon.log()
     );
     assert_codex_logged_in(&env, "Logged in using ChatGPT");
+}
+
+#[test]
+fn codex_exec_through_the_forwarder_falls_back_on_429() {
+    isolated!(codex_exec_through_the_forwarder_falls_back_on_429);
+    let upstream = FakeUpstream::start();
+    let mut env = TestEnv::with_issuer(&upstream);
+    env.vars.push((
+        "CODEX_BROKER_CHATGPT_BASE".into(),
+        format!("{}/backend-api", upstream.url()),
+    ));
+    let main = TestAccount::new("acc-main");
+    let fallback = TestAccount::new("acc-fallback");
+    for a in [&main, &fallback] {
+        upstream.add_account(a);
+    }
+    env.import_account(&main);
+    std::fs::write(env.dir.path().join("fallback.json"), fallback.auth_json()).unwrap();
+    env.ok(&[
+        "import",
+        env.dir.path().join("fallback.json").to_str().unwrap(),
+    ]);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+
+    // Through the forwarder, on the main account.
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    let posts = |account: &str| {
+        upstream
+            .requests_to("/backend-api/codex/responses")
+            .iter()
+            .filter(|r| r.method == "POST" && r.headers["chatgpt-account-id"] == account)
+            .count()
+    };
+    assert!(posts("acc-main") >= 1);
+
+    // The main account is used up: the same command succeeds on the fallback.
+    upstream.set_limited("acc-main");
+    let before = posts("acc-main");
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert_eq!(posts("acc-main"), before + 1, "one try on the main account");
+    assert!(posts("acc-fallback") >= 1);
+
+    // The quota seen on the way shows in `status`.
+    let quota = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+        status["accounts"][0]["quota"].clone()
+    };
+    let seen = crate::support::wait_until(Duration::from_secs(5), || {
+        quota()["five_hour"]["used_percent"] == 100.0
+    });
+    assert!(seen.is_some(), "{}", quota());
+    assert!(env.ok(&["status"]).contains("100%"));
+    assert!(
+        upstream.requests_to("/oauth/token").is_empty(),
+        "nobody refreshed"
+    );
+    assert!(upstream.reused_tokens().is_empty());
+}
+
+#[test]
+fn a_stale_codex_refresh_through_the_forwarder_never_spends_a_token() {
+    isolated!(a_stale_codex_refresh_through_the_forwarder_never_spends_a_token);
+    let upstream = FakeUpstream::start();
+    let mut env = TestEnv::with_issuer(&upstream);
+    env.vars.push((
+        "CODEX_BROKER_CHATGPT_BASE".into(),
+        format!("{}/backend-api", upstream.url()),
+    ));
+    let account = TestAccount::new("acc-stale").expiring_in(60);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)));
+    let forwarder = daemon.forwarder();
+
+    // A second Codex home (another tool's copy) still holds the tokens the
+    // daemon has just rotated, and they expire within Codex's window.
+    let other = env.dir.path().join("other-codex");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("auth.json"), account.auth_json()).unwrap();
+    std::fs::write(
+        other.join("config.toml"),
+        format!(
+            "openai_base_url = \"{forwarder}/codex\"\nchatgpt_base_url = \"{forwarder}/backend-api/\"\n"
+        ),
+    )
+    .unwrap();
+    let out = codex(&env)
+        .env("CODEX_HOME", &other)
+        .env(
+            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+            format!("{forwarder}/oauth/token"),
+        )
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other.join("auth.json")).unwrap()).unwrap();
+    assert_eq!(written["tokens"]["refresh_token"], "rt-acc-stale-1");
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "only the daemon's refresh"
+    );
+    assert!(upstream.reused_tokens().is_empty());
+    assert!(
+        daemon.log().contains("answered a token refresh"),
+        "{}",
+        daemon.log()
+    );
 }

@@ -340,7 +340,11 @@ async fn handle(
             }
         }
         ("POST", p) if p.ends_with("/responses") => {
-            let account = recorded.headers.get("chatgpt-account-id").cloned().unwrap_or_default();
+            let account = recorded
+                .headers
+                .get("chatgpt-account-id")
+                .cloned()
+                .unwrap_or_default();
             let (limited, hold, quota) = {
                 let s = state.lock().unwrap();
                 (
@@ -361,9 +365,15 @@ async fn handle(
             };
             if let Some(percent) = quota.or(limited.then_some(100.0)) {
                 let h = response.headers_mut();
-                h.insert("x-codex-primary-used-percent", percent.to_string().parse().unwrap());
+                h.insert(
+                    "x-codex-primary-used-percent",
+                    percent.to_string().parse().unwrap(),
+                );
                 h.insert("x-codex-primary-window-minutes", "300".parse().unwrap());
-                h.insert("x-codex-primary-reset-at", (now() + 3600).to_string().parse().unwrap());
+                h.insert(
+                    "x-codex-primary-reset-at",
+                    (now() + 3600).to_string().parse().unwrap(),
+                );
                 h.insert("x-codex-secondary-used-percent", "12".parse().unwrap());
                 h.insert("x-codex-secondary-window-minutes", "10080".parse().unwrap());
             }

@@ -350,7 +350,9 @@ impl Daemon {
 
     /// The forwarder's base URL.
     pub fn forwarder(&self) -> String {
-        let port = self.get("/v1/health")["forwarder"]["port"].as_u64().unwrap();
+        let port = self.get("/v1/health")["forwarder"]["port"]
+            .as_u64()
+            .unwrap();
         format!("http://127.0.0.1:{port}")
     }
 
