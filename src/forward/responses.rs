@@ -259,6 +259,51 @@ async fn collect(response: reqwest::Response) -> (StatusCode, Bytes) {
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/sse")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn assembles_streams_into_one_response() {
+        insta::assert_json_snapshot!("assembled_text", assemble(&fixture("text.sse")).unwrap());
+        insta::assert_json_snapshot!(
+            "assembled_reasoning_tool_call",
+            assemble(&fixture("reasoning_tool_call.sse")).unwrap()
+        );
+        let (status, error) = assemble(&fixture("failed.sse")).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(error["error"]["code"], "server_error");
+        let text = fixture("text.sse");
+        let (_, error) = assemble(&text[..text.len() / 2]).unwrap_err();
+        assert_eq!(error["error"]["code"], "incomplete_stream");
+        // CRLF line ends, as some servers send.
+        let crlf = String::from_utf8(text).unwrap().replace('\n', "\r\n");
+        assert_eq!(assemble(crlf.as_bytes()).unwrap()["id"], "resp_0a1b2c");
+    }
+
+    #[test]
+    fn rewrites_public_api_requests() {
+        let (body, stream) = rewrite(json!({"model": "m", "input": "hi", "stream": true,
+            "store": true, "include": ["file_search_call.results"], "reasoning": {"effort": "high"},
+            "temperature": 1, "tools": [{"type": "web_search"}]}))
+        .unwrap();
+        assert!(stream);
+        insta::assert_json_snapshot!("rewritten_with_include", body);
+        let (body, stream) =
+            rewrite(json!({"model": "m", "input": [{"role": "user", "content": "x"}]})).unwrap();
+        assert!(!stream);
+        assert_eq!(
+            body["input"][0]["content"], "x",
+            "list input is kept as it is"
+        );
+        assert!(body.get("include").is_none(), "no reasoning, no include");
+        assert!(rewrite(json!("text")).is_err());
+        assert!(rewrite(json!({"reasoning": {}, "include": "x"})).is_err());
+    }
+
     #[test]
     fn decodes_zstd_and_gzip() {
         let plain = br#"{"model":"gpt-5"}"#;
