@@ -224,6 +224,10 @@ impl Refresher {
     /// seconds, refreshing it first when needed. While refreshing fails for
     /// a transient reason, the old token is returned as long as it is valid.
     pub async fn fresh(&self, id: &str, min_ttl: i64) -> Result<Account, RefreshError> {
+        let account = self.load(id)?;
+        if assess(&account, (self.clock)(), min_ttl) == Assessment::Fresh {
+            return Ok(account);
+        }
         let gate = self.gate(id);
         let _in_process = gate.lock().await;
         let account = self.load(id)?;

@@ -1,7 +1,7 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
-use crate::refresh::{LOGIN_HINT, RefreshError, Refresher};
-use crate::store::{Account, LookupError, Role, Routing, State, Store};
+use crate::refresh::{Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
+use crate::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 
 /// Why `account` may not serve at `now`, if it may not.
 pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<String> {
@@ -94,27 +94,44 @@ impl Unavailable {
     }
 }
 
+/// Which accounts may answer a request for a token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick<'a> {
+    /// Only this account (id, label or unique prefix).
+    pub query: Option<&'a str>,
+    /// Never these accounts.
+    pub exclude: &'a [&'a str],
+    /// Only ChatGPT accounts (the backend takes no API key).
+    pub chatgpt_only: bool,
+}
+
 /// An account with a token valid for more than `min_ttl` seconds: the named
-/// one (`query`: id, label or unique prefix), or else the first routed
-/// account that can serve, skipping those in `exclude` and those whose
-/// refresh token is dead.
+/// one, or else the first routed account that can serve, skipping excluded
+/// ones and those whose refresh token is dead.
 pub async fn fresh_account(
     refresher: &Refresher,
-    query: Option<&str>,
-    exclude: &[&str],
+    pick: Pick<'_>,
     min_ttl: i64,
 ) -> Result<Account, Unavailable> {
     let store = refresher.store()?;
-    if let Some(query) = query {
+    if let Some(query) = pick.query {
         let id = store.find(query)?.id.clone();
         return Ok(refresher.fresh(&id, min_ttl).await?);
     }
     let now = refresher.now();
-    let ids: Vec<String> = candidates(&store, now)
-        .iter()
+    let exclude = pick.exclude;
+    let usable: Vec<&Account> = candidates(&store, now)
+        .into_iter()
         .filter(|a| !exclude.contains(&a.id.as_str()))
-        .map(|a| a.id.clone())
+        .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
         .collect();
+    // The common case: the first choice is fresh; no lock, no reload.
+    if let Some(first) = usable.first()
+        && assess(first, now, min_ttl) == Assessment::Fresh
+    {
+        return Ok((*first).clone());
+    }
+    let ids: Vec<String> = usable.iter().map(|a| a.id.clone()).collect();
     if ids.is_empty() {
         if store.accounts.is_empty() {
             return Err(Unavailable::NoAccounts);

@@ -39,10 +39,13 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         None => {
             let config = Config::load(&paths.home)?;
             let refresher = Refresher::new(paths, &config);
+            let pick = routing::Pick {
+                query: args.account.as_deref(),
+                ..routing::Pick::default()
+            };
             let found = runtime.block_on(routing::fresh_account(
                 &refresher,
-                args.account.as_deref(),
-                &[],
+                pick,
                 i64::from(args.min_ttl),
             ));
             let account = match found {

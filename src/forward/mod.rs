@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::Shared;
 use crate::quota::Quota;
 use crate::refresh::RefreshError;
-use crate::routing::{self, Unavailable};
+use crate::routing::{self, Pick, Unavailable};
 use crate::socket::Limits;
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
@@ -405,13 +405,17 @@ impl Forwarder {
         headers: HeaderMap,
         mut outgoing: Outgoing,
     ) -> Result<(Account, reqwest::Response), Response<Body>> {
-        let mut tried: Vec<String> = self.api_key_accounts();
+        let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Response<Body>> = None;
         loop {
             let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+            let pick = Pick {
+                exclude: &exclude,
+                chatgpt_only: true,
+                ..Pick::default()
+            };
             let account =
-                match routing::fresh_account(&self.shared.refresher, None, &exclude, MIN_TTL).await
-                {
+                match routing::fresh_account(&self.shared.refresher, pick, MIN_TTL).await {
                     Ok(a) => a,
                     Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
                 };
@@ -443,20 +447,6 @@ impl Forwarder {
                 return Err(last.expect("just set"));
             }
         }
-    }
-
-    fn api_key_accounts(&self) -> Vec<String> {
-        self.shared
-            .refresher
-            .store()
-            .map(|s| {
-                s.accounts
-                    .iter()
-                    .filter(|a| a.kind != Kind::Chatgpt)
-                    .map(|a| a.id.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// `GET /backend-api/wham/usage`: answered from the backend with fresh

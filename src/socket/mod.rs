@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
 use crate::quota::Quota;
-use crate::routing::{self, Unavailable};
+use crate::routing::{self, Pick, Unavailable};
 use crate::store::{Account, StoreError};
 use crate::view::{AccountList, TokenView};
 
@@ -371,13 +371,11 @@ async fn route(
         (&Method::GET, "/v1/health") => Ok(shared.health()),
         (&Method::GET, "/v1/token") => {
             let min_ttl = min_ttl(&query)?;
-            let account = routing::fresh_account(
-                &shared.refresher,
-                query.get("account").map(String::as_str),
-                &[],
-                min_ttl,
-            )
-            .await?;
+            let pick = Pick {
+                query: query.get("account").map(String::as_str),
+                ..Pick::default()
+            };
+            let account = routing::fresh_account(&shared.refresher, pick, min_ttl).await?;
             token_json(&account)
         }
         (&Method::POST, "/v1/report") => {
@@ -555,6 +553,10 @@ async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, Api
         403 | 429 => exclude.push(id.as_str()),
         _ => {}
     }
-    let account = routing::fresh_account(&shared.refresher, None, &exclude, min_ttl).await?;
+    let pick = Pick {
+        exclude: &exclude,
+        ..Pick::default()
+    };
+    let account = routing::fresh_account(&shared.refresher, pick, min_ttl).await?;
     token_json(&account)
 }

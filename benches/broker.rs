@@ -1,0 +1,541 @@
+//! The daemon under load, each part against a baseline measured in the same
+//! run:
+//! - the socket API: `/v1/token` throughput and latency at 1, 32 and 256
+//!   concurrent clients, against reading and parsing auth.json from disk
+//!   per request; the daemon's resident memory;
+//! - the forwarder: a small JSON request and a 100-event SSE stream through
+//!   the forwarder, against the same requests sent straight to the same
+//!   upstream: added latency, throughput at 32 connections, SSE event
+//!   delivery delay, and memory per idle streaming connection.
+//!
+//! Run: `cargo bench --bench broker` (BENCH_SECONDS sets the time per run).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codex_broker::codex_auth::CodexHome;
+use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
+use codex_broker::socket::client::Connection;
+use hyper::Method;
+
+const CONCURRENCY: [usize; 3] = [1, 32, 256];
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A user with one account whose token stays valid for a day, imported
+/// into the broker, and a daemon serving it; its forwarder (on a free
+/// port) talks to `upstream`.
+fn start(home: &Path, upstream: SocketAddr) -> Daemon {
+    let codex_home = home.join(".codex");
+    std::fs::create_dir_all(&codex_home).unwrap();
+    let token = encode_unsigned(&chatgpt_claims(
+        "acc-bench",
+        "pro",
+        "bench@example.com",
+        now() + 86_400,
+    ));
+    let auth = serde_json::json!({
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": null,
+        "tokens": {"id_token": token, "access_token": token, "refresh_token": "rt-bench",
+                   "account_id": "acc-bench"},
+        "last_refresh": codex_broker::codex_auth::format_timestamp(time::OffsetDateTime::now_utc()),
+    });
+    std::fs::write(
+        codex_home.join("auth.json"),
+        serde_json::to_vec_pretty(&auth).unwrap(),
+    )
+    .unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_codex-broker"));
+        c.env_clear()
+            .env("HOME", home)
+            .env("CODEX_BROKER_CHATGPT_BASE", format!("http://{upstream}/backend-api"))
+            .args(args);
+        c
+    };
+    assert!(
+        cmd(&["import"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let notify_path = home.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let child = cmd(&["serve", "--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("the daemon gets ready");
+    assert!(buf[..n].starts_with(b"READY=1"));
+    Daemon {
+        child,
+        socket: home.join(".config/codex-broker/run/broker.sock"),
+    }
+}
+
+/// The forwarder's address, from `/v1/health`.
+fn forwarder_addr(runtime: &tokio::runtime::Runtime, socket: &Path) -> SocketAddr {
+    runtime.block_on(async {
+        let mut c = Connection::open(socket).await.unwrap();
+        let (_, body) = c.send(Method::GET, "/v1/health", &[], None).await.unwrap();
+        let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        health["forwarder"]["address"].as_str().unwrap().parse().unwrap()
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests per second, p50 and p99 in microseconds.
+struct Stats {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn stats(mut latencies: Vec<u32>, elapsed: Duration) -> Stats {
+    latencies.sort_unstable();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64;
+    Stats {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+fn socket_run(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    clients: usize,
+    run: Duration,
+) -> Stats {
+    runtime.block_on(async {
+        let mut connections = Vec::new();
+        for _ in 0..clients {
+            connections.push(Connection::open(socket).await.unwrap());
+        }
+        let start = Instant::now();
+        let deadline = start + run;
+        let tasks: Vec<_> = connections
+            .into_iter()
+            .map(|mut c| {
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let (status, body) =
+                            c.send(Method::GET, "/v1/token", &[], None).await.unwrap();
+                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                        latencies.push(t.elapsed().as_micros() as u32);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        stats(all, start.elapsed())
+    })
+}
+
+fn file_run(codex_home: &Path, clients: usize, run: Duration) -> Stats {
+    let start = Instant::now();
+    let deadline = start + run;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let codex = CodexHome::new(codex_home);
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let snapshot = codex.read().unwrap();
+                    assert!(snapshot.valid().is_some());
+                    latencies.push(t.elapsed().as_micros() as u32);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    stats(all, start.elapsed())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // and only checks that this builds and runs briefly.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 0.2 } else { 3.0 });
+    let run = Duration::from_secs_f64(seconds);
+    let home = tempfile::tempdir().unwrap();
+    let upstream = upstream::start();
+    let daemon = start(home.path(), upstream.addr);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One request so the daemon has loaded the store, then idle.
+    socket_run(&runtime, &daemon.socket, 1, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_rss = rss_kib(daemon.child.id());
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("socket API: GET /v1/token over the Unix socket, {seconds} s per run, {cpus} CPUs");
+    println!("baseline:   read and parse auth.json from disk per request");
+    println!();
+    println!(
+        "{:>7} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>10}",
+        "clients",
+        "socket req/s",
+        "p50 us",
+        "p99 us",
+        "file req/s",
+        "p50 us",
+        "p99 us",
+        "socket/file"
+    );
+    for clients in CONCURRENCY {
+        let s = socket_run(&runtime, &daemon.socket, clients, run);
+        let f = file_run(&home.path().join(".codex"), clients, run);
+        println!(
+            "{clients:>7} | {:>12.0} {:>8.0} {:>8.0} | {:>12.0} {:>8.0} {:>8.0} | {:>10.2}",
+            s.rate,
+            s.p50,
+            s.p99,
+            f.rate,
+            f.p50,
+            f.p99,
+            s.rate / f.rate
+        );
+    }
+    let loaded_rss = rss_kib(daemon.child.id());
+    println!();
+    println!(
+        "daemon RSS: idle {:.1} MiB, after the runs {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0
+    );
+
+    let forwarder = forwarder_addr(&runtime, &daemon.socket);
+    forward::run(&runtime, &upstream, forwarder, daemon.child.id(), run, quick);
+}
+
+/// The upstream both the forwarder and the direct baseline talk to.
+mod upstream {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+
+    pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+    /// Events in a streamed answer.
+    pub const EVENTS: usize = 100;
+    /// Time between two events.
+    pub const EVENT_GAP: Duration = Duration::from_millis(1);
+
+    pub struct Upstream {
+        pub addr: SocketAddr,
+        /// Released when the benchmark ends: held streams finish.
+        pub release: Arc<tokio::sync::Notify>,
+    }
+
+    /// Microseconds since the epoch: the same clock in every process.
+    pub fn now_us() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    }
+
+    pub fn start() -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = release.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let _ = stream.set_nodelay(true);
+                    let held = held.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |r| answer(r, held.clone()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Upstream { addr, release }
+    }
+
+    async fn answer(
+        request: Request<Incoming>,
+        held: Arc<tokio::sync::Notify>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = request.uri().path().to_owned();
+        let _ = request.into_body().collect().await;
+        let body = match path.as_str() {
+            "/backend-api/codex/stream" => {
+                let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
+                tokio::spawn(async move {
+                    for _ in 0..EVENTS {
+                        let event = format!("data: {{\"sent_us\":{}}}\n\n", now_us());
+                        if tx.send_data(Bytes::from(event)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(EVENT_GAP).await;
+                    }
+                });
+                body.boxed()
+            }
+            "/backend-api/codex/hold" => {
+                let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+                tokio::spawn(async move {
+                    let _ = tx.send_data(Bytes::from_static(b"data: {}\n\n")).await;
+                    held.notified().await;
+                });
+                body.boxed()
+            }
+            other => {
+                if other.ends_with("-2ms") {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Full::new(Bytes::from_static(br#"{"id":"resp_bench","status":"completed"}"#))
+                    .boxed()
+            }
+        };
+        Ok(Response::builder()
+            .header("content-type", if path.ends_with("stream") || path.ends_with("hold") {
+                "text/event-stream"
+            } else {
+                "application/json"
+            })
+            .body(body)
+            .unwrap())
+    }
+}
+
+/// The forwarder against direct connections to the same upstream.
+mod forward {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper::client::conn::http1::SendRequest;
+    use hyper::{Method, Request};
+    use hyper_util::rt::TokioIo;
+
+    use super::upstream::{EVENTS, Upstream, now_us};
+    use super::{Stats, rss_kib, stats};
+
+    const SMALL_BODY: &[u8] = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":false}"#;
+
+    async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    }
+
+    fn request(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    }
+
+    /// Small JSON requests from `clients` connections for `run`.
+    async fn small(addr: SocketAddr, path: &str, clients: usize, run: Duration) -> Stats {
+        let mut senders = Vec::new();
+        for _ in 0..clients {
+            senders.push(connect(addr).await);
+        }
+        let start = Instant::now();
+        let deadline = start + run;
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .map(|mut s| {
+                let path = path.to_owned();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        s.ready().await.unwrap();
+                        let response = s.send_request(request(&path, SMALL_BODY)).await.unwrap();
+                        assert!(response.status().is_success(), "{}", response.status());
+                        response.into_body().collect().await.unwrap();
+                        latencies.push(t.elapsed().as_micros() as u32);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        stats(all, start.elapsed())
+    }
+
+    /// `streams` SSE answers one after another; returns each event's delay
+    /// from the upstream writing it to the client reading it, in us.
+    async fn sse(addr: SocketAddr, path: &str, streams: usize) -> Vec<u32> {
+        let mut sender = connect(addr).await;
+        let mut delays = Vec::new();
+        for _ in 0..streams {
+            sender.ready().await.unwrap();
+            let response = sender.send_request(request(path, b"{}")).await.unwrap();
+            let mut body = response.into_body();
+            let mut pending = String::new();
+            let mut events = 0;
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame.unwrap().into_data() else { continue };
+                let arrived = now_us();
+                pending.push_str(&String::from_utf8_lossy(&data));
+                while let Some(end) = pending.find("\n\n") {
+                    let event: String = pending.drain(..end + 2).collect();
+                    let json = event.trim().trim_start_matches("data: ");
+                    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+                    let sent = v["sent_us"].as_u64().unwrap();
+                    delays.push(arrived.saturating_sub(sent) as u32);
+                    events += 1;
+                }
+            }
+            assert_eq!(events, EVENTS);
+        }
+        delays
+    }
+
+    fn percentile(values: &mut [u32], q: f64) -> f64 {
+        values.sort_unstable();
+        values[((values.len() - 1) as f64 * q) as usize] as f64
+    }
+
+    pub fn run(
+        runtime: &tokio::runtime::Runtime,
+        upstream: &Upstream,
+        forwarder: SocketAddr,
+        daemon_pid: u32,
+        run: Duration,
+        quick: bool,
+    ) {
+        let direct = upstream.addr;
+        println!();
+        println!("forwarder: POST /codex/responses through the forwarder vs straight to the same upstream");
+        println!(
+            "{:>7} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>9} {:>10}",
+            "clients", "fwd req/s", "p50 us", "p99 us", "direct req/s", "p50 us", "p99 us", "fwd/direct", "added p50"
+        );
+        // An upstream that answers at once measures the forwarder's own
+        // CPU cost; one that takes 2 ms, like any real backend, measures
+        // what a client sees.
+        for (label, suffix) in [("upstream answers at once", ""), ("upstream answers after 2 ms", "-2ms")] {
+            println!("  {label}");
+            for clients in [1, 32] {
+                let f = runtime.block_on(small(forwarder, &format!("/codex/responses{suffix}"), clients, run));
+                let d = runtime.block_on(small(
+                    direct,
+                    &format!("/backend-api/codex/responses{suffix}"),
+                    clients,
+                    run,
+                ));
+                println!(
+                    "{clients:>7} | {:>12.0} {:>8.0} {:>8.0} | {:>12.0} {:>8.0} {:>8.0} | {:>9.2} {:>8.0}us",
+                    f.rate, f.p50, f.p99, d.rate, d.p50, d.p99, f.rate / d.rate, f.p50 - d.p50
+                );
+            }
+        }
+
+        let streams = if quick { 2 } else { 20 };
+        let mut f = runtime.block_on(sse(forwarder, "/codex/stream", streams));
+        let mut d = runtime.block_on(sse(direct, "/backend-api/codex/stream", streams));
+        println!();
+        println!("SSE: {streams} streams of {EVENTS} events, 1 ms apart: delay from upstream write to client read");
+        println!(
+            "  forwarded p50 {:.0} us, p99 {:.0} us; direct p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us",
+            percentile(&mut f, 0.5),
+            percentile(&mut f, 0.99),
+            percentile(&mut d, 0.5),
+            percentile(&mut d, 0.99),
+            percentile(&mut f, 0.5) - percentile(&mut d, 0.5)
+        );
+
+        let idle = if quick { 20 } else { 500 };
+        let before = rss_kib(daemon_pid);
+        let held: Vec<_> = runtime.block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..idle {
+                let mut s = connect(forwarder).await;
+                s.ready().await.unwrap();
+                let response = s.send_request(request("/codex/hold", b"{}")).await.unwrap();
+                let mut body = response.into_body();
+                // The first event: the stream is open end to end.
+                body.frame().await.unwrap().unwrap();
+                held.push((s, body));
+            }
+            held
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let after = rss_kib(daemon_pid);
+        println!();
+        println!(
+            "idle streams: {idle} open through the forwarder: daemon RSS {:.1} -> {:.1} MiB, {:.1} KiB per stream",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / idle as f64
+        );
+        upstream.release.notify_waiters();
+        drop(held);
+    }
+}
