@@ -66,7 +66,10 @@ fn start(home: &Path, upstream: SocketAddr) -> Daemon {
         let mut c = Command::new(env!("CARGO_BIN_EXE_codex-broker"));
         c.env_clear()
             .env("HOME", home)
-            .env("CODEX_BROKER_CHATGPT_BASE", format!("http://{upstream}/backend-api"))
+            .env(
+                "CODEX_BROKER_CHATGPT_BASE",
+                format!("http://{upstream}/backend-api"),
+            )
             .args(args);
         c
     };
@@ -102,7 +105,11 @@ fn forwarder_addr(runtime: &tokio::runtime::Runtime, socket: &Path) -> SocketAdd
         let mut c = Connection::open(socket).await.unwrap();
         let (_, body) = c.send(Method::GET, "/v1/health", &[], None).await.unwrap();
         let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        health["forwarder"]["address"].as_str().unwrap().parse().unwrap()
+        health["forwarder"]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     })
 }
 
@@ -253,7 +260,14 @@ fn main() {
     );
 
     let forwarder = forwarder_addr(&runtime, &daemon.socket);
-    forward::run(&runtime, &upstream, forwarder, daemon.child.id(), run, quick);
+    forward::run(
+        &runtime,
+        &upstream,
+        forwarder,
+        daemon.child.id(),
+        run,
+        quick,
+    );
 }
 
 /// The upstream both the forwarder and the direct baseline talk to.
@@ -283,7 +297,10 @@ mod upstream {
 
     /// Microseconds since the epoch: the same clock in every process.
     pub fn now_us() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
     }
 
     pub fn start() -> Upstream {
@@ -293,7 +310,10 @@ mod upstream {
         let release = Arc::new(tokio::sync::Notify::new());
         let held = release.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
@@ -344,16 +364,21 @@ mod upstream {
                 if other.ends_with("-2ms") {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Full::new(Bytes::from_static(br#"{"id":"resp_bench","status":"completed"}"#))
-                    .boxed()
+                Full::new(Bytes::from_static(
+                    br#"{"id":"resp_bench","status":"completed"}"#,
+                ))
+                .boxed()
             }
         };
         Ok(Response::builder()
-            .header("content-type", if path.ends_with("stream") || path.ends_with("hold") {
-                "text/event-stream"
-            } else {
-                "application/json"
-            })
+            .header(
+                "content-type",
+                if path.ends_with("stream") || path.ends_with("hold") {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body)
             .unwrap())
     }
@@ -440,7 +465,9 @@ mod forward {
             let mut pending = String::new();
             let mut events = 0;
             while let Some(frame) = body.frame().await {
-                let Ok(data) = frame.unwrap().into_data() else { continue };
+                let Ok(data) = frame.unwrap().into_data() else {
+                    continue;
+                };
                 let arrived = now_us();
                 pending.push_str(&String::from_utf8_lossy(&data));
                 while let Some(end) = pending.find("\n\n") {
@@ -472,18 +499,36 @@ mod forward {
     ) {
         let direct = upstream.addr;
         println!();
-        println!("forwarder: POST /codex/responses through the forwarder vs straight to the same upstream");
+        println!(
+            "forwarder: POST /codex/responses through the forwarder vs straight to the same upstream"
+        );
         println!(
             "{:>7} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>9} {:>10}",
-            "clients", "fwd req/s", "p50 us", "p99 us", "direct req/s", "p50 us", "p99 us", "fwd/direct", "added p50"
+            "clients",
+            "fwd req/s",
+            "p50 us",
+            "p99 us",
+            "direct req/s",
+            "p50 us",
+            "p99 us",
+            "fwd/direct",
+            "added p50"
         );
         // An upstream that answers at once measures the forwarder's own
         // CPU cost; one that takes 2 ms, like any real backend, measures
         // what a client sees.
-        for (label, suffix) in [("upstream answers at once", ""), ("upstream answers after 2 ms", "-2ms")] {
+        for (label, suffix) in [
+            ("upstream answers at once", ""),
+            ("upstream answers after 2 ms", "-2ms"),
+        ] {
             println!("  {label}");
             for clients in [1, 32] {
-                let f = runtime.block_on(small(forwarder, &format!("/codex/responses{suffix}"), clients, run));
+                let f = runtime.block_on(small(
+                    forwarder,
+                    &format!("/codex/responses{suffix}"),
+                    clients,
+                    run,
+                ));
                 let d = runtime.block_on(small(
                     direct,
                     &format!("/backend-api/codex/responses{suffix}"),
@@ -492,7 +537,14 @@ mod forward {
                 ));
                 println!(
                     "{clients:>7} | {:>12.0} {:>8.0} {:>8.0} | {:>12.0} {:>8.0} {:>8.0} | {:>9.2} {:>8.0}us",
-                    f.rate, f.p50, f.p99, d.rate, d.p50, d.p99, f.rate / d.rate, f.p50 - d.p50
+                    f.rate,
+                    f.p50,
+                    f.p99,
+                    d.rate,
+                    d.p50,
+                    d.p99,
+                    f.rate / d.rate,
+                    f.p50 - d.p50
                 );
             }
         }
@@ -501,7 +553,9 @@ mod forward {
         let mut f = runtime.block_on(sse(forwarder, "/codex/stream", streams));
         let mut d = runtime.block_on(sse(direct, "/backend-api/codex/stream", streams));
         println!();
-        println!("SSE: {streams} streams of {EVENTS} events, 1 ms apart: delay from upstream write to client read");
+        println!(
+            "SSE: {streams} streams of {EVENTS} events, 1 ms apart: delay from upstream write to client read"
+        );
         println!(
             "  forwarded p50 {:.0} us, p99 {:.0} us; direct p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us",
             percentile(&mut f, 0.5),

@@ -414,11 +414,11 @@ impl Forwarder {
                 chatgpt_only: true,
                 ..Pick::default()
             };
-            let account =
-                match routing::fresh_account(&self.shared.refresher, pick, MIN_TTL).await {
-                    Ok(a) => a,
-                    Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
-                };
+            let account = match routing::fresh_account(&self.shared.refresher, pick, MIN_TTL).await
+            {
+                Ok(a) => a,
+                Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
+            };
             let Some(body) = outgoing.attempt() else {
                 return Err(last.expect("a streamed body is spent only by an attempt"));
             };
