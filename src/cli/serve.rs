@@ -25,6 +25,7 @@ pub struct Args {
         long,
         value_name = "ADDR",
         env = "CODEX_BROKER_LISTEN",
+        hide_env_values = true,
         default_value = crate::forward::DEFAULT_LISTEN
     )]
     pub listen: String,

@@ -16,11 +16,11 @@ use crate::view::AccountView;
 
 /// Show every account's state, token expiry and quota
 ///
-/// With --refresh, the quota is first asked of the usage endpoint.
 /// Per account: label, email, plan, role, state, token expiry, last refresh,
 /// and the last known 5-hour and weekly quota with their reset times. Also
 /// whether the daemon runs (and the problems it reports) and which account
-/// auth.json holds.
+/// auth.json holds. With --refresh, the quota is first asked of the usage
+/// endpoint.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, accounts}
