@@ -139,6 +139,38 @@ fn stats(mut latencies: Vec<u32>, elapsed: Duration) -> Stats {
     }
 }
 
+/// Runs `op` in a loop on every connection until `run` has passed; each
+/// call is one timed request.
+async fn measure<C, F, Fut>(connections: Vec<C>, run: Duration, op: F) -> Stats
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = C> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + run;
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    c = op(c).await;
+                    latencies.push(t.elapsed().as_micros() as u32);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    stats(all, start.elapsed())
+}
+
 fn socket_run(
     runtime: &tokio::runtime::Runtime,
     socket: &Path,
@@ -150,29 +182,12 @@ fn socket_run(
         for _ in 0..clients {
             connections.push(Connection::open(socket).await.unwrap());
         }
-        let start = Instant::now();
-        let deadline = start + run;
-        let tasks: Vec<_> = connections
-            .into_iter()
-            .map(|mut c| {
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        let (status, body) =
-                            c.send(Method::GET, "/v1/token", &[], None).await.unwrap();
-                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-                        latencies.push(t.elapsed().as_micros() as u32);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        stats(all, start.elapsed())
+        measure(connections, run, |mut c: Connection| async move {
+            let (status, body) = c.send(Method::GET, "/v1/token", &[], None).await.unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            c
+        })
+        .await
     })
 }
 
@@ -387,7 +402,7 @@ mod upstream {
 /// The forwarder against direct connections to the same upstream.
 mod forward {
     use std::net::SocketAddr;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
@@ -396,7 +411,7 @@ mod forward {
     use hyper_util::rt::TokioIo;
 
     use super::upstream::{EVENTS, Upstream, now_us};
-    use super::{Stats, rss_kib, stats};
+    use super::{Stats, measure, rss_kib};
 
     const SMALL_BODY: &[u8] = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":false}"#;
 
@@ -426,31 +441,18 @@ mod forward {
         for _ in 0..clients {
             senders.push(connect(addr).await);
         }
-        let start = Instant::now();
-        let deadline = start + run;
-        let tasks: Vec<_> = senders
-            .into_iter()
-            .map(|mut s| {
-                let path = path.to_owned();
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        s.ready().await.unwrap();
-                        let response = s.send_request(request(&path, SMALL_BODY)).await.unwrap();
-                        assert!(response.status().is_success(), "{}", response.status());
-                        response.into_body().collect().await.unwrap();
-                        latencies.push(t.elapsed().as_micros() as u32);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        stats(all, start.elapsed())
+        let path = path.to_owned();
+        measure(senders, run, move |mut s: SendRequest<Full<Bytes>>| {
+            let path = path.clone();
+            async move {
+                s.ready().await.unwrap();
+                let response = s.send_request(request(&path, SMALL_BODY)).await.unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+                response.into_body().collect().await.unwrap();
+                s
+            }
+        })
+        .await
     }
 
     /// `streams` SSE answers one after another; returns each event's delay

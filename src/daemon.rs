@@ -22,7 +22,8 @@ use crate::forward::{self, Forwarder};
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::refresh::{LOGIN_HINT, Refresher};
-use crate::socket::{self, Limits};
+use crate::server::Limits;
+use crate::socket;
 use crate::store::State;
 use crate::{scheduler, watch};
 

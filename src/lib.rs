@@ -21,6 +21,7 @@ pub mod refresh;
 pub mod routing;
 pub mod scheduler;
 pub mod secret;
+pub mod server;
 pub mod service;
 pub mod socket;
 pub mod store;

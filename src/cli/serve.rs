@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::daemon::{self, Options};
 use crate::paths::Paths;
-use crate::socket::Limits;
+use crate::server::Limits;
 
 /// Run the daemon: refresh scheduler, Codex-home watcher, socket API, forwarder
 ///

@@ -17,7 +17,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,7 @@ use crate::daemon::Shared;
 use crate::quota::Quota;
 use crate::refresh::RefreshError;
 use crate::routing::{self, Pick, Unavailable};
-use crate::socket::Limits;
+use crate::server::{Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Outgoing, full};
@@ -96,8 +95,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let grace = limits.grace;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Connections::new(limits, "forwarder");
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -115,23 +113,9 @@ pub async fn serve(
             let forwarder = forwarder.clone();
             async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("forwarder connection ended: {e}");
-            }
-        });
+        connections.serve(stream, service, ());
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("forwarded requests still open after {grace:?}; closing them");
-    }
+    connections.shutdown().await;
 }
 
 /// Binds the forwarder's address; only loopback addresses are accepted,

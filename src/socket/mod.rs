@@ -17,7 +17,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::Shared;
 use crate::quota::Quota;
 use crate::routing::{self, Pick, Unavailable};
+use crate::server::{Connections, Limits};
 use crate::store::{Account, StoreError};
 use crate::view::{AccountList, TokenView};
 
@@ -169,15 +169,6 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     }
 }
 
-/// Limits that keep one client from holding the daemon.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Time allowed to send a request's head, and then its body.
-    pub request_timeout: Duration,
-    /// Time in-flight requests get to finish at shutdown.
-    pub grace: Duration,
-}
-
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish within the grace period.
 pub async fn serve(
@@ -187,7 +178,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let me = nix::unistd::geteuid().as_raw();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Connections::new(limits, "socket");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -221,27 +212,9 @@ pub async fn serve(
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(&shared, request, limits).await) }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("socket connection ended: {e}");
-            }
-            drop(permit);
-        });
+        connections.serve(stream, service, permit);
     }
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "in-flight socket requests did not finish within {:?}; closing them",
-            limits.grace
-        );
-    }
+    connections.shutdown().await;
 }
 
 /// Answers a connection from another user with 403 (after reading the

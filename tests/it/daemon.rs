@@ -279,8 +279,7 @@ fn the_scheduler_refreshes_every_account_ahead_of_expiry() {
     // An account added while the daemon sleeps wakes it up.
     let late = TestAccount::new("acc-late").expiring_in(900);
     upstream.add_account(&late);
-    std::fs::write(env.dir.path().join("late.json"), late.auth_json()).unwrap();
-    env.ok(&["import", env.dir.path().join("late.json").to_str().unwrap()]);
+    env.import_other(&late);
     assert!(
         upstream.wait_for_requests("/oauth/token", 3, Duration::from_secs(10)),
         "{}",

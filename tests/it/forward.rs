@@ -12,22 +12,14 @@ use crate::support::{Daemon, TestAccount, TestEnv, wait_until};
 /// A user whose broker talks to `upstream` as issuer and backend, with a
 /// main and a fallback account.
 fn setup(upstream: &FakeUpstream) -> (TestEnv, TestAccount, TestAccount) {
-    let mut env = TestEnv::with_issuer(upstream);
-    env.vars.push((
-        "CODEX_BROKER_CHATGPT_BASE".into(),
-        format!("{}/backend-api", upstream.url()),
-    ));
+    let env = TestEnv::with_backend(upstream);
     let main = TestAccount::new("acc-main");
     let fallback = TestAccount::new("acc-fallback");
     for a in [&main, &fallback] {
         upstream.add_account(a);
     }
     env.import_account(&main);
-    std::fs::write(env.dir.path().join("fallback.json"), fallback.auth_json()).unwrap();
-    env.ok(&[
-        "import",
-        env.dir.path().join("fallback.json").to_str().unwrap(),
-    ]);
+    env.import_other(&fallback);
     (env, main, fallback)
 }
 
@@ -262,11 +254,7 @@ fn the_killswitch_blocks_an_account_over_its_threshold() {
 #[test]
 fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     let upstream = FakeUpstream::start();
-    let mut env = TestEnv::with_issuer(&upstream);
-    env.vars.push((
-        "CODEX_BROKER_CHATGPT_BASE".into(),
-        format!("{}/backend-api", upstream.url()),
-    ));
+    let env = TestEnv::with_backend(&upstream);
     // Four minutes left: the daemon refreshes it as it starts.
     let account = TestAccount::new("acc-owned").expiring_in(240);
     upstream.add_account(&account);

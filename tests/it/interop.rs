@@ -80,7 +80,14 @@ fn codex_exec(env: &TestEnv, upstream: &FakeUpstream) -> std::process::Output {
 
 /// `codex exec` refreshing (if it must) at `{base}/oauth/token`.
 fn codex_exec_at(env: &TestEnv, base: &str) -> std::process::Output {
+    codex_exec_in(env, &env.codex_home(), base)
+}
+
+/// `codex exec` with `codex_home` as its home, refreshing (if it must) at
+/// `{base}/oauth/token`; asserts that it succeeded.
+fn codex_exec_in(env: &TestEnv, codex_home: &std::path::Path, base: &str) -> std::process::Output {
     let out = codex(env)
+        .env("CODEX_HOME", codex_home)
         .env(
             "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
             format!("{base}/oauth/token"),
@@ -344,22 +351,14 @@ fn a_codex_device_login_is_adopted_by_the_running_daemon() {
 fn codex_exec_through_the_forwarder_falls_back_on_429() {
     isolated!(codex_exec_through_the_forwarder_falls_back_on_429);
     let upstream = FakeUpstream::start();
-    let mut env = TestEnv::with_issuer(&upstream);
-    env.vars.push((
-        "CODEX_BROKER_CHATGPT_BASE".into(),
-        format!("{}/backend-api", upstream.url()),
-    ));
+    let env = TestEnv::with_backend(&upstream);
     let main = TestAccount::new("acc-main");
     let fallback = TestAccount::new("acc-fallback");
     for a in [&main, &fallback] {
         upstream.add_account(a);
     }
     env.import_account(&main);
-    std::fs::write(env.dir.path().join("fallback.json"), fallback.auth_json()).unwrap();
-    env.ok(&[
-        "import",
-        env.dir.path().join("fallback.json").to_str().unwrap(),
-    ]);
+    env.import_other(&fallback);
     let daemon = env.start_daemon(&[]);
     let forwarder = daemon.forwarder();
     codex_config_at(&env, &forwarder);
@@ -406,11 +405,7 @@ fn codex_exec_through_the_forwarder_falls_back_on_429() {
 fn a_stale_codex_refresh_through_the_forwarder_never_spends_a_token() {
     isolated!(a_stale_codex_refresh_through_the_forwarder_never_spends_a_token);
     let upstream = FakeUpstream::start();
-    let mut env = TestEnv::with_issuer(&upstream);
-    env.vars.push((
-        "CODEX_BROKER_CHATGPT_BASE".into(),
-        format!("{}/backend-api", upstream.url()),
-    ));
+    let env = TestEnv::with_backend(&upstream);
     let account = TestAccount::new("acc-stale").expiring_in(60);
     upstream.add_account(&account);
     env.import_account(&account);
@@ -430,21 +425,7 @@ fn a_stale_codex_refresh_through_the_forwarder_never_spends_a_token() {
         ),
     )
     .unwrap();
-    let out = codex(&env)
-        .env("CODEX_HOME", &other)
-        .env(
-            "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-            format!("{forwarder}/oauth/token"),
-        )
-        .args(["exec", "--skip-git-repo-check", "say hello"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = codex_exec_in(&env, &other, &forwarder);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
 
     let written: serde_json::Value =

@@ -270,9 +270,7 @@ fn routing_skips_dead_accounts_and_exit_3_when_none_is_left() {
     let main = TestAccount::new("acc-main").expiring_in(60);
     let fallback = TestAccount::new("acc-fallback").expiring_in(3600);
     env.import_account(&main);
-    let path = env.dir.path().join("fallback.json");
-    std::fs::write(&path, fallback.auth_json()).unwrap();
-    env.ok(&["import", path.to_str().unwrap()]);
+    env.import_other(&fallback);
     upstream.set_refresh(Refresh::error(401, "refresh_token_reused"));
     assert_eq!(env.ok(&["token"]).trim(), fallback.access_token());
     let mut store = env.read_store();

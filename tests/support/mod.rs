@@ -61,6 +61,17 @@ impl TestEnv {
         env
     }
 
+    /// A user whose broker talks to `upstream` as its issuer and its
+    /// ChatGPT backend.
+    pub fn with_backend(upstream: &fake_upstream::FakeUpstream) -> TestEnv {
+        let mut env = TestEnv::with_issuer(upstream);
+        env.vars.push((
+            "CODEX_BROKER_CHATGPT_BASE".into(),
+            format!("{}/backend-api", upstream.url()),
+        ));
+        env
+    }
+
     pub fn user_home(&self) -> PathBuf {
         self.dir.path().join("user")
     }
@@ -106,6 +117,15 @@ impl TestEnv {
     pub fn import_account(&self, account: &TestAccount) {
         self.write_codex_auth(account);
         self.ok(&["import"]);
+    }
+
+    /// Imports `account` from an auth.json of its own: it joins the store
+    /// (as a fallback, if there is a main account) and auth.json stays as
+    /// it is.
+    pub fn import_other(&self, account: &TestAccount) {
+        let path = self.dir.path().join(format!("{}.json", account.id));
+        std::fs::write(&path, account.auth_json()).unwrap();
+        self.ok(&["import", path.to_str().unwrap()]);
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

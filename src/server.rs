@@ -1,0 +1,78 @@
+//! What the socket API and the forwarder share: HTTP/1.1 connections with
+//! a head timeout, watched so that shutdown can wait for them.
+
+use std::error::Error;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+
+/// Limits that keep one client from holding a server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed to send a request's head, and then its body.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub grace: Duration,
+}
+
+/// The open connections of one server.
+pub struct Connections {
+    graceful: GracefulShutdown,
+    limits: Limits,
+    name: &'static str,
+}
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+impl Connections {
+    pub fn new(limits: Limits, name: &'static str) -> Connections {
+        Connections {
+            graceful: GracefulShutdown::new(),
+            limits,
+            name,
+        }
+    }
+
+    /// Serves `io` with `service` on a task of its own; `guard` is dropped
+    /// when the connection ends.
+    pub fn serve<I, S, B>(&self, io: I, service: S, guard: impl Send + 'static)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.request_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        let connection = self.graceful.watch(connection);
+        let name = self.name;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("{name} connection ended: {e}");
+            }
+            drop(guard);
+        });
+    }
+
+    /// Asks every connection to finish its request in flight and waits for
+    /// them, at most the grace period.
+    pub async fn shutdown(self) {
+        let grace = self.limits.grace;
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} requests still in flight after {grace:?}; closing them",
+                self.name
+            );
+        }
+    }
+}
