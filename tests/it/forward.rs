@@ -497,3 +497,58 @@ fn usage_is_answered_fresh_and_polled_by_status_refresh() {
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].headers["chatgpt-account-id"], "acc-main");
 }
+
+#[test]
+fn hop_by_hop_headers_stop_at_the_forwarder_and_routing_is_honoured() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    env.ok(&["routing", "fallback-first"]);
+    let daemon = env.start_daemon(&[]);
+    let answer = send(
+        "POST",
+        &format!("{}/codex/responses", daemon.forwarder()),
+        &[
+            ("connection", "keep-alive, x-per-hop"),
+            ("x-per-hop", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+            ("x-end-to-end", "kept"),
+        ],
+        b"{}".to_vec(),
+    );
+    assert_eq!(answer.status, 200);
+    let seen = &backend_posts(&upstream)[0];
+    assert_eq!(
+        seen.headers["chatgpt-account-id"], "acc-fallback",
+        "fallback-first"
+    );
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+    for dropped in ["x-per-hop", "te", "proxy-authorization"] {
+        assert!(
+            !seen.headers.contains_key(dropped),
+            "{dropped} was forwarded"
+        );
+    }
+}
+
+#[test]
+fn a_body_over_the_retry_buffer_is_streamed_and_not_retried() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    upstream.set_limited("acc-main");
+    let mut big = vec![0u8; 33 * 1024 * 1024];
+    getrandom::fill(&mut big).unwrap();
+    let answer = send(
+        "POST",
+        &format!("{}/codex/responses", daemon.forwarder()),
+        &[("content-type", "application/octet-stream")],
+        big.clone(),
+    );
+    assert_eq!(answer.status, 429, "not retried: the body was not kept");
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].body == big, "the whole body went through");
+    // A small body on the same route is retried on the fallback.
+    assert_eq!(post_responses(&daemon, b"{}").status, 200);
+}
