@@ -437,7 +437,11 @@ impl Forwarder {
     /// credentials; the quota it reports is stored.
     async fn usage(&self, request: Request<Incoming>, url: String) -> Response<Body> {
         let (parts, _) = request.into_parts();
-        let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
+        // The answer is read here; it must come uncompressed.
+        let headers = forwardable(
+            &parts.headers,
+            &["authorization", "chatgpt-account-id", "accept-encoding"],
+        );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
             .with_fallback(Method::GET, &url, headers, outgoing)

@@ -173,6 +173,8 @@ impl Forwarder {
                 "chatgpt-account-id",
                 "content-encoding",
                 "content-length",
+                // The answer is read here; it must come uncompressed.
+                "accept-encoding",
                 "openai-organization",
                 "openai-project",
             ],

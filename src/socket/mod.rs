@@ -457,8 +457,9 @@ fn quota_json(accounts: &[Account]) -> Value {
     json!({ "accounts": accounts })
 }
 
-/// What a proxy tells the daemon it saw.
-#[derive(Debug, Deserialize)]
+/// What a proxy tells the daemon it saw. Its headers may hold credentials,
+/// so it has no `Debug`.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Report {
     account_id: String,

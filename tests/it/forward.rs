@@ -91,7 +91,7 @@ fn backend_posts(upstream: &FakeUpstream) -> Vec<crate::support::fake_upstream::
 fn codex_traffic_gets_the_routed_accounts_credentials() {
     let upstream = FakeUpstream::start();
     let (env, main, _) = setup(&upstream);
-    let daemon = env.start_daemon(&[]);
+    let daemon = env.start_daemon(&["-vv"]);
     let health = daemon.get("/v1/health");
     assert_eq!(
         health["forwarder"]["address"],
@@ -149,6 +149,16 @@ fn codex_traffic_gets_the_routed_accounts_credentials() {
         daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"],
         42.5
     );
+    // Debug logging on, and still no credential in the log.
+    let log = daemon.log();
+    assert!(log.contains("forwarded"), "{log}");
+    for secret in [
+        main.access_token(),
+        "client-own-secret".into(),
+        main.refresh_token.clone(),
+    ] {
+        assert!(!log.contains(&secret), "{log}");
+    }
 }
 
 #[test]
