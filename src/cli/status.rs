@@ -47,6 +47,8 @@ struct Daemon<'a> {
     socket: &'a Path,
     pid: Option<u64>,
     version: Option<String>,
+    /// The forwarder's address, when it runs.
+    forwarder: Option<String>,
     /// What the daemon reports as wrong, `{code, message}` each.
     problems: Vec<serde_json::Value>,
 }
@@ -61,6 +63,7 @@ impl<'a> Daemon<'a> {
             socket: &paths.socket,
             pid: None,
             version: None,
+            forwarder: None,
             problems: Vec::new(),
         };
         match runtime.block_on(client::get(paths, "/v1/health")) {
@@ -69,6 +72,7 @@ impl<'a> Daemon<'a> {
                 daemon.running = true;
                 daemon.pid = health["pid"].as_u64();
                 daemon.version = health["version"].as_str().map(str::to_owned);
+                daemon.forwarder = health["forwarder"]["address"].as_str().map(str::to_owned);
                 daemon.problems = health["problems"].as_array().cloned().unwrap_or_default();
             }
             Ok(Answer::Error { code, message, .. }) => {
@@ -227,7 +231,14 @@ fn daemon_line(daemon: &Daemon) -> String {
         let pid = daemon
             .pid
             .map_or_else(String::new, |p| format!("pid {p}, "));
-        format!("running ({pid}socket {})", daemon.socket.display())
+        let forwarder = daemon
+            .forwarder
+            .as_ref()
+            .map_or_else(String::new, |a| format!(", forwarder http://{a}"));
+        format!(
+            "running ({pid}socket {}{forwarder})",
+            daemon.socket.display()
+        )
     } else {
         format!("not running (no daemon at {})", daemon.socket.display())
     }

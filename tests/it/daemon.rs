@@ -67,6 +67,10 @@ fn lifecycle_ready_single_instance_and_sigterm() {
         status.contains(&format!("running (pid {}", daemon.pid())),
         "{status}"
     );
+    assert!(
+        status.contains(&format!("forwarder {}", daemon.forwarder())),
+        "{status}"
+    );
     // A command for another broker home does not use this daemon.
     let other = env.dir.path().join("other-home");
     let out = env.run(&[
