@@ -180,6 +180,22 @@ fn forwardable(from: &HeaderMap, drop: &[&str]) -> HeaderMap {
     out
 }
 
+/// The `host` of a request addressed to something other than a loopback
+/// name: a web page that rebinds its DNS name to 127.0.0.1 must not reach
+/// the accounts through a browser.
+fn foreign_host(headers: &HeaderMap) -> Option<String> {
+    let host = header_str(headers, "host")?;
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_owned())
+}
+
 fn is_websocket(request: &Request<Incoming>) -> bool {
     request
         .headers()
@@ -212,6 +228,14 @@ impl Forwarder {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
+        if let Some(host) = foreign_host(request.headers()) {
+            tracing::warn!(%host, "refused a request for another host name (DNS rebinding?)");
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "the forwarder answers only requests addressed to localhost, 127.0.0.1 or [::1]",
+            );
+        }
         if is_websocket(&request) {
             return error_response(
                 StatusCode::UPGRADE_REQUIRED,
@@ -584,5 +608,37 @@ fn without_url(e: &reqwest::Error) -> String {
     match e.url() {
         Some(url) => text.replace(url.as_str(), "the upstream"),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_host_names_are_served() {
+        let host = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(value).unwrap());
+            foreign_host(&h)
+        };
+        for ok in [
+            "127.0.0.1:1456",
+            "localhost:1456",
+            "LOCALHOST",
+            "[::1]:1456",
+            "127.0.0.2",
+        ] {
+            assert_eq!(host(ok), None, "{ok}");
+        }
+        for bad in [
+            "evil.example:1456",
+            "10.0.0.1:1456",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert_eq!(host(bad).as_deref(), Some(bad));
+        }
+        assert_eq!(foreign_host(&HeaderMap::new()), None);
     }
 }

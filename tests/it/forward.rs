@@ -373,6 +373,15 @@ fn unknown_paths_websockets_and_bad_requests() {
             answer.text()
         );
     }
+    // A page that rebinds its DNS name to 127.0.0.1 is refused.
+    let answer = send(
+        "GET",
+        &format!("{base}/backend-api/me"),
+        &[("host", "rebound.example:1456")],
+        vec![],
+    );
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.json()["error"]["code"], "forbidden_host");
     let huge = vec![b' '; 33 * 1024 * 1024];
     let answer = send("POST", &format!("{base}/v1/responses"), &[], huge);
     assert_eq!(answer.status, 413);
