@@ -429,7 +429,7 @@ mod forward {
         Request::builder()
             .method(Method::POST)
             .uri(path)
-            .header("host", "bench")
+            .header("host", "127.0.0.1")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(body)))
             .unwrap()

@@ -45,9 +45,11 @@ const QUOTA_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 /// unless the last refresh is this recent, seconds.
 const RECENT_REFRESH: i64 = 60;
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// and `expect`, which the forwarder answers itself.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
+    "expect",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -449,12 +451,34 @@ impl Forwarder {
             let hit_limit = limit.is_some();
             self.record_quota(&account.id, limit.or(quota), hit_limit);
             tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");
+            if status == StatusCode::UNAUTHORIZED {
+                self.refresh_rejected(&account, now);
+            }
             tried.push(account.id.clone());
             last = Some(Response::from_parts(head, full(bytes)));
             if !outgoing.replayable() {
                 return Err(last.expect("just set"));
             }
         }
+    }
+
+    /// The backend rejected `account`'s access token: get a new one in the
+    /// background (unless it is brand new), so that the next request can
+    /// use the account again.
+    fn refresh_rejected(&self, account: &Account, now: i64) {
+        let recent = account
+            .last_refresh
+            .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH);
+        if recent {
+            return;
+        }
+        let shared = self.shared.clone();
+        let id = account.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.refresher.fresh(&id, i64::MAX / 4).await {
+                tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
+            }
+        });
     }
 
     /// `GET /backend-api/wham/usage`: answered from the backend with fresh

@@ -177,7 +177,7 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
     let body = r#"{"model":"m","input":[]}"#;
     write!(
         stream,
-        "POST /codex/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /codex/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -398,7 +398,7 @@ fn unknown_paths_websockets_and_bad_requests() {
     let mut slow = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    slow.write_all(b"GET /codex/models HTTP/1.1\r\nhost: x\r\n")
+    slow.write_all(b"GET /codex/models HTTP/1.1\r\nhost: 127.0.0.1\r\n")
         .unwrap();
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
@@ -570,4 +570,31 @@ fn a_body_over_the_retry_buffer_is_streamed_and_not_retried() {
     assert!(posts[0].body == big, "the whole body went through");
     // A small body on the same route is retried on the fallback.
     assert_eq!(post_responses(&daemon, b"{}").status, 200);
+}
+
+#[test]
+fn a_401_moves_to_the_fallback_and_refreshes_the_rejected_account() {
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = setup(&upstream);
+    let daemon = env.start_daemon(&[]);
+    upstream.set_rejected("acc-main");
+    let answer = post_responses(&daemon, b"{}");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let posts = backend_posts(&upstream);
+    assert_eq!(posts[0].headers["chatgpt-account-id"], "acc-main");
+    assert_eq!(posts[1].headers["chatgpt-account-id"], "acc-fallback");
+    // The main account's token is replaced in the background.
+    assert!(
+        upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        upstream.requests_to("/oauth/token")[0].json()["refresh_token"],
+        main.refresh_token
+    );
+    wait_until(Duration::from_secs(5), || {
+        env.read_store()["accounts"][0]["tokens"]["refresh_token"] == "rt-acc-main-1"
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
 }

@@ -95,6 +95,8 @@ struct State {
     token_lifetime: i64,
     /// Accounts whose inference requests get 429 usage_limit_reached.
     limited: HashSet<String>,
+    /// Accounts whose inference requests get 401 (a revoked access token).
+    rejected: HashSet<String>,
     /// Per account: the 5-hour used percent sent in quota headers.
     quota: HashMap<String, f64>,
     /// While set, SSE answers hold after their first event until notified.
@@ -173,6 +175,15 @@ impl FakeUpstream {
     /// Makes inference for `account_id` answer 429 usage_limit_reached.
     pub fn set_limited(&self, account_id: &str) {
         self.state.lock().unwrap().limited.insert(account_id.into());
+    }
+
+    /// Makes inference for `account_id` answer 401, as for a revoked token.
+    pub fn set_rejected(&self, account_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rejected
+            .insert(account_id.into());
     }
 
     /// Sends quota headers with this 5-hour used percent for `account_id`.
@@ -353,7 +364,13 @@ async fn handle(
                     s.quota.get(&account).copied(),
                 )
             };
-            let mut response = if limited {
+            let rejected = state.lock().unwrap().rejected.contains(&account);
+            let mut response = if rejected {
+                json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": {"code": "token_revoked", "message": "revoked"}}),
+                )
+            } else if limited {
                 json_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     json!({"error": {"type": "usage_limit_reached",
