@@ -31,6 +31,19 @@ const BACKOFF_BASE: i64 = 15;
 /// Longest retry delay, seconds.
 const BACKOFF_MAX: i64 = 600;
 
+/// A token a server rejected is refreshed at once, unless it is this new
+/// (seconds): then the rejection is not about its age.
+pub const RECENT_REFRESH: i64 = 60;
+/// A `min_ttl` that no token meets: [`Refresher::fresh`] refreshes.
+pub const FORCE_REFRESH: i64 = i64::MAX / 4;
+
+/// Whether `account` was refreshed less than [`RECENT_REFRESH`] ago.
+pub fn recently_refreshed(account: &Account, now: i64) -> bool {
+    account
+        .last_refresh
+        .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH)
+}
+
 /// The wall clock, in unix seconds; injectable so tests control time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
 use crate::quota::Quota;
-use crate::refresh::RefreshError;
+use crate::refresh::{FORCE_REFRESH, RefreshError, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, Kind};
@@ -41,9 +41,6 @@ const MIN_TTL: i64 = 300;
 /// Quota from headers is written at most this often per account, unless
 /// it changed.
 const QUOTA_WRITE_INTERVAL: Duration = Duration::from_secs(5);
-/// A refresh request carrying the current refresh token forces a new token
-/// unless the last refresh is this recent, seconds.
-const RECENT_REFRESH: i64 = 60;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// and `expect`, which the forwarder answers itself.
@@ -359,13 +356,10 @@ impl Forwarder {
             .as_ref()
             .is_some_and(|t| t.refresh_token.expose() == refresh_token);
         let now = self.shared.refresher.now();
-        let recent = account
-            .last_refresh
-            .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH);
         // A client holding the newest tokens asks again: they expire soon or
         // were rejected, so a new access token is due.
-        let min_ttl = if current && !recent {
-            i64::MAX / 4
+        let min_ttl = if current && !recently_refreshed(account, now) {
+            FORCE_REFRESH
         } else {
             MIN_TTL
         };
@@ -466,16 +460,13 @@ impl Forwarder {
     /// background (unless it is brand new), so that the next request can
     /// use the account again.
     fn refresh_rejected(&self, account: &Account, now: i64) {
-        let recent = account
-            .last_refresh
-            .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH);
-        if recent {
+        if recently_refreshed(account, now) {
             return;
         }
         let shared = self.shared.clone();
         let id = account.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = shared.refresher.fresh(&id, i64::MAX / 4).await {
+            if let Err(e) = shared.refresher.fresh(&id, FORCE_REFRESH).await {
                 tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
             }
         });

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
 use crate::quota::Quota;
+use crate::refresh::{FORCE_REFRESH, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, StoreError};
@@ -35,8 +36,6 @@ use crate::view::{AccountList, TokenView};
 pub const MAX_BODY: usize = 64 * 1024;
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 4096;
-/// A 401 report refreshes the account unless it was refreshed this recently.
-const RECENT_REFRESH: i64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -485,7 +484,7 @@ async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, Api
         other => other.clone(),
     };
     let id = report.account_id.clone();
-    let recorded = shared.paths.store().update(|store| {
+    let recent = shared.paths.store().update(|store| {
         let account = store.get_mut(&id).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -509,16 +508,16 @@ async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, Api
         if let Some(q) = quota {
             account.quota = Some(q);
         }
-        Ok::<_, ApiError>(account.last_refresh.map(|t| t.unix_timestamp()))
+        Ok::<_, ApiError>(recently_refreshed(account, now))
     })?;
     let mut exclude = Vec::new();
     match report.status {
         401 => {
-            if recorded.is_some_and(|at| now - at < RECENT_REFRESH) {
+            if recent {
                 exclude.push(id.as_str());
             } else {
                 tracing::info!(account = %id, "a proxy saw 401: refreshing the token");
-                if let Err(e) = shared.refresher.fresh(&id, i64::MAX / 4).await {
+                if let Err(e) = shared.refresher.fresh(&id, FORCE_REFRESH).await {
                     tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
                     exclude.push(id.as_str());
                 }
