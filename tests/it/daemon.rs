@@ -307,6 +307,10 @@ fn a_thousand_concurrent_token_requests_cause_one_refresh() {
     upstream.add_account(&account);
     env.import_account(&account);
     let daemon = env.start_daemon(&[]);
+    // A thousand client connections need more than a default 1024 fds.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
