@@ -267,14 +267,7 @@ fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     let env = TestEnv::with_backend(&upstream);
     // Four minutes left: the daemon refreshes it as it starts.
     let account = TestAccount::new("acc-owned").expiring_in(240);
-    upstream.add_account(&account);
-    env.import_account(&account);
-    let daemon = env.start_daemon(&[]);
-    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)));
-    wait_until(Duration::from_secs(5), || {
-        env.read_store()["accounts"][0]["tokens"]["refresh_token"] == "rt-acc-owned-1"
-    })
-    .unwrap();
+    let daemon = env.start_daemon_refreshing(&upstream, &account);
     let url = format!("{}/oauth/token", daemon.forwarder());
     let refresh = |token: &str| {
         send(

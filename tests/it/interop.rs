@@ -239,23 +239,8 @@ fn codex_never_refreshes_while_the_daemon_runs() {
     // Four minutes left: inside Codex's own 5-minute window, and well
     // inside the daemon's 30-minute lead.
     let account = TestAccount::new("acc-daemon").expiring_in(240);
-    upstream.add_account(&account);
-    env.import_account(&account);
     codex_config(&env, &upstream);
-    let daemon = env.start_daemon(&[]);
-    assert!(
-        upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)),
-        "{}",
-        daemon.log()
-    );
-    let fresh = crate::support::wait_until(Duration::from_secs(5), || {
-        env.read_auth()["tokens"]["refresh_token"] == "rt-acc-daemon-1"
-    });
-    assert!(
-        fresh.is_some(),
-        "auth.json not republished:\n{}",
-        daemon.log()
-    );
+    let daemon = env.start_daemon_refreshing(&upstream, &account);
     let token = env.read_auth()["tokens"]["access_token"]
         .as_str()
         .unwrap()
@@ -407,10 +392,7 @@ fn a_stale_codex_refresh_through_the_forwarder_never_spends_a_token() {
     let upstream = FakeUpstream::start();
     let env = TestEnv::with_backend(&upstream);
     let account = TestAccount::new("acc-stale").expiring_in(60);
-    upstream.add_account(&account);
-    env.import_account(&account);
-    let daemon = env.start_daemon(&[]);
-    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)));
+    let daemon = env.start_daemon_refreshing(&upstream, &account);
     let forwarder = daemon.forwarder();
 
     // A second Codex home (another tool's copy) still holds the tokens the

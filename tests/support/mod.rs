@@ -278,6 +278,29 @@ impl TestEnv {
         self.broker_home().join("run/broker.sock")
     }
 
+    /// Imports `account` (whose token is due for a refresh), starts the
+    /// daemon, and waits until it has rotated the account's tokens into the
+    /// store and auth.json.
+    pub fn start_daemon_refreshing(
+        &self,
+        upstream: &fake_upstream::FakeUpstream,
+        account: &TestAccount,
+    ) -> Daemon {
+        upstream.add_account(account);
+        self.import_account(account);
+        let daemon = self.start_daemon(&[]);
+        let rotated = format!("rt-{}-1", account.id);
+        let done =
+            upstream.wait_for_requests("/oauth/token", 1, std::time::Duration::from_secs(10))
+                && wait_until(std::time::Duration::from_secs(5), || {
+                    self.read_store()["accounts"][0]["tokens"]["refresh_token"] == rotated
+                        && self.read_auth()["tokens"]["refresh_token"] == rotated
+                })
+                .is_some();
+        assert!(done, "the daemon did not refresh:\n{}", daemon.log());
+        daemon
+    }
+
     /// Starts `serve` with `args` (the forwarder on a free port unless they
     /// say otherwise) and waits for its READY=1 notification.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
