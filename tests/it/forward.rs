@@ -9,20 +9,6 @@ use serde_json::{Value, json};
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{Daemon, TestAccount, TestEnv, wait_until};
 
-/// A user whose broker talks to `upstream` as issuer and backend, with a
-/// main and a fallback account.
-fn setup(upstream: &FakeUpstream) -> (TestEnv, TestAccount, TestAccount) {
-    let env = TestEnv::with_backend(upstream);
-    let main = TestAccount::new("acc-main");
-    let fallback = TestAccount::new("acc-fallback");
-    for a in [&main, &fallback] {
-        upstream.add_account(a);
-    }
-    env.import_account(&main);
-    env.import_other(&fallback);
-    (env, main, fallback)
-}
-
 struct Answer {
     status: u16,
     headers: reqwest::header::HeaderMap,
@@ -90,7 +76,7 @@ fn backend_posts(upstream: &FakeUpstream) -> Vec<crate::support::fake_upstream::
 #[test]
 fn codex_traffic_gets_the_routed_accounts_credentials() {
     let upstream = FakeUpstream::start();
-    let (env, main, _) = setup(&upstream);
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&["-vv"]);
     let health = daemon.get("/v1/health");
     assert_eq!(
@@ -164,7 +150,7 @@ fn codex_traffic_gets_the_routed_accounts_credentials() {
 #[test]
 fn sse_events_arrive_while_the_upstream_still_streams() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     let hold = upstream.hold_streams();
     let port = daemon.get("/v1/health")["forwarder"]["port"]
@@ -202,7 +188,7 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
 #[test]
 fn a_429_is_retried_on_the_fallback_with_the_same_body() {
     let upstream = FakeUpstream::start();
-    let (env, _, fallback) = setup(&upstream);
+    let (env, _, fallback) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     upstream.set_limited("acc-main");
     let body =
@@ -244,7 +230,7 @@ fn a_429_is_retried_on_the_fallback_with_the_same_body() {
 #[test]
 fn the_killswitch_blocks_an_account_over_its_threshold() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     env.ok(&["killswitch", "set", "acc-main:50,100"]);
     env.ok(&["killswitch", "on"]);
     let daemon = env.start_daemon(&[]);
@@ -321,7 +307,7 @@ fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
 #[test]
 fn unknown_paths_websockets_and_bad_requests() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&["--request-timeout", "1"]);
     let base = daemon.forwarder();
     let before = upstream.requests().len();
@@ -405,7 +391,7 @@ fn unknown_paths_websockets_and_bad_requests() {
 #[test]
 fn public_responses_api_clients_are_rewritten() {
     let upstream = FakeUpstream::start();
-    let (env, main, _) = setup(&upstream);
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     let request = json!({
         "model": "gpt-5.1-codex",
@@ -479,7 +465,7 @@ fn public_responses_api_clients_are_rewritten() {
 #[test]
 fn usage_is_answered_fresh_and_polled_by_status_refresh() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let out = env.ok(&["status", "--refresh", "--json"]);
     let status: Value = serde_json::from_str(&out).unwrap();
     for i in 0..2 {
@@ -513,7 +499,7 @@ fn usage_is_answered_fresh_and_polled_by_status_refresh() {
 #[test]
 fn hop_by_hop_headers_stop_at_the_forwarder_and_routing_is_honoured() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     env.ok(&["routing", "fallback-first"]);
     let daemon = env.start_daemon(&[]);
     let answer = send(
@@ -546,7 +532,7 @@ fn hop_by_hop_headers_stop_at_the_forwarder_and_routing_is_honoured() {
 #[test]
 fn a_body_over_the_retry_buffer_is_streamed_and_not_retried() {
     let upstream = FakeUpstream::start();
-    let (env, ..) = setup(&upstream);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     upstream.set_limited("acc-main");
     let mut big = vec![0u8; 33 * 1024 * 1024];
@@ -568,7 +554,7 @@ fn a_body_over_the_retry_buffer_is_streamed_and_not_retried() {
 #[test]
 fn a_401_moves_to_the_fallback_and_refreshes_the_rejected_account() {
     let upstream = FakeUpstream::start();
-    let (env, main, _) = setup(&upstream);
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     upstream.set_rejected("acc-main");
     let answer = post_responses(&daemon, b"{}");

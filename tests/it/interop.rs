@@ -336,14 +336,7 @@ fn a_codex_device_login_is_adopted_by_the_running_daemon() {
 fn codex_exec_through_the_forwarder_falls_back_on_429() {
     isolated!(codex_exec_through_the_forwarder_falls_back_on_429);
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_backend(&upstream);
-    let main = TestAccount::new("acc-main");
-    let fallback = TestAccount::new("acc-fallback");
-    for a in [&main, &fallback] {
-        upstream.add_account(a);
-    }
-    env.import_account(&main);
-    env.import_other(&fallback);
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     let forwarder = daemon.forwarder();
     codex_config_at(&env, &forwarder);

@@ -72,6 +72,23 @@ impl TestEnv {
         env
     }
 
+    /// A user whose broker talks to `upstream` as issuer and backend, with
+    /// a main account (`acc-main`, in auth.json) and a fallback
+    /// (`acc-fallback`).
+    pub fn with_main_and_fallback(
+        upstream: &fake_upstream::FakeUpstream,
+    ) -> (TestEnv, TestAccount, TestAccount) {
+        let env = TestEnv::with_backend(upstream);
+        let main = TestAccount::new("acc-main");
+        let fallback = TestAccount::new("acc-fallback");
+        for a in [&main, &fallback] {
+            upstream.add_account(a);
+        }
+        env.import_account(&main);
+        env.import_other(&fallback);
+        (env, main, fallback)
+    }
+
     pub fn user_home(&self) -> PathBuf {
         self.dir.path().join("user")
     }
