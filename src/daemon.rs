@@ -1,129 +1,33 @@
 //! `serve`: wiring of the daemon. One instance per broker home; one
-//! cancellation token and a task tracker for an orderly shutdown.
+//! cancellation token and a task tracker for an orderly shutdown, after
+//! which the refresh engine finishes (and saves) any refresh it had sent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use fs2::FileExt;
-use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::forward::{self, Forwarder};
 use crate::fsutil;
 use crate::paths::Paths;
-use crate::refresh::{LOGIN_HINT, Refresher};
+use crate::refresh::Refresher;
 use crate::server::Limits;
 use crate::socket;
-use crate::store::State;
 use crate::{scheduler, watch};
 
 /// The file whose lock marks the running daemon of a broker home; it holds
 /// that daemon's pid.
 pub const PID_FILE: &str = "serve.pid";
-
-/// State shared by the daemon's tasks.
-pub struct Shared {
-    pub paths: Paths,
-    home_real: PathBuf,
-    pub config: Config,
-    pub refresher: Refresher,
-    /// Why auth.json cannot be used, while it cannot.
-    auth_problem: Mutex<Option<String>>,
-    /// Signalled when the account store changed on disk.
-    pub store_changed: Notify,
-    /// Where the forwarder listens, when it runs.
-    pub forwarder: Option<SocketAddr>,
-}
-
-impl Shared {
-    pub fn new(
-        paths: Paths,
-        config: Config,
-        refresher: Refresher,
-        forwarder: Option<SocketAddr>,
-    ) -> Shared {
-        let home_real = paths
-            .home
-            .canonicalize()
-            .unwrap_or_else(|_| paths.home.clone());
-        Shared {
-            paths,
-            home_real,
-            config,
-            refresher,
-            auth_problem: Mutex::new(None),
-            store_changed: Notify::new(),
-            forwarder,
-        }
-    }
-
-    /// Whether `home` names the broker home this daemon serves.
-    pub fn serves_home(&self, home: &Path) -> bool {
-        home == self.paths.home || home.canonicalize().is_ok_and(|h| h == self.home_real)
-    }
-
-    /// Records what is wrong with auth.json (`None`: nothing). Returns
-    /// whether that changed.
-    pub fn set_auth_problem(&self, problem: Option<String>) -> bool {
-        let mut current = self.auth_problem.lock().expect("problem lock");
-        let changed = *current != problem;
-        *current = problem;
-        changed
-    }
-
-    /// The `/v1/health` answer.
-    pub fn health(&self) -> Value {
-        let mut problems = Vec::new();
-        if let Some(problem) = self.auth_problem.lock().expect("problem lock").clone() {
-            problems.push(json!({"code": "auth_json_invalid", "message": problem}));
-        }
-        let (accounts, published) = match self.refresher.store() {
-            Ok(store) => {
-                for a in &store.accounts {
-                    let reason = a.state_reason.as_deref().unwrap_or_default();
-                    match a.state {
-                        State::NeedsLogin => problems.push(json!({
-                            "code": "needs_login",
-                            "message": format!("account {} needs a new login: {}", a.name(),
-                                reason.trim_end_matches(&format!("; {LOGIN_HINT}"))) + "; " + LOGIN_HINT,
-                        })),
-                        State::RefreshBackoff => problems.push(json!({
-                            "code": "refresh_backoff",
-                            "message": format!("account {}: refreshing fails ({reason}); retrying", a.name()),
-                        })),
-                        State::Ok => {}
-                    }
-                }
-                (store.accounts.len(), store.published.clone())
-            }
-            Err(e) => {
-                problems.push(json!({"code": "store_invalid", "message": e.to_string()}));
-                (0, None)
-            }
-        };
-        json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "home": self.paths.home,
-            "codex_home": self.paths.codex_home,
-            "accounts": accounts,
-            "published": published,
-            "forwarder": self.forwarder.map(|a| json!({"address": a.to_string(), "port": a.port()})),
-            "problems": problems,
-        })
-    }
-}
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -240,24 +144,24 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
         .context("cannot watch the Codex home and the broker home")?;
     let refresher = Refresher::new(&paths, &config);
-    let shared = Arc::new(Shared::new(paths, config, refresher, forward_addr));
+    let engine = Arc::new(Engine::new(paths, config, refresher, forward_addr));
     {
-        let shared = shared.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || watch::sync_codex(&shared)).await? {
+        let engine = engine.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || watch::sync_codex(&engine)).await? {
             tracing::warn!("cannot take in auth.json: {e}");
         }
     }
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(watcher.run(shared.clone(), shutdown.clone()));
-    tracker.spawn(scheduler::run(shared.clone(), shutdown.clone()));
+    tracker.spawn(watcher.run(engine.clone(), shutdown.clone()));
+    tracker.spawn(scheduler::run(engine.clone(), shutdown.clone()));
     {
-        let (shared, shutdown, limits) = (shared.clone(), shutdown.clone(), options.limits);
-        tracker.spawn(socket::serve(listener, shared, limits, shutdown));
+        let (engine, shutdown, limits) = (engine.clone(), shutdown.clone(), options.limits);
+        tracker.spawn(socket::serve(listener, engine, limits, shutdown));
     }
     if let Some(listener) = forward_listener {
-        let forwarder = Arc::new(Forwarder::new(shared.clone()));
+        let forwarder = Arc::new(Forwarder::new(engine.clone()));
         tracker.spawn(forward::serve(
             listener,
             forwarder,
@@ -267,7 +171,7 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     }
     tracker.close();
 
-    announce(&shared)?;
+    announce(&engine)?;
     sd_notify("READY=1");
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -283,11 +187,17 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
         tracing::warn!("tasks still running after {grace:?}; exiting anyway");
     }
     drop(socket_file);
+    if engine.refresher.busy() {
+        tracing::info!("finishing the refresh in flight before exiting");
+    }
+    for lost in engine.refresher.drain().await {
+        tracing::error!("{lost}");
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-fn announce(shared: &Shared) -> anyhow::Result<()> {
+fn announce(shared: &Engine) -> anyhow::Result<()> {
     let store = shared.refresher.store()?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -28,12 +28,16 @@ pub struct Claims {
     pub email: Option<String>,
     /// Expiry, unix seconds.
     pub exp: Option<i64>,
+    /// When the issuer issued the token, unix seconds.
+    pub iat: Option<i64>,
 }
 
 #[derive(Deserialize)]
 struct RawClaims {
     #[serde(default)]
     exp: Option<serde_json::Number>,
+    #[serde(default)]
+    iat: Option<serde_json::Number>,
     #[serde(default)]
     email: Option<String>,
     #[serde(rename = "https://api.openai.com/auth", default)]
@@ -90,10 +94,28 @@ pub fn decode(token: &str) -> Result<Claims, JwtError> {
         plan,
         user_id,
         email: raw.email.or(raw.profile.and_then(|p| p.email)),
-        exp: raw
-            .exp
-            .and_then(|n| n.as_i64().or(n.as_f64().map(|f| f as i64))),
+        exp: raw.exp.as_ref().and_then(numeric_date),
+        iat: raw.iat.as_ref().and_then(numeric_date),
     })
+}
+
+/// A JWT NumericDate as whole unix seconds. Values that are not finite or
+/// lie outside what a timestamp can hold are no date at all, so that an
+/// absurd claim never wraps into a plausible one.
+fn numeric_date(n: &serde_json::Number) -> Option<i64> {
+    /// Year 9999 and its mirror: beyond them no real token lives.
+    const LIMIT: i64 = 253_402_300_799;
+    let seconds = match n.as_i64() {
+        Some(i) => i,
+        None => {
+            let f = n.as_f64()?;
+            if !f.is_finite() || f.abs() > LIMIT as f64 {
+                return None;
+            }
+            f as i64
+        }
+    };
+    (-LIMIT..=LIMIT).contains(&seconds).then_some(seconds)
 }
 
 /// Builds an unsigned JWT around `claims`; used for fixtures and fake issuers.
@@ -135,6 +157,22 @@ mod tests {
         assert_eq!(c.user_id.as_deref(), Some("user-acc-1"));
         assert_eq!(c.email.as_deref(), Some("a@example.com"));
         assert_eq!(c.exp, Some(1_900_000_000));
+        assert_eq!(c.iat, None);
+    }
+
+    #[test]
+    fn dates_out_of_range_are_no_dates() {
+        let claims = |v: serde_json::Value| decode(&encode_unsigned(&v)).unwrap();
+        let c = claims(serde_json::json!({"exp": 1_900_000_000.5, "iat": 1_899_996_400}));
+        assert_eq!((c.exp, c.iat), (Some(1_900_000_000), Some(1_899_996_400)));
+        for absurd in [
+            serde_json::json!({"exp": i64::MIN, "iat": i64::MAX}),
+            serde_json::json!({"exp": -1e300, "iat": 1e300}),
+            serde_json::json!({"exp": u64::MAX}),
+        ] {
+            let c = claims(absurd);
+            assert_eq!((c.exp, c.iat), (None, None));
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 
 use crate::codex_auth::CodexHome;
+use crate::journal::Journal;
 use crate::store::StoreFile;
 
 pub const APP_DIR: &str = "codex-broker";
@@ -68,6 +69,10 @@ impl Paths {
 
     pub fn store(&self) -> StoreFile {
         StoreFile::new(&self.home)
+    }
+
+    pub fn journal(&self) -> Journal {
+        Journal::new(&self.home)
     }
 
     pub fn codex(&self) -> CodexHome {

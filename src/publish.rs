@@ -8,6 +8,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::codex_auth::{AuthDotJson, AuthState, CodexHome, Replace, Snapshot};
 use crate::fsutil::FsError;
+use crate::journal::{Entry, Event, Journal};
 use crate::json::JsonProblem;
 use crate::store::{Account, Store, Upsert};
 
@@ -36,14 +37,33 @@ pub struct Published {
 }
 
 /// Takes the credentials auth.json holds into the store when they belong to
-/// an unknown account or are newer than the store's. Returns the account id
-/// when something was adopted.
-pub fn adopt_from_snapshot(store: &mut Store, snapshot: &Snapshot) -> Option<String> {
+/// an unknown account or come after the store's in the lineage (a token
+/// the store retired never does). Returns the account id when something
+/// was adopted; the journal records it.
+pub fn adopt_from_snapshot(
+    store: &mut Store,
+    snapshot: &Snapshot,
+    journal: &Journal,
+) -> Option<String> {
     let auth = snapshot.valid()?;
     let account = Account::from_auth(auth).ok()?;
     let id = account.id.clone();
+    let replaced = store
+        .get(&id)
+        .and_then(|a| a.tokens.as_ref())
+        .map(|t| t.refresh_token.expose().clone());
+    let new = account
+        .tokens
+        .as_ref()
+        .map(|t| t.refresh_token.expose().clone());
     match store.upsert(account) {
-        Upsert::Added | Upsert::Updated => Some(id),
+        Upsert::Added | Upsert::Updated => {
+            journal.record(
+                &Entry::new(&id, Event::Adopted, "auth.json")
+                    .replacing(replaced.as_deref(), new.as_deref()),
+            );
+            Some(id)
+        }
         Upsert::Unchanged => None,
     }
 }
@@ -51,7 +71,12 @@ pub fn adopt_from_snapshot(store: &mut Store, snapshot: &Snapshot) -> Option<Str
 /// Writes the account `id` of `store` to auth.json. Tokens Codex wrote in the
 /// meantime (for any account) are first adopted into `store`, so nothing the
 /// file held is lost. An auth.json that cannot be parsed is never replaced.
-pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Published, PublishError> {
+pub fn publish(
+    codex: &CodexHome,
+    store: &mut Store,
+    id: &str,
+    journal: &Journal,
+) -> Result<Published, PublishError> {
     let mut adopted = Vec::new();
     for _ in 0..ATTEMPTS {
         let snapshot = codex.read()?;
@@ -61,7 +86,7 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
                 problem: problem.clone(),
             });
         }
-        if let Some(adopted_id) = adopt_from_snapshot(store, &snapshot)
+        if let Some(adopted_id) = adopt_from_snapshot(store, &snapshot, journal)
             && !adopted.contains(&adopted_id)
         {
             adopted.push(adopted_id);
@@ -106,11 +131,16 @@ pub fn publish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<Publish
 /// only while auth.json holds that account: a deleted file (the user logged
 /// out) or another account (the user logged in elsewhere) is respected.
 /// Returns whether the file was written.
-pub fn republish(codex: &CodexHome, store: &mut Store, id: &str) -> Result<bool, PublishError> {
+pub fn republish(
+    codex: &CodexHome,
+    store: &mut Store,
+    id: &str,
+    journal: &Journal,
+) -> Result<bool, PublishError> {
     if codex.read()?.account_id().as_deref() != Some(id) {
         return Ok(false);
     }
-    Ok(publish(codex, store, id)?.written)
+    Ok(publish(codex, store, id, journal)?.written)
 }
 
 /// Codex and the broker spell the same instant with different sub-second

@@ -1,6 +1,7 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
-use crate::refresh::{Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
+use crate::proto::ErrorCode;
+use crate::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
 use crate::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 
 /// Why `account` may not serve at `now`, if it may not.
@@ -81,15 +82,16 @@ impl Unavailable {
     }
 
     /// The stable error code the socket API answers with.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Unavailable::NoAccounts
             | Unavailable::AllFailed(_)
-            | Unavailable::Refresh(RefreshError::NeedsLogin { .. }) => "needs_login",
-            Unavailable::AllBlocked(_) => "no_usable_account",
-            Unavailable::Lookup(_) => "unknown_account",
-            Unavailable::Refresh(RefreshError::Backoff { .. }) => "refresh_failed",
-            Unavailable::Refresh(_) => "internal",
+            | Unavailable::Refresh(RefreshError::NeedsLogin { .. }) => ErrorCode::NeedsLogin,
+            Unavailable::AllBlocked(_) => ErrorCode::NoUsableAccount,
+            Unavailable::Lookup(_) => ErrorCode::UnknownAccount,
+            Unavailable::Refresh(RefreshError::Backoff { .. }) => ErrorCode::RefreshFailed,
+            Unavailable::Refresh(RefreshError::Stopped(_)) => ErrorCode::Stopping,
+            Unavailable::Refresh(_) => ErrorCode::Internal,
         }
     }
 }
@@ -112,11 +114,12 @@ pub async fn fresh_account(
     refresher: &Refresher,
     pick: Pick<'_>,
     min_ttl: i64,
+    by: &Asker,
 ) -> Result<Account, Unavailable> {
     let store = refresher.store()?;
     if let Some(query) = pick.query {
         let id = store.find(query)?.id.clone();
-        return Ok(refresher.fresh(&id, min_ttl).await?);
+        return Ok(refresher.fresh(&id, min_ttl, by).await?);
     }
     let now = refresher.now();
     let exclude = pick.exclude;
@@ -152,7 +155,7 @@ pub async fn fresh_account(
     }
     let mut last = None;
     for id in &ids {
-        match refresher.fresh(id, min_ttl).await {
+        match refresher.fresh(id, min_ttl, by).await {
             Ok(account) => return Ok(account),
             Err(e @ RefreshError::NeedsLogin { .. }) => {
                 tracing::info!("skipping: {e}");

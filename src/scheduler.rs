@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
-use crate::refresh::CODEX_STALE_AFTER;
+use crate::engine::Engine;
+use crate::refresh::{Asker, CODEX_STALE_AFTER};
 use crate::store::{Account, Kind, State};
 
 /// An account is not tried again sooner than this after an attempt.
@@ -21,12 +21,18 @@ const STORE_RETRY: i64 = 30;
 /// How long before expiry `account` is refreshed: `refresh_ahead`, but for
 /// a token that lives shorter than that, a minute after it was issued (or
 /// at half its life, for one that lives less than two minutes), so that a
-/// new token is not due again the moment it arrives.
+/// new token is not due again the moment it arrives. The lifetime is the
+/// access token's `exp - iat`; without `iat`, `exp - last_refresh`.
 pub fn lead_time(account: &Account, refresh_ahead: i64) -> i64 {
+    let issued = account
+        .tokens
+        .as_ref()
+        .and_then(|t| t.iat())
+        .or_else(|| account.last_refresh.map(|t| t.unix_timestamp()));
     let lifetime = account
         .expires_at
-        .zip(account.last_refresh)
-        .map(|(exp, refreshed)| exp - refreshed.unix_timestamp())
+        .zip(issued)
+        .map(|(exp, issued)| exp.saturating_sub(issued))
         .filter(|l| *l > 0);
     match lifetime {
         Some(lifetime) => refresh_ahead.min((lifetime - MIN_INTERVAL).max(lifetime / 2)),
@@ -57,10 +63,11 @@ pub fn due_at(account: &Account, refresh_ahead: i64) -> Option<i64> {
     })
 }
 
-/// Runs until `shutdown` is cancelled. A refresh in flight is finished, not
-/// abandoned: the issuer may already have rotated the token.
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Runs until `shutdown` is cancelled. A refresh in flight is the engine's
+/// task: stopping the scheduler only stops waiting for it.
+pub async fn run(shared: Arc<Engine>, shutdown: CancellationToken) {
     let refresh_ahead = shared.config.refresh_ahead;
+    let by = Asker::scheduler();
     let mut attempted: HashMap<String, i64> = HashMap::new();
     loop {
         let now = shared.refresher.now();
@@ -88,7 +95,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     }
                     attempted.insert(account.id.clone(), now);
                     let lead = lead_time(account, refresh_ahead);
-                    match shared.refresher.fresh(&account.id, lead).await {
+                    let fresh = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        fresh = shared.refresher.fresh(&account.id, lead, &by) => fresh,
+                    };
+                    match fresh {
                         Ok(a) => {
                             tracing::debug!(account = %a.id, expires_at = ?a.expires_at, "account is fresh")
                         }

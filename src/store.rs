@@ -267,9 +267,6 @@ impl Account {
         self.label.as_deref().unwrap_or(&self.id)
     }
 
-    /// Takes the credentials of `newer` (the same account read from an
-    /// auth.json) unless the store's own are more recent. Returns whether
-    /// anything changed.
     /// Records the current refresh token as retired when `replacement`
     /// takes its place.
     pub fn retire_refresh_token(&mut self, replacement: &str) {
@@ -277,7 +274,13 @@ impl Account {
         if current.refresh_token.expose() == replacement {
             return;
         }
-        let print = fingerprint(current.refresh_token.expose());
+        let current = current.refresh_token.expose().clone();
+        self.retire(&current);
+    }
+
+    /// Records `refresh_token` as spent: it is never taken back.
+    pub fn retire(&mut self, refresh_token: &str) {
+        let print = fingerprint(refresh_token);
         self.retired_refresh_tokens.retain(|p| *p != print);
         self.retired_refresh_tokens.push(print);
         let excess = self
@@ -287,39 +290,125 @@ impl Account {
         self.retired_refresh_tokens.drain(..excess);
     }
 
+    /// Takes the credentials of `rotated`, the result of spending
+    /// `spent` (this account's refresh token when the refresh was sent).
+    /// `spent` is retired whatever the store holds now; the rotation
+    /// replaces the store's tokens when they are still the spent ones, or
+    /// when it comes after whatever replaced them meanwhile.
+    pub fn take_rotation(&mut self, spent: &str, rotated: &Account) -> bool {
+        let before = self.clone();
+        let current = self
+            .tokens
+            .as_ref()
+            .map(|t| t.refresh_token.expose().clone());
+        let rotated_rt = rotated.tokens.as_ref().map(|t| t.refresh_token.expose());
+        if current.as_deref() == Some(spent) {
+            self.install_credentials(rotated);
+            if rotated_rt.map(String::as_str) != Some(spent) {
+                self.retire(spent);
+            }
+            self.last_refresh = rotated.last_refresh;
+        } else if current.as_ref() != rotated_rt {
+            self.retire(spent);
+            self.adopt_credentials(rotated);
+        }
+        *self != before
+    }
+
+    /// Copies the credentials and what the tokens say of the account.
+    fn install_credentials(&mut self, from: &Account) {
+        self.kind = from.kind;
+        self.tokens.clone_from(&from.tokens);
+        self.api_key.clone_from(&from.api_key);
+        self.expires_at = from.expires_at;
+        self.codex_extra.clone_from(&from.codex_extra);
+        if from.email.is_some() {
+            self.email.clone_from(&from.email);
+        }
+        if from.plan.is_some() {
+            self.plan.clone_from(&from.plan);
+        }
+        self.mark_ok();
+    }
+
     /// Whether `refresh_token` is this account's, current or retired.
     pub fn owns_refresh_token(&self, refresh_token: &str) -> bool {
         self.tokens
             .as_ref()
             .is_some_and(|t| t.refresh_token.expose() == refresh_token)
-            || self
-                .retired_refresh_tokens
-                .contains(&fingerprint(refresh_token))
+            || self.retired(refresh_token)
     }
 
+    /// Whether `refresh_token` is one this account has retired.
+    pub fn retired(&self, refresh_token: &str) -> bool {
+        self.retired_refresh_tokens
+            .contains(&fingerprint(refresh_token))
+    }
+
+    /// Whether `other` (the same account, read from a file or a login)
+    /// holds credentials that come after this account's own:
+    /// - a refresh token this account retired is older, always;
+    /// - the same refresh token is newer only with a later-issued access token;
+    /// - a refresh token never seen here is either the child of the current
+    ///   one (someone else refreshed it) or a new login: newer unless its
+    ///   access token was issued before the current one.
+    ///
+    /// A clock (`last_refresh`) decides only when neither side's access
+    /// token says when it was issued.
+    pub fn is_superseded_by(&self, other: &Account) -> bool {
+        if self.kind == Kind::ApiKey || other.kind == Kind::ApiKey {
+            return other.api_key != self.api_key || other.kind != self.kind;
+        }
+        let (Some(mine), Some(theirs)) = (&self.tokens, &other.tokens) else {
+            return other.tokens.is_some();
+        };
+        if mine == theirs {
+            return false;
+        }
+        let theirs_rt = theirs.refresh_token.expose();
+        if self.retired(theirs_rt) {
+            return false;
+        }
+        let same_lineage_step = mine.refresh_token.expose() == theirs_rt;
+        match (mine.issued_at(), theirs.issued_at()) {
+            (Some(a), Some(b)) if same_lineage_step => b > a,
+            (Some(a), Some(b)) => b >= a,
+            _ => other.last_refresh > self.last_refresh,
+        }
+    }
+
+    /// Takes the credentials of `newer` (the same account, read from an
+    /// auth.json or a login) when they come after this account's own in
+    /// the lineage ([`Account::is_superseded_by`]). Returns whether
+    /// anything changed.
     pub fn adopt_credentials(&mut self, newer: &Account) -> bool {
         debug_assert_eq!(self.id, newer.id);
-        let same = self.tokens == newer.tokens && self.api_key == newer.api_key;
-        if same || self.last_refresh > newer.last_refresh {
+        if !self.is_superseded_by(newer) {
             return false;
         }
         let before = self.clone();
         if let Some(new) = &newer.tokens {
             self.retire_refresh_token(new.refresh_token.expose());
         }
-        self.tokens.clone_from(&newer.tokens);
-        self.api_key.clone_from(&newer.api_key);
-        self.last_refresh = newer.last_refresh;
-        self.expires_at = newer.expires_at;
-        self.codex_extra.clone_from(&newer.codex_extra);
-        if newer.email.is_some() {
-            self.email.clone_from(&newer.email);
-        }
-        if newer.plan.is_some() {
-            self.plan.clone_from(&newer.plan);
-        }
-        self.mark_ok();
+        self.install_credentials(newer);
+        // A file may claim a refresh in the future; the store never does.
+        let now = OffsetDateTime::now_utc();
+        self.last_refresh = newer.last_refresh.map(|t| t.min(now));
         *self != before
+    }
+}
+
+impl Tokens {
+    /// The access token's `iat`, unix seconds.
+    pub fn iat(&self) -> Option<i64> {
+        crate::jwt::decode(self.access_token.expose()).ok()?.iat
+    }
+
+    /// When the access token was issued (its `iat`, else its `exp`, which
+    /// orders tokens of one issuer just as well), unix seconds.
+    pub fn issued_at(&self) -> Option<i64> {
+        let claims = crate::jwt::decode(self.access_token.expose()).ok()?;
+        claims.iat.or(claims.exp)
     }
 }
 
@@ -446,6 +535,25 @@ impl Store {
         };
         self.accounts.push(account);
         Upsert::Added
+    }
+
+    /// Adds or renews the account of a login the user just made: its tokens
+    /// start a new lineage and replace the old ones (which are retired),
+    /// unless the store retired them already.
+    pub fn upsert_login(&mut self, account: Account) -> Upsert {
+        let Some(existing) = self.get_mut(&account.id) else {
+            return self.upsert(account);
+        };
+        let new_rt = account.tokens.as_ref().map(|t| t.refresh_token.expose());
+        if new_rt.is_some_and(|t| existing.retired(t)) || existing.tokens == account.tokens {
+            return Upsert::Unchanged;
+        }
+        if let Some(t) = new_rt {
+            existing.retire_refresh_token(t);
+        }
+        existing.install_credentials(&account);
+        existing.last_refresh = account.last_refresh;
+        Upsert::Updated
     }
 
     /// Makes `id` the main account; the previous main becomes a fallback.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codex_auth::{AUTH_FILE, AuthState};
-use crate::daemon::Shared;
+use crate::engine::Engine;
 use crate::publish::{PublishError, adopt_from_snapshot, republish};
 use crate::store::{STORE_FILE, StoreError};
 
@@ -67,7 +67,7 @@ impl HomeWatcher {
     }
 
     /// Handles events until `shutdown` is cancelled.
-    pub async fn run(mut self, shared: Arc<Shared>, shutdown: CancellationToken) {
+    pub async fn run(mut self, shared: Arc<Engine>, shutdown: CancellationToken) {
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -142,7 +142,7 @@ impl From<crate::fsutil::FsError> for SyncError {
 /// start): new tokens in the file are adopted (a new account is added); a
 /// file holding older tokens than the store gets the store's; a deleted
 /// file stays deleted; an invalid file is reported and left alone.
-pub fn sync_codex(shared: &Shared) -> Result<(), SyncError> {
+pub fn sync_codex(shared: &Engine) -> Result<(), SyncError> {
     let codex = shared.paths.codex();
     let snapshot = codex.read()?;
     match &snapshot.state {
@@ -174,9 +174,10 @@ pub fn sync_codex(shared: &Shared) -> Result<(), SyncError> {
             let Some(id) = snapshot.account_id() else {
                 return Ok(());
             };
+            let journal = shared.paths.journal();
             shared.paths.store().update(|store| {
                 let known = store.get(&id).is_some();
-                if adopt_from_snapshot(store, &snapshot).is_some() {
+                if adopt_from_snapshot(store, &snapshot, &journal).is_some() {
                     store.published = Some(id.clone());
                     if known {
                         tracing::info!(account = %id, "adopted the new tokens Codex wrote to auth.json");
@@ -185,7 +186,7 @@ pub fn sync_codex(shared: &Shared) -> Result<(), SyncError> {
                     }
                     return Ok(());
                 }
-                if republish(&codex, store, &id)? {
+                if republish(&codex, store, &id, &journal)? {
                     tracing::info!(account = %id, "auth.json held older tokens; wrote the current ones");
                 }
                 Ok::<_, SyncError>(())

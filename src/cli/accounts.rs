@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::display::{self, Table};
+use crate::journal::{Entry, Event};
 use crate::paths::Paths;
 use crate::publish::publish;
 use crate::store::{Account, Role, State, Store};
@@ -116,8 +117,8 @@ fn switch(paths: &Paths, query: &str) -> anyhow::Result<()> {
     let (name, state, published) = paths.store().update(|store| {
         let id = store.find(query)?.id.clone();
         store.make_main(&id);
-        let published =
-            publish(&codex, store, &id).context("cannot publish the account to auth.json")?;
+        let published = publish(&codex, store, &id, &paths.journal())
+            .context("cannot publish the account to auth.json")?;
         let account = store.get(&id).expect("found above");
         Ok::<_, anyhow::Error>((account.name().to_owned(), account.state, published))
     })?;
@@ -145,6 +146,11 @@ fn remove(paths: &Paths, query: &str) -> anyhow::Result<()> {
     let (removed, new_main) = paths.store().update(|store| {
         let id = store.find(query)?.id.clone();
         let removed = store.remove(&id).expect("found above");
+        let mut entry = Entry::new(&id, Event::Removed, "command `accounts remove`");
+        if let Some(t) = &removed.tokens {
+            entry = entry.spent(t.refresh_token.expose());
+        }
+        paths.journal().record(&entry);
         let new_main = store.main_account().map(|a| a.name().to_owned());
         Ok::<_, anyhow::Error>((removed, new_main))
     })?;

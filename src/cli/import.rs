@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::codex_auth::{AuthDotJson, AuthFileError, AuthState};
 use crate::fsutil::{FsError, resolve_symlinks};
+use crate::journal::{Entry, Event};
 use crate::paths::Paths;
 use crate::publish::publish;
 use crate::store::{Account, Upsert};
@@ -44,13 +45,28 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let id = account.id.clone();
     let is_codex_file = same_file(&path, &codex.auth_path());
 
+    let journal = paths.journal();
+    let new_rt = account
+        .tokens
+        .as_ref()
+        .map(|t| t.refresh_token.expose().clone());
     let (outcome, summary, published) = paths.store().update(|store| {
+        let replaced = store
+            .get(&id)
+            .and_then(|a| a.tokens.as_ref())
+            .map(|t| t.refresh_token.expose().clone());
         let outcome = store.upsert(account);
+        if outcome != Upsert::Unchanged {
+            journal.record(
+                &Entry::new(&id, Event::Import, "command `import`")
+                    .replacing(replaced.as_deref(), new_rt.as_deref()),
+            );
+        }
         let publish_now = is_codex_file
             || (store.published.is_none()
                 && matches!(codex.read().map(|s| s.state), Ok(AuthState::Missing)));
         let published = if publish_now {
-            Some(publish(&codex, store, &id).context("cannot publish to auth.json")?)
+            Some(publish(&codex, store, &id, &journal).context("cannot publish to auth.json")?)
         } else {
             None
         };
@@ -66,7 +82,10 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             path.display()
         ),
         Upsert::Unchanged => {
-            format!("Account {summary} is up to date; the store's tokens are as new or newer.\n")
+            format!(
+                "Account {summary} is up to date; the store's tokens are the same or come after \
+                 the file's.\n"
+            )
         }
     };
     match published {

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::codex_auth::{AuthDotJson, TokenData};
 use crate::config::Config;
 use crate::display;
+use crate::journal::{Entry, Event};
 use crate::jwt;
 use crate::oauth::browser::{BrowserError, DEFAULT_PORT, PendingLogin};
 use crate::oauth::device::CODE_LIFETIME;
@@ -18,7 +19,7 @@ use crate::oauth::{OAuthClient, TokenResponse};
 use crate::paths::Paths;
 use crate::publish::{publish, republish};
 use crate::secret::Secret;
-use crate::store::{Account, Role};
+use crate::store::{Account, Role, Upsert};
 
 /// Exit status: the login callback port is in use.
 const EXIT_PORT_IN_USE: u8 = 13;
@@ -232,17 +233,31 @@ async fn device_login(oauth: &OAuthClient, timeout: Duration) -> anyhow::Result<
 fn save_login(paths: &Paths, account: Account, label: Option<String>) -> anyhow::Result<()> {
     let codex = paths.codex();
     let id = account.id.clone();
+    let journal = paths.journal();
+    let new_rt = account
+        .tokens
+        .as_ref()
+        .map(|t| t.refresh_token.expose().clone());
     let (saved, published) = paths.store().update(|store| {
-        store.upsert(account);
+        let replaced = store
+            .get(&id)
+            .and_then(|a| a.tokens.as_ref())
+            .map(|t| t.refresh_token.expose().clone());
+        if store.upsert_login(account) != Upsert::Unchanged {
+            journal.record(
+                &Entry::new(&id, Event::Login, "command `login`")
+                    .replacing(replaced.as_deref(), new_rt.as_deref()),
+            );
+        }
         let a = store.get_mut(&id).expect("just upserted");
         if let Some(label) = label.filter(|l| !l.trim().is_empty()) {
             a.label = Some(label.trim().to_owned());
         }
         let first = a.role == Role::Main && store.published.is_none();
         let published = if first {
-            publish(&codex, store, &id)?.written
+            publish(&codex, store, &id, &journal)?.written
         } else {
-            republish(&codex, store, &id)?
+            republish(&codex, store, &id, &journal)?
         };
         let saved = store.get(&id).expect("just upserted").clone();
         Ok::<_, anyhow::Error>((saved, published))

@@ -4,13 +4,16 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::paths::{Overrides, Paths};
+use crate::refresh::Refresher;
 
 mod accounts;
 mod completions;
+mod history;
 mod import;
 mod killswitch;
 mod login;
@@ -29,9 +32,6 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit status: no account can serve; a login is needed.
 pub const EXIT_NEEDS_LOGIN: u8 = 3;
 
-/// `token --min-ttl` and `/v1/token?min_ttl=` by default, seconds.
-pub const DEFAULT_MIN_TTL: u32 = 300;
-
 /// What `accounts` and `status` say on an empty store.
 const NO_ACCOUNTS: &str = "No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)\n";
 
@@ -40,9 +40,12 @@ Files:
   <home>/accounts.json      the account store (0600, directory 0700)
   <codex home>/auth.json    Codex's credentials, kept fresh by the broker
 
+  <home>/journal.jsonl      the refresh journal (see: codex-broker history)
+
 Exit status:
   0 success, 1 failure, 2 usage error, 3 no usable account (needs login),
-  13 login callback port in use";
+  13 login callback port in use, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
+  (after any refresh in flight was saved)";
 
 /// Keeps ChatGPT/Codex OAuth credentials fresh for every tool on this machine.
 ///
@@ -101,6 +104,7 @@ pub enum Command {
     Service(service::Args),
     Routing(routing::Args),
     Killswitch(killswitch::Args),
+    History(history::Args),
     Completions(completions::Args),
 }
 
@@ -203,8 +207,59 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(args) => service::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
+        Command::History(args) => history::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }
+}
+
+/// Runs `work`, which may refresh through the engine `engine` holds once
+/// it is needed, with SIGINT, SIGTERM and SIGHUP held: a signal stops the
+/// work, but a refresh already sent is finished and saved before the
+/// command exits with 128 + the signal's number. A rotation the store
+/// cannot take is reported (it went to auth.json when that held the
+/// account).
+fn interruptible<T>(
+    engine: &OnceLock<Refresher>,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let outcome = tokio::select! {
+            result = work => Ok(result),
+            _ = interrupt.recv() => Err(("SIGINT", 130)),
+            _ = terminate.recv() => Err(("SIGTERM", 143)),
+            _ = hangup.recv() => Err(("SIGHUP", 129)),
+        };
+        let (busy, lost) = match engine.get() {
+            Some(engine) => (engine.busy(), engine.drain().await),
+            None => (false, Vec::new()),
+        };
+        for message in &lost {
+            let _ = writeln!(io::stderr(), "error: {message}");
+        }
+        match outcome {
+            Err((name, code)) => Err(Exit {
+                code,
+                message: if busy {
+                    format!("interrupted by {name}, after the refresh in flight was finished")
+                } else {
+                    format!("interrupted by {name}")
+                },
+            }
+            .into()),
+            Ok(Ok(_)) if !lost.is_empty() => Err(anyhow::anyhow!(
+                "the refreshed tokens were handed out, but the store could not take them (see \
+                 above); once the disk has room, run: codex-broker import"
+            )),
+            Ok(result) => result,
+        }
+    })
 }
 
 /// Writes `text` to stdout as is.

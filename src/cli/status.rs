@@ -1,6 +1,7 @@
 //! `codex-broker status [--json]`
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -8,8 +9,9 @@ use crate::codex_auth::AuthState;
 use crate::config::Config;
 use crate::display::{self, Table};
 use crate::paths::Paths;
+use crate::proto::{Health, MIN_TTL, Problem, ProblemCode};
 use crate::quota::{Quota, Window};
-use crate::refresh::Refresher;
+use crate::refresh::{Asker, Refresher};
 use crate::socket::client::{self, Answer};
 use crate::store::{Account, Killswitch, Kind, Routing, State, Store};
 use crate::view::AccountView;
@@ -45,12 +47,13 @@ struct Status<'a> {
 struct Daemon<'a> {
     running: bool,
     socket: &'a Path,
-    pid: Option<u64>,
+    pid: Option<u32>,
     version: Option<String>,
     /// The forwarder's address, when it runs.
     forwarder: Option<String>,
-    /// What the daemon reports as wrong, `{code, message}` each.
-    problems: Vec<serde_json::Value>,
+    /// What the daemon reports as wrong (without a daemon: what the
+    /// journal tells), `{code, message}` each.
+    problems: Vec<Problem>,
 }
 
 impl<'a> Daemon<'a> {
@@ -67,23 +70,36 @@ impl<'a> Daemon<'a> {
             problems: Vec::new(),
         };
         match runtime.block_on(client::get(paths, "/v1/health")) {
-            Ok(Answer::NoDaemon) => {}
+            Ok(Answer::NoDaemon) => {
+                let interrupted = paths.journal().interrupted(display::now())?;
+                daemon.problems = interrupted
+                    .iter()
+                    .map(|i| Problem {
+                        code: ProblemCode::RefreshInterrupted,
+                        message: i.message(),
+                    })
+                    .collect();
+            }
             Ok(Answer::Ok(health)) => {
+                let health: Health = serde_json::from_value(health)
+                    .map_err(|e| anyhow::anyhow!("the daemon's health answer: {e}"))?;
                 daemon.running = true;
-                daemon.pid = health["pid"].as_u64();
-                daemon.version = health["version"].as_str().map(str::to_owned);
-                daemon.forwarder = health["forwarder"]["address"].as_str().map(str::to_owned);
-                daemon.problems = health["problems"].as_array().cloned().unwrap_or_default();
+                daemon.pid = Some(health.pid);
+                daemon.version = Some(health.version);
+                daemon.forwarder = health.forwarder.map(|f| f.address);
+                daemon.problems = health.problems;
             }
-            Ok(Answer::Error { code, message, .. }) => {
+            Ok(Answer::Error { message, .. }) => {
                 daemon.running = true;
-                daemon
-                    .problems
-                    .push(serde_json::json!({"code": code, "message": message}));
+                daemon.problems.push(Problem {
+                    code: ProblemCode::DaemonUnreachable,
+                    message,
+                });
             }
-            Err(e) => daemon
-                .problems
-                .push(serde_json::json!({"code": "unreachable", "message": e.to_string()})),
+            Err(e) => daemon.problems.push(Problem {
+                code: ProblemCode::DaemonUnreachable,
+                message: e.to_string(),
+            }),
         }
         Ok(daemon)
     }
@@ -142,53 +158,54 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 /// reported and skipped.
 fn poll_usage(paths: &Paths) -> anyhow::Result<()> {
     let config = Config::load(&paths.home)?;
-    let refresher = Refresher::new(paths, &config);
+    let engine = OnceLock::new();
+    let refresher = engine.get_or_init(|| Refresher::new(paths, &config));
     let client = crate::oauth::http_client(std::time::Duration::from_secs(20));
     let url = format!("{}/wham/usage", config.chatgpt_base);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let by = Asker::command("status --refresh");
     let store = refresher.store()?;
-    for account in store
-        .accounts
-        .iter()
-        .filter(|a| a.kind == Kind::Chatgpt && a.state != State::NeedsLogin)
-    {
-        let polled = runtime.block_on(async {
-            let fresh = refresher
-                .fresh(&account.id, i64::from(super::DEFAULT_MIN_TTL))
-                .await?;
-            let token = fresh
-                .tokens
-                .as_ref()
-                .map(|t| t.access_token.expose().clone())
-                .unwrap_or_default();
-            let response = client
-                .get(&url)
-                .bearer_auth(token)
-                .header("chatgpt-account-id", &account.id)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot reach the usage endpoint: {}", e.without_url())
-                })?;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            anyhow::ensure!(status.is_success(), "the usage endpoint answered {status}");
-            Quota::from_usage(&body, refresher.now())
-                .ok_or_else(|| anyhow::anyhow!("the usage endpoint's answer has no rate_limit"))
-        });
-        match polled {
-            Ok(quota) => paths.store().update(|s| {
-                if let Some(a) = s.get_mut(&account.id) {
-                    a.quota = Some(quota);
-                }
-                Ok::<_, anyhow::Error>(())
-            })?,
-            Err(e) => eprintln!("warning: {}: quota not refreshed: {e:#}", account.name()),
+    super::interruptible(&engine, async {
+        for account in store
+            .accounts
+            .iter()
+            .filter(|a| a.kind == Kind::Chatgpt && a.state != State::NeedsLogin)
+        {
+            let polled = async {
+                let fresh = refresher
+                    .fresh(&account.id, i64::from(MIN_TTL), &by)
+                    .await?;
+                let token = fresh
+                    .tokens
+                    .as_ref()
+                    .map(|t| t.access_token.expose().clone())
+                    .unwrap_or_default();
+                let response = client
+                    .get(&url)
+                    .bearer_auth(token)
+                    .header("chatgpt-account-id", &account.id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot reach the usage endpoint: {}", e.without_url())
+                    })?;
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                anyhow::ensure!(status.is_success(), "the usage endpoint answered {status}");
+                Quota::from_usage(&body, refresher.now())
+                    .ok_or_else(|| anyhow::anyhow!("the usage endpoint's answer has no rate_limit"))
+            };
+            match polled.await {
+                Ok(quota) => paths.store().update(|s| {
+                    if let Some(a) = s.get_mut(&account.id) {
+                        a.quota = Some(quota);
+                    }
+                    Ok::<_, anyhow::Error>(())
+                })?,
+                Err(e) => eprintln!("warning: {}: quota not refreshed: {e:#}", account.name()),
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn render(status: &Status, store: &Store, now: i64) -> String {
@@ -209,10 +226,7 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
     ]);
     let mut text = head.render();
     for problem in &status.daemon.problems {
-        text.push_str(&format!(
-            "! {}\n",
-            problem["message"].as_str().unwrap_or_default()
-        ));
+        text.push_str(&format!("! {}\n", problem.message));
     }
     if store.accounts.is_empty() {
         text.push('\n');

@@ -1,8 +1,11 @@
 //! `codex-broker token [--account ID] [--min-ttl SECS] [--json]`
 
+use std::sync::OnceLock;
+
 use crate::config::Config;
 use crate::paths::Paths;
-use crate::refresh::Refresher;
+use crate::proto::{ErrorCode, MIN_TTL};
+use crate::refresh::{Asker, Refresher};
 use crate::routing;
 use crate::socket::client::{self, Answer};
 use crate::view::TokenView;
@@ -14,7 +17,8 @@ use crate::view::TokenView;
 /// need a login, are used up or are blocked by the killswitch. Asks the
 /// daemon when it runs, and works without it otherwise. Safe to run from
 /// many processes at once: one refresh happens per rotation. Exits 3 when no
-/// account can serve.
+/// account can serve. Interrupted (SIGINT, SIGTERM, SIGHUP) while a refresh
+/// is in flight, it finishes and saves that refresh first.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Use this account (id, label or unique id prefix)
@@ -22,7 +26,7 @@ pub struct Args {
     pub account: Option<String>,
 
     /// Refresh first if the token expires within this many seconds
-    #[arg(long, value_name = "SECS", default_value_t = super::DEFAULT_MIN_TTL)]
+    #[arg(long, value_name = "SECS", default_value_t = MIN_TTL)]
     pub min_ttl: u32,
 
     /// Print {account_id, kind, access_token, expires_at, plan, email, headers}
@@ -31,33 +35,28 @@ pub struct Args {
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let body = match runtime.block_on(from_daemon(paths, &args))? {
-        Some(body) => body,
-        None => {
-            let config = Config::load(&paths.home)?;
-            let refresher = Refresher::new(paths, &config);
-            let pick = routing::Pick {
-                query: args.account.as_deref(),
-                ..routing::Pick::default()
-            };
-            let found = runtime.block_on(routing::fresh_account(
-                &refresher,
-                pick,
-                i64::from(args.min_ttl),
-            ));
-            let account = match found {
-                Ok(account) => account,
-                Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
-                Err(e) => return Err(e.into()),
-            };
-            let view = TokenView::new(&account)
-                .ok_or_else(|| anyhow::anyhow!("account {} holds no credential", account.id))?;
-            serde_json::to_value(&view)?
+    let engine = OnceLock::new();
+    let body = super::interruptible(&engine, async {
+        if let Some(body) = from_daemon(paths, &args).await? {
+            return Ok(body);
         }
-    };
+        let config = Config::load(&paths.home)?;
+        let refresher = engine.get_or_init(|| Refresher::new(paths, &config));
+        let pick = routing::Pick {
+            query: args.account.as_deref(),
+            ..routing::Pick::default()
+        };
+        let by = Asker::command("token");
+        let found = routing::fresh_account(refresher, pick, i64::from(args.min_ttl), &by).await;
+        let account = match found {
+            Ok(account) => account,
+            Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let view = TokenView::new(&account)
+            .ok_or_else(|| anyhow::anyhow!("account {} holds no credential", account.id))?;
+        Ok(serde_json::to_value(&view)?)
+    })?;
     if args.json {
         return Ok(super::print_json(&body)?);
     }
@@ -77,8 +76,10 @@ async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<serde_
     match client::get(paths, &query).await? {
         Answer::NoDaemon => Ok(None),
         Answer::Ok(body) => Ok(Some(body)),
-        Answer::Error { code, message, .. } => match code.as_str() {
-            "needs_login" | "no_usable_account" => Err(super::Exit::needs_login(message)),
+        Answer::Error { code, message, .. } => match code {
+            ErrorCode::NeedsLogin | ErrorCode::NoUsableAccount => {
+                Err(super::Exit::needs_login(message))
+            }
             _ => Err(anyhow::anyhow!("{message}")),
         },
     }

@@ -9,8 +9,8 @@ mod responses;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -21,9 +21,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
+use crate::engine::Engine;
+use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
 use crate::quota::Quota;
-use crate::refresh::{FORCE_REFRESH, RefreshError, recently_refreshed};
+use crate::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, Kind};
@@ -36,11 +37,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
 pub const RETRY_BUFFER: usize = 32 * 1024 * 1024;
 /// Bodies the forwarder reads whole to look into (token requests, errors).
 const SMALL_BODY: usize = 1024 * 1024;
-/// Tokens handed out are valid for at least this long, seconds.
-const MIN_TTL: i64 = 300;
-/// Quota from headers is written at most this often per account, unless
-/// it changed.
-const QUOTA_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// and `expect`, which the forwarder answers itself.
@@ -58,16 +54,14 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// The forwarder's state.
 pub struct Forwarder {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     client: reqwest::Client,
     issuer: String,
     chatgpt_base: String,
-    /// Per account: when quota was last written, and what.
-    quota_written: Mutex<HashMap<String, (Instant, Quota)>>,
 }
 
 impl Forwarder {
-    pub fn new(shared: Arc<Shared>) -> Forwarder {
+    pub fn new(shared: Arc<Engine>) -> Forwarder {
         let client = crate::oauth::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(300))
@@ -80,7 +74,6 @@ impl Forwarder {
             chatgpt_base: shared.config.chatgpt_base.clone(),
             shared,
             client,
-            quota_written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -135,8 +128,8 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// A JSON error answer: `{"error":{"code","message"}}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = json!({"error": {"code": code, "message": message}});
+pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+    let body = serde_json::to_value(ErrorBody::new(code, message)).expect("JSON serializes");
     json_response(status, &body)
 }
 
@@ -214,7 +207,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn body_error(e: impl std::fmt::Display) -> Response<Body> {
     error_response(
         StatusCode::BAD_REQUEST,
-        "invalid_request",
+        ErrorCode::InvalidRequest,
         &format!("cannot read the request body: {e}"),
     )
 }
@@ -231,20 +224,21 @@ impl Forwarder {
             tracing::warn!(%host, "refused a request for another host name (DNS rebinding?)");
             return error_response(
                 StatusCode::FORBIDDEN,
-                "forbidden_host",
+                ErrorCode::ForbiddenHost,
                 "the forwarder answers only requests addressed to localhost, 127.0.0.1 or [::1]",
             );
         }
         if is_websocket(&request) {
             return error_response(
                 StatusCode::UPGRADE_REQUIRED,
-                "websocket_unsupported",
+                ErrorCode::WebsocketUnsupported,
                 "the forwarder does not forward WebSocket connections; use HTTP (SSE)",
             );
         }
         let method = request.method().clone();
+        let by = Asker::forwarder_client(header_str(request.headers(), "user-agent"));
         let response = if method == Method::POST && path == "/oauth/token" {
-            self.token_endpoint(request).await
+            self.token_endpoint(request, &by).await
         } else if path.starts_with("/oauth/")
             || path.starts_with("/api/accounts/")
             || path == "/codex/device"
@@ -254,22 +248,22 @@ impl Forwarder {
             self.to_issuer(request, url).await
         } else if path.starts_with("/codex/") {
             let url = format!("{}{path}{query}", self.chatgpt_base);
-            self.to_backend(request, url).await
+            self.to_backend(request, url, &by).await
         } else if let Some(rest) = path.strip_prefix("/backend-api/") {
             let url = format!("{}/{rest}{query}", self.chatgpt_base);
             if rest == "wham/usage" && method == Method::GET {
-                self.usage(request, url).await
+                self.usage(request, url, &by).await
             } else {
-                self.to_backend(request, url).await
+                self.to_backend(request, url, &by).await
             }
         } else if path == "/v1/responses" && method == Method::POST {
-            self.responses(request).await
+            self.responses(request, &by).await
         } else if path == "/v1/models" && method == Method::GET {
-            self.models().await
+            self.models(&by).await
         } else {
             error_response(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 &format!(
                     "the forwarder has no route for {path}; it serves /oauth/*, /codex/*, \
                      /backend-api/*, /v1/responses and /v1/models"
@@ -302,7 +296,7 @@ impl Forwarder {
                 tracing::warn!("upstream {host} failed: {e}");
                 error_response(
                     StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
+                    ErrorCode::UpstreamUnreachable,
                     &format!("cannot reach {host}: {}", without_url(&e)),
                 )
             })
@@ -323,14 +317,14 @@ impl Forwarder {
 
     /// `POST /oauth/token`: refreshes of a token the broker owns are answered
     /// here; everything else goes to the issuer.
-    async fn token_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn token_endpoint(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, SMALL_BODY).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => return body_error(e),
         };
         if let Some(refresh_token) = refresh_grant(&parts.headers, &bytes)
-            && let Some(answer) = self.answer_refresh(&refresh_token).await
+            && let Some(answer) = self.answer_refresh(&refresh_token, by).await
         {
             return answer;
         }
@@ -344,7 +338,7 @@ impl Forwarder {
 
     /// The current tokens of the account owning `refresh_token`, in the
     /// issuer's response shape; `None` for a token the broker does not own.
-    async fn answer_refresh(&self, refresh_token: &str) -> Option<Response<Body>> {
+    async fn answer_refresh(&self, refresh_token: &str, by: &Asker) -> Option<Response<Body>> {
         let store = self.shared.refresher.store().ok()?;
         let account = store
             .accounts
@@ -361,10 +355,10 @@ impl Forwarder {
         let min_ttl = if current && !recently_refreshed(account, now) {
             FORCE_REFRESH
         } else {
-            MIN_TTL
+            MIN_TTL.into()
         };
         tracing::info!(account = %id, current, "answered a token refresh for an account the broker owns");
-        Some(match self.shared.refresher.fresh(&id, min_ttl).await {
+        Some(match self.shared.refresher.fresh(&id, min_ttl, by).await {
             Ok(account) => token_response(&account, now),
             Err(e @ RefreshError::NeedsLogin { .. }) => json_response(
                 StatusCode::UNAUTHORIZED,
@@ -373,7 +367,7 @@ impl Forwarder {
             ),
             Err(e) => error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
+                ErrorCode::TemporarilyUnavailable,
                 &e.to_string(),
             ),
         })
@@ -382,7 +376,12 @@ impl Forwarder {
     /// Forwards to the ChatGPT backend with the routed account's
     /// credentials, trying the next usable account after a 401, 403 or 429
     /// as long as nothing reached the client yet.
-    async fn to_backend(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+    async fn to_backend(
+        &self,
+        request: Request<Incoming>,
+        url: String,
+        by: &Asker,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let declared = declared_length(&parts.headers);
         let outgoing = match Outgoing::read(body, declared, RETRY_BUFFER).await {
@@ -391,7 +390,7 @@ impl Forwarder {
         };
         let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
         match self
-            .with_fallback(parts.method, &url, headers, outgoing)
+            .with_fallback(parts.method, &url, headers, outgoing, by)
             .await
         {
             Ok((_, response)) => relay(response),
@@ -401,13 +400,15 @@ impl Forwarder {
 
     /// The retry loop: returns the first answer that is not a 401/403/429
     /// (with the account that got it), or the last such answer when no
-    /// account is left.
+    /// account is left. What each answer says about its account is the
+    /// engine's to judge ([`Engine::observe`]).
     async fn with_fallback(
         &self,
         method: Method,
         url: &str,
         headers: HeaderMap,
         mut outgoing: Outgoing,
+        by: &Asker,
     ) -> Result<(Account, reqwest::Response), Response<Body>> {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Response<Body>> = None;
@@ -418,8 +419,9 @@ impl Forwarder {
                 chatgpt_only: true,
                 ..Pick::default()
             };
-            let account = match routing::fresh_account(&self.shared.refresher, pick, MIN_TTL).await
-            {
+            let fresh =
+                routing::fresh_account(&self.shared.refresher, pick, MIN_TTL.into(), by).await;
+            let account = match fresh {
                 Ok(a) => a,
                 Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
             };
@@ -430,25 +432,35 @@ impl Forwarder {
             set_credentials(&mut headers, &account);
             let response = self.send(method.clone(), url, headers, body).await?;
             let status = response.status();
-            let now = self.shared.refresher.now();
-            let quota = Quota::from_headers(|n| header_str(response.headers(), n), now);
-            let retry = matches!(status.as_u16(), 401 | 403 | 429);
-            if !retry {
-                self.record_quota(&account.id, quota, false);
+            if !matches!(status.as_u16(), 401 | 403 | 429) {
+                let response_headers = response.headers();
+                self.shared.observe(
+                    &account,
+                    status.as_u16(),
+                    |n| header_str(response_headers, n),
+                    None,
+                    "headers",
+                    by,
+                );
                 return Ok((account, response));
             }
             // Read the (small) error body to learn from it and to pass it on.
             let (head, bytes) = buffer(response).await;
-            let limit = serde_json::from_slice::<Value>(&bytes).ok().and_then(|b| {
-                Quota::from_usage_limit(&b, quota.as_ref().or(account.quota.as_ref()), now)
-            });
-            let hit_limit = limit.is_some();
-            self.record_quota(&account.id, limit.or(quota), hit_limit);
+            let body = serde_json::from_slice::<Value>(&bytes).ok();
+            let observed = self.shared.observe(
+                &account,
+                status.as_u16(),
+                |n| header_str(&head.headers, n),
+                body.as_ref(),
+                "headers",
+                by,
+            );
             tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");
-            if status == StatusCode::UNAUTHORIZED {
-                self.refresh_rejected(&account, now);
+            // A refresh started for a rejected token runs on without us.
+            drop(observed.refresh);
+            if observed.skip {
+                tried.push(account.id.clone());
             }
-            tried.push(account.id.clone());
             last = Some(Response::from_parts(head, full(bytes)));
             if !outgoing.replayable() {
                 return Err(last.expect("just set"));
@@ -456,25 +468,9 @@ impl Forwarder {
         }
     }
 
-    /// The backend rejected `account`'s access token: get a new one in the
-    /// background (unless it is brand new), so that the next request can
-    /// use the account again.
-    fn refresh_rejected(&self, account: &Account, now: i64) {
-        if recently_refreshed(account, now) {
-            return;
-        }
-        let shared = self.shared.clone();
-        let id = account.id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = shared.refresher.fresh(&id, FORCE_REFRESH).await {
-                tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
-            }
-        });
-    }
-
     /// `GET /backend-api/wham/usage`: answered from the backend with fresh
     /// credentials; the quota it reports is stored.
-    async fn usage(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+    async fn usage(&self, request: Request<Incoming>, url: String, by: &Asker) -> Response<Body> {
         let (parts, _) = request.into_parts();
         // The answer is read here; it must come uncompressed.
         let headers = forwardable(
@@ -483,7 +479,7 @@ impl Forwarder {
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing)
+            .with_fallback(Method::GET, &url, headers, outgoing, by)
             .await
         {
             Ok(r) => r,
@@ -495,43 +491,9 @@ impl Forwarder {
                 .ok()
                 .and_then(|b| Quota::from_usage(&b, self.shared.refresher.now()))
         {
-            self.record_quota(&account.id, Some(quota), true);
+            self.shared.record_quota(&account.id, Some(quota), true);
         }
         Response::from_parts(head, full(bytes))
-    }
-
-    /// Stores what the backend said about an account's quota: at once when
-    /// `now` or when it changed, otherwise at most every few seconds.
-    fn record_quota(&self, id: &str, quota: Option<Quota>, now: bool) {
-        let Some(quota) = quota else { return };
-        {
-            let mut written = self.quota_written.lock().expect("quota lock");
-            let due = match written.get(id) {
-                None => true,
-                Some((at, last)) => {
-                    now || at.elapsed() >= QUOTA_WRITE_INTERVAL
-                        || last.five_hour != quota.five_hour
-                        || last.weekly != quota.weekly
-                }
-            };
-            if !due {
-                return;
-            }
-            written.insert(id.to_owned(), (Instant::now(), quota.clone()));
-        }
-        let store = self.shared.paths.store();
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let saved = store.update(|s| {
-                if let Some(a) = s.get_mut(&id) {
-                    a.quota = Some(quota);
-                }
-                Ok::<_, crate::store::StoreError>(())
-            });
-            if let Err(e) = saved {
-                tracing::warn!(account = %id, "cannot save quota: {e}");
-            }
-        });
     }
 }
 
@@ -598,7 +560,11 @@ fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
 /// The issuer's answer to a refresh, made from `account`'s tokens.
 fn token_response(account: &Account, now: i64) -> Response<Body> {
     let Some(tokens) = &account.tokens else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no tokens");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "no tokens",
+        );
     };
     let mut body = json!({
         "id_token": tokens.id_token.expose(),

@@ -12,6 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::body::{Body, Outgoing, full};
 use super::{Forwarder, RETRY_BUFFER, buffer, error_response, forwardable, json_response, relay};
+use crate::proto::ErrorCode;
+use crate::refresh::Asker;
 
 /// The Codex version whose model list `/v1/models` asks for.
 const CODEX_CLIENT_VERSION: &str = "0.169.0";
@@ -137,14 +139,14 @@ pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
 
 impl Forwarder {
     /// `POST /v1/responses`.
-    pub(super) async fn responses(&self, request: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn responses(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     &format!("request bodies are limited to {RETRY_BUFFER} bytes here"),
                 );
             }
@@ -163,7 +165,11 @@ impl Forwarder {
         let (body, client_stream) = match rewritten {
             Ok(r) => r,
             Err(message) => {
-                return error_response(StatusCode::BAD_REQUEST, "invalid_request", &message);
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidRequest,
+                    &message,
+                );
             }
         };
         let mut headers = forwardable(
@@ -190,7 +196,7 @@ impl Forwarder {
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         let response = match self
-            .with_fallback(Method::POST, &url, headers, outgoing)
+            .with_fallback(Method::POST, &url, headers, outgoing, by)
             .await
         {
             Ok((_, response)) => response,
@@ -208,14 +214,14 @@ impl Forwarder {
 
     /// `GET /v1/models`: the backend's model list for Codex, in the public
     /// API's list shape.
-    pub(super) async fn models(&self) -> Response<Body> {
+    pub(super) async fn models(&self, by: &Asker) -> Response<Body> {
         let url = format!(
             "{}/codex/models?client_version={CODEX_CLIENT_VERSION}",
             self.chatgpt_base
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let response = match self
-            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing)
+            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by)
             .await
         {
             Ok((_, response)) => response,

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 
 use crate::paths::Paths;
+use crate::proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// The header naming the broker home a client works on; a daemon serving
 /// another home answers `wrong_home`.
@@ -101,7 +102,7 @@ pub enum Answer {
     Ok(Value),
     Error {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
 }
@@ -144,16 +145,20 @@ async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
     if (200..300).contains(&status) {
         return Ok(Answer::Ok(value));
     }
-    let field = |name: &str| value["error"][name].as_str().unwrap_or_default().to_owned();
-    let code = field("code");
-    if code == "wrong_home" {
+    let error = serde_json::from_value::<ErrorBody>(value)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| ErrorDetail {
+            code: ErrorCode::Unknown,
+            message: format!("the daemon answered HTTP {status}"),
+        });
+    if error.code == ErrorCode::WrongHome {
         tracing::debug!("the daemon at {} serves another home", connection.path);
         return Ok(Answer::NoDaemon);
     }
     Ok(Answer::Error {
         status,
-        code,
-        message: field("message"),
+        code: error.code,
+        message: error.message,
     })
 }
 

@@ -24,9 +24,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
-use crate::quota::Quota;
-use crate::refresh::{FORCE_REFRESH, recently_refreshed};
+use crate::engine::Engine;
+use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
+use crate::refresh::{Asker, RefreshError};
 use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, StoreError};
@@ -172,7 +172,7 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 /// in-flight requests finish within the grace period.
 pub async fn serve(
     listener: UnixListener,
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
@@ -230,10 +230,11 @@ async fn refuse(mut stream: UnixStream) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
-    let body = error_body(
-        "forbidden",
+    let body = ErrorBody::new(
+        ErrorCode::Forbidden,
         "only the user running the daemon (or root) may use this socket",
-    );
+    )
+    .to_vec();
     let head = format!(
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -243,21 +244,16 @@ async fn refuse(mut stream: UnixStream) {
     let _ = stream.shutdown().await;
 }
 
-fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"error": {"code": code, "message": message}}))
-        .expect("JSON always serializes")
-}
-
 /// An API error: HTTP status, stable code and a sentence.
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -266,19 +262,23 @@ impl ApiError {
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
     }
 }
 
 impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> ApiError {
         let status = match e.code() {
-            "unknown_account" => StatusCode::NOT_FOUND,
-            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::UnknownAccount => StatusCode::NOT_FOUND,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.code(), e.to_string())
@@ -287,6 +287,12 @@ impl From<Unavailable> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(e: RefreshError) -> ApiError {
         ApiError::internal(e)
     }
 }
@@ -300,7 +306,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Engine,
     request: Request<Incoming>,
     limits: Limits,
 ) -> Response<Full<Bytes>> {
@@ -314,14 +320,14 @@ async fn handle(
             json_response(StatusCode::OK, body)
         }
         Err(e) => {
-            tracing::debug!(%method, %path, code = e.code, "socket request failed: {}", e.message);
-            json_response(e.status, error_body(e.code, &e.message))
+            tracing::debug!(%method, %path, code = %e.code, "socket request failed: {}", e.message);
+            json_response(e.status, ErrorBody::new(e.code, e.message).to_vec())
         }
     }
 }
 
 async fn route(
-    shared: &Shared,
+    shared: &Engine,
     request: Request<Incoming>,
     limits: Limits,
 ) -> Result<Value, ApiError> {
@@ -330,7 +336,7 @@ async fn route(
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "wrong_home",
+            ErrorCode::WrongHome,
             format!(
                 "this daemon serves the broker home {}",
                 shared.paths.home.display()
@@ -339,21 +345,29 @@ async fn route(
     }
     let query = parse_query(request.uri().query());
     let path = request.uri().path().to_owned();
+    let by = Asker::socket_client(
+        request
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     match (request.method(), path.as_str()) {
-        (&Method::GET, "/v1/health") => Ok(shared.health()),
+        (&Method::GET, "/v1/health") => {
+            serde_json::to_value(shared.health()).map_err(ApiError::internal)
+        }
         (&Method::GET, "/v1/token") => {
             let min_ttl = min_ttl(&query)?;
             let pick = Pick {
                 query: query.get("account").map(String::as_str),
                 ..Pick::default()
             };
-            let account = routing::fresh_account(&shared.refresher, pick, min_ttl).await?;
+            let account = routing::fresh_account(&shared.refresher, pick, min_ttl, &by).await?;
             token_json(&account)
         }
         (&Method::POST, "/v1/report") => {
             let min_ttl = min_ttl(&query)?;
             let body = read_body(request, limits).await?;
-            report(shared, &body, min_ttl).await
+            report(shared, &body, min_ttl, &by).await
         }
         (&Method::GET, "/v1/accounts") => {
             let store = shared.refresher.store().map_err(ApiError::internal)?;
@@ -366,13 +380,13 @@ async fn route(
         (_, "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota") => {
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("{} does not accept {}", path, request.method()),
             ))
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!(
                 "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts and /v1/quota"
             ),
@@ -388,7 +402,7 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 
 fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("min_ttl") {
-        None => Ok(crate::cli::DEFAULT_MIN_TTL.into()),
+        None => Ok(MIN_TTL.into()),
         Some(text) => text.parse::<u32>().map(i64::from).map_err(|_| {
             ApiError::bad_request(format!(
                 "min_ttl must be a whole number of seconds, not `{text}`"
@@ -401,7 +415,7 @@ async fn read_body(request: Request<Incoming>, limits: Limits) -> Result<Bytes, 
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request bodies are limited to {MAX_BODY} bytes"),
         )
     };
@@ -417,7 +431,7 @@ async fn read_body(request: Request<Incoming>, limits: Limits) -> Result<Bytes, 
     match tokio::time::timeout(limits.request_timeout, collect).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
                 limits.request_timeout.as_secs_f64()
@@ -469,10 +483,9 @@ struct Report {
     body: Value,
 }
 
-async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, ApiError> {
+async fn report(shared: &Engine, body: &[u8], min_ttl: i64, by: &Asker) -> Result<Value, ApiError> {
     let report: Report = crate::json::parse(body)
         .map_err(|problem| ApiError::bad_request(format!("invalid report: {problem}")))?;
-    let now = shared.refresher.now();
     let headers: HashMap<String, &str> = report
         .headers
         .iter()
@@ -484,52 +497,38 @@ async fn report(shared: &Shared, body: &[u8], min_ttl: i64) -> Result<Value, Api
         other => other.clone(),
     };
     let id = report.account_id.clone();
-    let recent = shared.paths.store().update(|store| {
-        let account = store.get_mut(&id).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_account",
-                format!("no account {id} in the store"),
-            )
-        })?;
-        let mut quota = Quota::from_headers(|name| headers.get(name).copied(), now).map(|mut q| {
-            q.source = "report".into();
-            q
-        });
-        if report.status == 429
-            && let Some(limited) = Quota::from_usage_limit(
-                &upstream_body,
-                quota.as_ref().or(account.quota.as_ref()),
-                now,
-            )
-        {
-            quota = Some(limited);
-        }
-        if let Some(q) = quota {
-            account.quota = Some(q);
-        }
-        Ok::<_, ApiError>(recently_refreshed(account, now))
+    let store = shared.refresher.store()?;
+    let account = store.get(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownAccount,
+            format!("no account {id} in the store"),
+        )
     })?;
-    let mut exclude = Vec::new();
-    match report.status {
-        401 => {
-            if recent {
-                exclude.push(id.as_str());
-            } else {
-                tracing::info!(account = %id, "a proxy saw 401: refreshing the token");
-                if let Err(e) = shared.refresher.fresh(&id, FORCE_REFRESH).await {
-                    tracing::warn!(account = %id, "refresh after a 401 failed: {e}");
-                    exclude.push(id.as_str());
-                }
-            }
-        }
-        403 | 429 => exclude.push(id.as_str()),
-        _ => {}
+    let observed = shared.observe(
+        account,
+        report.status,
+        |name| headers.get(name).copied(),
+        Some(&upstream_body),
+        "report",
+        by,
+    );
+    if let Some(saved) = observed.saved {
+        let _ = saved.await;
     }
+    // A rejected token is refreshed; when that works, the account serves on.
+    let mut skip = observed.skip;
+    if let Some(refresh) = observed.refresh {
+        match refresh.await {
+            Ok(_) => skip = false,
+            Err(e) => tracing::warn!(account = %id, "refresh after a 401 failed: {e}"),
+        }
+    }
+    let exclude: Vec<&str> = if skip { vec![id.as_str()] } else { Vec::new() };
     let pick = Pick {
         exclude: &exclude,
         ..Pick::default()
     };
-    let account = routing::fresh_account(&shared.refresher, pick, min_ttl).await?;
+    let account = routing::fresh_account(&shared.refresher, pick, min_ttl, by).await?;
     token_json(&account)
 }

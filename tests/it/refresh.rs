@@ -291,7 +291,7 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
 
     use codex_broker::oauth::OAuthClient;
     use codex_broker::paths::{Overrides, Paths};
-    use codex_broker::refresh::{RefreshError, Refresher};
+    use codex_broker::refresh::{Asker, RefreshError, Refresher};
 
     let upstream = FakeUpstream::start();
     let env = TestEnv::with_issuer(&upstream);
@@ -307,16 +307,21 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
     let now = Arc::new(AtomicI64::new(crate::support::now()));
     let clock = {
         let now = now.clone();
-        Arc::new(move || now.load(Ordering::SeqCst))
+        Arc::new(move || {
+            time::OffsetDateTime::from_unix_timestamp(now.load(Ordering::SeqCst)).unwrap()
+        })
     };
     let oauth = OAuthClient::with_timeout(&upstream.url(), Duration::from_millis(300));
     let engine = Refresher::with_parts(&paths, oauth, clock);
+    let by = Asker::command("test");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     upstream.set_refresh(Refresh::Hang(Duration::from_secs(5)));
 
     let mut last_delay = 0;
     for attempt in 1..=3 {
-        let served = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+        let served = runtime
+            .block_on(engine.fresh("acc-slow", 300, &by))
+            .unwrap();
         assert_eq!(
             served.tokens.unwrap().access_token.expose(),
             &account.access_token()
@@ -338,17 +343,23 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
         last_delay = delay;
         // Within the backoff nothing is sent.
         let sent = upstream.requests_to("/oauth/token").len();
-        runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+        runtime
+            .block_on(engine.fresh("acc-slow", 300, &by))
+            .unwrap();
         assert_eq!(upstream.requests_to("/oauth/token").len(), sent);
         now.fetch_add(delay, Ordering::SeqCst);
     }
     // Past expiry and still failing: an error, never a login problem.
     now.fetch_add(600, Ordering::SeqCst);
-    let err = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap_err();
+    let err = runtime
+        .block_on(engine.fresh("acc-slow", 300, &by))
+        .unwrap_err();
     assert!(matches!(err, RefreshError::Backoff { .. }), "{err}");
     now.fetch_add(3600, Ordering::SeqCst);
     upstream.set_refresh(Refresh::Rotate);
-    let refreshed = runtime.block_on(engine.fresh("acc-slow", 300)).unwrap();
+    let refreshed = runtime
+        .block_on(engine.fresh("acc-slow", 300, &by))
+        .unwrap();
     assert_eq!(refreshed.state, codex_broker::store::State::Ok);
     assert_eq!(
         refreshed.tokens.unwrap().refresh_token.expose(),

@@ -1,0 +1,146 @@
+//! The wire types of the socket API (and the error shape the forwarder
+//! shares with it), used by the server and its client alike.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Tokens handed out over the socket and by the forwarder stay valid at
+/// least this long unless the asker says otherwise, seconds.
+pub const MIN_TTL: u32 = 300;
+
+/// A stable error code: `{"error":{"code":..,"message":..}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A login (of some account) is what it takes.
+    NeedsLogin,
+    /// Every account is blocked (quota, killswitch, just failed).
+    NoUsableAccount,
+    /// Refreshing fails for a passing reason and the token has expired.
+    RefreshFailed,
+    UnknownAccount,
+    /// The daemon is stopping and starts no refresh.
+    Stopping,
+    NotFound,
+    MethodNotAllowed,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Forbidden,
+    /// The daemon serves another broker home.
+    WrongHome,
+    Internal,
+    /// The forwarder: a request for a host name that is not loopback.
+    ForbiddenHost,
+    /// The forwarder: a WebSocket upgrade it does not relay.
+    WebsocketUnsupported,
+    /// The forwarder: the upstream could not be reached.
+    UpstreamUnreachable,
+    /// The forwarder: a refresh it answers for failed for now.
+    TemporarilyUnavailable,
+    /// A code this version does not know (from a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+        f.write_str(name.as_str().unwrap_or_default())
+    }
+}
+
+/// `{"error":{"code","message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an error body always serializes")
+    }
+}
+
+/// What `/v1/health` lists as wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    AuthJsonInvalid,
+    NeedsLogin,
+    RefreshBackoff,
+    StoreInvalid,
+    /// A rotation the store could not take yet (a full or read-only disk).
+    RotationUnsaved,
+    /// A refresh that was sent and never answered (its process died).
+    RefreshInterrupted,
+    /// The daemon could not be asked.
+    DaemonUnreachable,
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    pub code: ProblemCode,
+    pub message: String,
+}
+
+/// Where the forwarder listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwarderAddress {
+    pub address: String,
+    pub port: u16,
+}
+
+/// The `/v1/health` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub pid: u32,
+    pub home: PathBuf,
+    pub codex_home: PathBuf,
+    pub accounts: usize,
+    pub published: Option<String>,
+    pub forwarder: Option<ForwarderAddress>,
+    pub problems: Vec<Problem>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_snake_case_both_ways() {
+        for code in [
+            ErrorCode::NeedsLogin,
+            ErrorCode::NoUsableAccount,
+            ErrorCode::WebsocketUnsupported,
+            ErrorCode::TemporarilyUnavailable,
+        ] {
+            let text = serde_json::to_value(code).unwrap();
+            assert_eq!(text, code.to_string());
+            assert_eq!(serde_json::from_value::<ErrorCode>(text).unwrap(), code);
+        }
+        let newer: ErrorCode = serde_json::from_str("\"from_the_future\"").unwrap();
+        assert_eq!(newer, ErrorCode::Unknown);
+    }
+}
