@@ -10,6 +10,7 @@ mod daemon;
 mod docs;
 mod forward;
 mod interop;
+mod lineage;
 mod login;
 mod refresh;
 mod service;

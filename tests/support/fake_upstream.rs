@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -252,6 +251,22 @@ impl FakeUpstream {
             .find(|i| i.account.id == account.id)
             .map(|i| i.account.refresh_token.clone())
             .unwrap()
+    }
+
+    /// The refresh token of `account_id` the issuer would take now.
+    pub fn live_refresh_token(&self, account_id: &str) -> Option<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .live
+            .iter()
+            .filter(|(_, i)| i.account.id == account_id)
+            .max_by_key(|(_, i)| i.generation)
+            .map(|(token, _)| token.clone())
+    }
+
+    /// How many refreshes the issuer answered by rotating.
+    pub fn rotations(&self) -> usize {
+        self.state.lock().unwrap().spent.len()
     }
 
     /// Refresh tokens that were presented again after being spent.
@@ -594,12 +609,8 @@ fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
     let mut account = issued.account;
     account.refresh_token = format!("rt-{}-{generation}", account.id);
     account.expires_at = now() + state.token_lifetime;
-    let access = encode_unsigned(&chatgpt_claims(
-        &account.id,
-        &account.plan,
-        &account.email,
-        account.expires_at,
-    ));
+    account.refreshed_at = now();
+    let access = account.access_token();
     let response = json!({
         "id_token": account.id_token(),
         "access_token": access,

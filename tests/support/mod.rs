@@ -229,13 +229,11 @@ impl TestAccount {
         self
     }
 
+    /// Issued (`iat`) when the tokens were last refreshed.
     pub fn access_token(&self) -> String {
-        encode_unsigned(&chatgpt_claims(
-            &self.id,
-            &self.plan,
-            &self.email,
-            self.expires_at,
-        ))
+        let mut claims = chatgpt_claims(&self.id, &self.plan, &self.email, self.expires_at);
+        claims["iat"] = self.refreshed_at.into();
+        encode_unsigned(&claims)
     }
 
     pub fn id_token(&self) -> String {
@@ -371,6 +369,11 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where the daemon's stderr goes; it outlives the daemon.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 
     /// Sends SIGTERM and waits for the exit.
