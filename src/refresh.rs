@@ -335,7 +335,9 @@ impl Refresher {
             .iter()
             .map(|(id, u)| {
                 format!(
-                    "account {id}: the refresh at {} rotated its tokens, but they cannot be                      saved to {} ({}); they are published to auth.json, served from memory                      and saved as soon as the disk takes them",
+                    "account {id}: the refresh at {} rotated its tokens, but they cannot be \
+                     saved to {} ({}); they are published to auth.json, served from memory \
+                     and saved as soon as the disk takes them",
                     crate::codex_auth::format_timestamp(u.since),
                     self.inner.store.path().display(),
                     u.error
@@ -580,7 +582,8 @@ impl Refresher {
             Err(e) => {
                 tracing::error!(
                     account = %id,
-                    "refreshed, but the new tokens cannot be saved: {e}; keeping them in memory                      and retrying"
+                    "refreshed, but the new tokens cannot be saved: {e}; keeping them in memory \
+                     and retrying"
                 );
                 let account = unsaved.rotated.clone();
                 self.inner.unsaved.lock().expect("unsaved lock").insert(
@@ -695,7 +698,8 @@ impl Refresher {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::error!(
                     account = id,
-                    "stopping with a rotation the store never took; auth.json holds it                      if it held the account: run codex-broker import once the disk has room"
+                    "stopping with a rotation the store never took; auth.json holds it \
+                     if it held the account: run codex-broker import once the disk has room"
                 );
                 return;
             }

@@ -387,3 +387,127 @@ fn history_tells_who_spent_each_refresh_token() {
     let out = env.run(&["history", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A small tmpfs mounted over a directory, unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` where this user may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| SmallDisk {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+        while filler.write_all(&block[..1]).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn a_rotation_the_full_disk_cannot_take_is_served_and_saved_once_there_is_room() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_backend(&upstream);
+    let Some(disk) = SmallDisk::mount(&env.broker_home(), "1m") else {
+        eprintln!("skipped: this user cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let account = TestAccount::new("acc-full");
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    upstream.set_refresh(Refresh::RotateThenDelay(LATE));
+    let asked = std::thread::spawn({
+        let socket = daemon.socket.clone();
+        move || {
+            let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+            write!(
+                stream,
+                "GET /v1/token?min_ttl={FORCE} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        }
+    });
+    assert!(upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)));
+    disk.fill();
+    let answer = asked.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Served, and published to auth.json (another disk), but not saved.
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(env.read_auth()["tokens"]["refresh_token"], "rt-acc-full-1");
+    assert_eq!(
+        env.read_auth()["tokens"]["access_token"],
+        body["access_token"]
+    );
+    assert_eq!(stored_refresh_token(&env, "acc-full"), "rt-acc-full-0");
+    let health = daemon.get("/v1/health");
+    let problem = health["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "rotation_unsaved")
+        .unwrap_or_else(|| panic!("{health}"));
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{problem}"
+    );
+    let status = env.ok(&["status"]);
+    assert!(status.contains("cannot be saved"), "{status}");
+    // The daemon keeps serving the new token from memory.
+    let served = daemon.get("/v1/token");
+    assert_eq!(served["access_token"], body["access_token"]);
+
+    disk.free();
+    wait_for_stored(&env, "acc-full", "rt-acc-full-1");
+    let cleared = wait_until(Duration::from_secs(5), || {
+        !daemon.get("/v1/health")["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["code"] == "rotation_unsaved")
+    });
+    assert!(cleared.is_some(), "{}", daemon.log());
+    let history = env.ok(&["history"]);
+    assert!(history.contains("rotated"), "{history}");
+    assert_lineage_intact(&env, &upstream, "acc-full");
+    drop(daemon);
+}
