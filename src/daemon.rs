@@ -113,7 +113,11 @@ pub fn run(paths: Paths, config: Config, options: Options) -> anyhow::Result<()>
         .thread_name("codex-broker")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(paths, config, options))
+    let served = runtime.block_on(serve(paths, config, options));
+    // A thread still waiting for a file lock another process holds has
+    // nothing left to do for us: exit without it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
 }
 
 /// Lets the daemon hold as many connections as the hard limit allows.

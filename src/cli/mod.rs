@@ -226,7 +226,7 @@ fn interruptible<T>(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
@@ -259,7 +259,11 @@ fn interruptible<T>(
             )),
             Ok(result) => result,
         }
-    })
+    });
+    // A thread still waiting for another process's file lock has nothing
+    // left to do for us: exit without it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    outcome
 }
 
 /// Writes `text` to stdout as is.

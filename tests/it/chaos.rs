@@ -1,0 +1,350 @@
+//! The chaos test: a daemon restarted with SIGTERM at random moments,
+//! `token` processes in loops stopped by random SIGINT/SIGTERM, socket
+//! clients that give up at random, forced refreshes, and a Codex-like
+//! writer that refreshes through the forwarder and rewrites auth.json
+//! under Codex's locks. At the end the lineage must be whole: no refresh
+//! token was ever presented twice, every account is `ok`, the store holds
+//! the issuer's newest refresh token, and the journal counts exactly the
+//! rotations the issuer made.
+//!
+//! It runs for a few seconds in the normal suite; set
+//! `CODEX_BROKER_CHAOS_SECS` for a longer run.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fs2::FileExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::fake_upstream::FakeUpstream;
+use crate::support::{Daemon, TestAccount, TestEnv};
+
+/// A small xorshift generator: the seed is printed, so a failing run can
+/// be told apart from another.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    token_runs: AtomicU64,
+    token_signalled: AtomicU64,
+    socket_requests: AtomicU64,
+    socket_gave_up: AtomicU64,
+    codex_refreshes: AtomicU64,
+    daemon_restarts: AtomicU64,
+}
+
+/// What went wrong, if anything, for the final report.
+type Failures = Arc<Mutex<Vec<String>>>;
+
+fn fail(failures: &Failures, what: String) {
+    failures.lock().unwrap().push(what);
+}
+
+/// `token` in a loop: half the runs force a refresh, a third are stopped
+/// by SIGINT or SIGTERM after a random delay.
+fn token_loop(
+    env: &TestEnv,
+    rng: &mut Rng,
+    stop: &AtomicBool,
+    counts: &Counts,
+    failures: &Failures,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let min_ttl = if rng.below(2) == 0 { "4000000" } else { "300" };
+        let account = if rng.below(3) == 0 {
+            "acc-fb"
+        } else {
+            "acc-main"
+        };
+        let child = env
+            .std_cmd()
+            .args(["token", "--account", account, "--min-ttl", min_ttl])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        counts.token_runs.fetch_add(1, Ordering::Relaxed);
+        let signalled = rng.below(3) == 0;
+        if signalled {
+            std::thread::sleep(rng.millis(0, 40));
+            let sig = if rng.below(2) == 0 {
+                Signal::SIGINT
+            } else {
+                Signal::SIGTERM
+            };
+            let _ = kill(Pid::from_raw(child.id() as i32), sig);
+            counts.token_signalled.fetch_add(1, Ordering::Relaxed);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match (out.status.code(), out.status.signal()) {
+            (Some(0 | 130 | 143), _) => {}
+            // The daemon stopping under a request is not a failure; a lost
+            // lineage is.
+            (Some(1), _) if !stderr.contains("login") => {}
+            // Signalled before it installed its handlers, long before any
+            // refresh could start.
+            (None, Some(2 | 15)) if signalled => {}
+            other => fail(failures, format!("token exited {other:?}: {stderr}")),
+        }
+    }
+}
+
+/// Socket clients that ask for a token and give up after a random
+/// 5-300 ms.
+fn socket_loop(env: &TestEnv, rng: &mut Rng, stop: &AtomicBool, counts: &Counts) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(rng.millis(5, 50));
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(env.socket_path()) else {
+            continue;
+        };
+        let min_ttl = if rng.below(2) == 0 { "4000000" } else { "300" };
+        let request = format!("GET /v1/token?min_ttl={min_ttl} HTTP/1.1\r\nhost: x\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            continue;
+        }
+        counts.socket_requests.fetch_add(1, Ordering::Relaxed);
+        stream.set_read_timeout(Some(rng.millis(5, 300))).unwrap();
+        let mut buf = [0u8; 256];
+        if stream.read(&mut buf).is_err() {
+            counts.socket_gave_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Like Codex: read auth.json, refresh its token through the forwarder's
+/// token endpoint, and write the answer back under `auth.lock` and
+/// `auth.json.lock`, dropping it when the file changed meanwhile.
+fn codex_loop(
+    env: &TestEnv,
+    rng: &mut Rng,
+    stop: &AtomicBool,
+    counts: &Counts,
+    failures: &Failures,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(rng.millis(20, 200));
+        let Some(port) = forwarder_port(env) else {
+            continue;
+        };
+        let Ok(before) = std::fs::read(env.auth_path()) else {
+            continue;
+        };
+        let auth: serde_json::Value = serde_json::from_slice(&before).unwrap();
+        let body = serde_json::json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann",
+            "grant_type": "refresh_token", "refresh_token": auth["tokens"]["refresh_token"]});
+        let Some((status, tokens)) = post_json(port, "/oauth/token", &body) else {
+            continue;
+        };
+        if status == 401 {
+            fail(
+                failures,
+                format!("the forwarder refused Codex's token: {tokens}"),
+            );
+            continue;
+        }
+        if status != 200 {
+            continue;
+        }
+        counts.codex_refreshes.fetch_add(1, Ordering::Relaxed);
+        let mut new = auth.clone();
+        for field in ["id_token", "access_token", "refresh_token"] {
+            new["tokens"][field] = tokens[field].clone();
+        }
+        write_like_codex(env, &before, &new);
+    }
+}
+
+fn write_like_codex(env: &TestEnv, expected: &[u8], new: &serde_json::Value) {
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(env.codex_home().join(name))
+            .unwrap()
+    };
+    let outer = open("auth.lock");
+    outer.lock_exclusive().unwrap();
+    let inner = open("auth.json.lock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while inner.try_lock_exclusive().is_err() {
+        assert!(Instant::now() < deadline, "auth.json.lock held for 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if std::fs::read(env.auth_path()).ok().as_deref() == Some(expected) {
+        let tmp = env.codex_home().join(".auth-chaos");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(new).unwrap()).unwrap();
+        std::fs::rename(&tmp, env.auth_path()).unwrap();
+    }
+    FileExt::unlock(&inner).unwrap();
+    FileExt::unlock(&outer).unwrap();
+}
+
+/// `POST path` with a JSON body to the forwarder; the status and JSON body.
+fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Option<(u16, serde_json::Value)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: codex-like-writer\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.get(9..12)?.parse().ok()?;
+    let body = serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()?;
+    Some((status, body))
+}
+
+fn forwarder_port(env: &TestEnv) -> Option<u16> {
+    let mut stream = std::os::unix::net::UnixStream::connect(env.socket_path()).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()?;
+    u16::try_from(body["forwarder"]["port"].as_u64()?).ok()
+}
+
+/// Restarts the daemon with SIGTERM at random moments; each must exit 0.
+fn daemon_loop(
+    env: &TestEnv,
+    rng: &mut Rng,
+    stop: &AtomicBool,
+    counts: &Counts,
+    failures: &Failures,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let daemon: Daemon = env.start_daemon(&[]);
+        counts.daemon_restarts.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(rng.millis(200, 1500));
+        let log = daemon.log_path();
+        let status = daemon.stop();
+        if !status.success() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            fail(failures, format!("the daemon exited {status:?}:\n{log}"));
+        }
+        std::thread::sleep(rng.millis(0, 200));
+    }
+}
+
+#[test]
+fn chaos_never_loses_or_forks_the_refresh_lineage() {
+    let seconds: u64 = std::env::var("CODEX_BROKER_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let upstream = FakeUpstream::start();
+    let env = Arc::new(TestEnv::with_backend(&upstream));
+    let main = TestAccount::new("acc-main");
+    let fallback = TestAccount::new("acc-fb");
+    upstream.add_account(&main);
+    upstream.add_account(&fallback);
+    env.import_account(&main);
+    env.import_other(&fallback);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let failures: Failures = Arc::default();
+    let mut threads = Vec::new();
+    let mut spawn = |n: u64, actor: fn(&TestEnv, &mut Rng, &AtomicBool, &Counts, &Failures)| {
+        let (env, stop, counts, failures) =
+            (env.clone(), stop.clone(), counts.clone(), failures.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng::new(seed.wrapping_mul(n + 1));
+            actor(&env, &mut rng, &stop, &counts, &failures);
+        }));
+    };
+    spawn(0, daemon_loop);
+    for n in 1..=20 {
+        spawn(n, token_loop);
+    }
+    for n in 21..=24 {
+        spawn(n, |env, rng, stop, counts, _| {
+            socket_loop(env, rng, stop, counts)
+        });
+    }
+    spawn(25, codex_loop);
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    let store = env.read_store();
+    let journal_rotations = codex_broker::journal::Journal::new(env.broker_home())
+        .entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event == codex_broker::journal::Event::Rotated)
+        .count();
+    let reused = upstream.reused_tokens();
+    let report = format!(
+        "chaos ({seconds} s, seed {seed}): {} token runs ({} signalled), {} socket requests \
+         ({} given up), {} Codex refreshes through the forwarder, {} daemon restarts; issuer \
+         rotations {}, journal rotations {journal_rotations}, reuses {}",
+        counts.token_runs.load(Ordering::Relaxed),
+        counts.token_signalled.load(Ordering::Relaxed),
+        counts.socket_requests.load(Ordering::Relaxed),
+        counts.socket_gave_up.load(Ordering::Relaxed),
+        counts.codex_refreshes.load(Ordering::Relaxed),
+        counts.daemon_restarts.load(Ordering::Relaxed),
+        upstream.rotations(),
+        reused.len(),
+    );
+    println!("{report}");
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
+    assert!(reused.is_empty(), "{report}: reused {reused:?}");
+    for account in store["accounts"].as_array().unwrap() {
+        let id = account["id"].as_str().unwrap();
+        assert_eq!(account["state"], "ok", "{report}: {account}");
+        assert_eq!(
+            account["tokens"]["refresh_token"].as_str(),
+            upstream.live_refresh_token(id).as_deref(),
+            "{report}: the store lost a rotation of {id}"
+        );
+    }
+    assert_eq!(journal_rotations, upstream.rotations(), "{report}");
+    assert!(upstream.rotations() > 0, "{report}");
+}
