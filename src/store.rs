@@ -719,6 +719,123 @@ mod tests {
         Account::from_auth(&auth).unwrap()
     }
 
+    /// `base` with its tokens replaced: refresh token `rt`, access token
+    /// issued at `iat` (no `iat` claim when `None`, expiring an hour later
+    /// than `exp_from`), and `last_refresh` at `clock`.
+    fn with_tokens(
+        base: &Account,
+        rt: &str,
+        iat: Option<i64>,
+        exp_from: i64,
+        clock: i64,
+    ) -> Account {
+        let mut claims = chatgpt_claims(&base.id, "plus", "a@example.com", exp_from + 3600);
+        if let Some(iat) = iat {
+            claims["iat"] = iat.into();
+        }
+        let mut a = base.clone();
+        let t = a.tokens.as_mut().unwrap();
+        t.access_token = encode_unsigned(&claims).into();
+        t.refresh_token = rt.to_owned().into();
+        a.last_refresh = Some(OffsetDateTime::from_unix_timestamp(clock).unwrap());
+        a
+    }
+
+    #[test]
+    fn lineage_decides_which_tokens_are_newer_never_the_clock_alone() {
+        let t = 1_795_000_000;
+        let mine = with_tokens(&chatgpt_account("acc", t), "rt-1", Some(t), t, t);
+        let mut store_account = mine.clone();
+        store_account.retire("rt-0");
+        // A retired token loses whatever its clocks say.
+        let retired = with_tokens(&mine, "rt-0", Some(t + 999), t + 999, t + 999);
+        assert!(!store_account.is_superseded_by(&retired));
+        // The same token set: nothing to take.
+        assert!(!store_account.is_superseded_by(&mine));
+        // The same refresh token wins only with a later-issued access token.
+        let same_rt = with_tokens(&mine, "rt-1", Some(t), t, t + 5);
+        assert!(
+            !store_account.is_superseded_by(&same_rt),
+            "equal iat, later clock"
+        );
+        let same_rt = with_tokens(&mine, "rt-1", Some(t + 1), t, t);
+        assert!(store_account.is_superseded_by(&same_rt));
+        // A token never seen: a child of ours or a new login, unless issued before ours.
+        let child = with_tokens(&mine, "rt-2", Some(t), t, t - 100);
+        assert!(store_account.is_superseded_by(&child), "same-second child");
+        let older = with_tokens(&mine, "rt-x", Some(t - 1), t - 1, t + 86_400);
+        assert!(
+            !store_account.is_superseded_by(&older),
+            "future clock, older token"
+        );
+        // Without iat, the expiry orders tokens of one issuer.
+        let no_iat = with_tokens(&mine, "rt-y", None, t + 60, t);
+        assert!(store_account.is_superseded_by(&no_iat));
+
+        // Adopting the child retires our token; a future clock is clamped.
+        let mut a = store_account.clone();
+        let mut from_future = child.clone();
+        from_future.last_refresh = Some(OffsetDateTime::now_utc() + time::Duration::days(30));
+        assert!(a.adopt_credentials(&from_future));
+        assert!(a.retired("rt-1") && a.retired("rt-0"));
+        assert!(a.last_refresh.unwrap() <= OffsetDateTime::now_utc());
+        assert!(
+            !a.adopt_credentials(&mine),
+            "our own old tokens never come back"
+        );
+    }
+
+    #[test]
+    fn a_rotation_is_taken_whatever_the_store_went_through() {
+        let t = 1_795_000_000;
+        let before = with_tokens(&chatgpt_account("acc", t), "rt-1", Some(t), t, t);
+        let rotated = with_tokens(&before, "rt-2", Some(t + 10), t + 10, t + 10);
+        // The store still holds the spent token.
+        let mut a = before.clone();
+        assert!(a.take_rotation("rt-1", &rotated));
+        assert_eq!(a.tokens.as_ref().unwrap().refresh_token.expose(), "rt-2");
+        assert!(a.retired("rt-1"));
+        assert!(!a.take_rotation("rt-1", &rotated), "taken once");
+        // A login came in meanwhile, issued after the rotation: it stays,
+        // and the spent token is retired all the same.
+        let mut a = with_tokens(&before, "rt-login", Some(t + 20), t + 20, t + 20);
+        assert!(a.take_rotation("rt-1", &rotated));
+        assert_eq!(
+            a.tokens.as_ref().unwrap().refresh_token.expose(),
+            "rt-login"
+        );
+        assert!(a.retired("rt-1"));
+    }
+
+    #[test]
+    fn a_login_replaces_the_tokens_but_never_with_retired_ones() {
+        let t = 1_795_000_000;
+        let mut s = Store::default();
+        s.upsert(with_tokens(
+            &chatgpt_account("acc", t),
+            "rt-1",
+            Some(t),
+            t,
+            t,
+        ));
+        // A login whose token was issued before the stored one still wins:
+        // the user just signed in.
+        let login = with_tokens(
+            &chatgpt_account("acc", t),
+            "rt-new",
+            Some(t - 50),
+            t - 50,
+            t,
+        );
+        assert_eq!(s.upsert_login(login.clone()), Upsert::Updated);
+        let a = s.get("acc").unwrap();
+        assert_eq!(a.tokens.as_ref().unwrap().refresh_token.expose(), "rt-new");
+        assert!(a.retired("rt-1"));
+        assert_eq!(s.upsert_login(login), Upsert::Unchanged);
+        let stale = with_tokens(&chatgpt_account("acc", t), "rt-1", Some(t + 99), t + 99, t);
+        assert_eq!(s.upsert_login(stale), Upsert::Unchanged);
+    }
+
     #[test]
     fn first_account_is_main_and_dedup_by_id() {
         let mut s = Store::default();

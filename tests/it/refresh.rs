@@ -60,10 +60,12 @@ fn an_expiring_token_is_refreshed_saved_and_published() {
 }
 
 #[test]
-fn fifty_concurrent_token_processes_cause_one_refresh() {
+fn fifty_concurrent_token_processes_right_after_an_import_cause_one_refresh() {
     let upstream = FakeUpstream::start();
     let env = TestEnv::with_issuer(&upstream);
-    let account = TestAccount::new("acc-busy").expiring_in(60);
+    // Written in the same second as the refresh that follows.
+    let mut account = TestAccount::new("acc-busy").expiring_in(60);
+    account.refreshed_at = crate::support::now();
     upstream.add_account(&account);
     env.import_account(&account);
     let children: Vec<_> = (0..50)
