@@ -312,12 +312,18 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
     }
 
     let store = env.read_store();
-    let journal_rotations = codex_broker::journal::Journal::new(env.broker_home())
+    let entries = codex_broker::journal::Journal::new(env.broker_home())
         .entries()
-        .unwrap()
+        .unwrap();
+    let journal_rotations = entries
         .iter()
         .filter(|e| e.event == codex_broker::journal::Event::Rotated)
         .count();
+    // A long run outgrows the bounded journal; its count is then exact only
+    // for what it still holds.
+    let whole_journal = entries
+        .first()
+        .is_some_and(|e| e.event == codex_broker::journal::Event::Import);
     let reused = upstream.reused_tokens();
     let report = format!(
         "chaos ({seconds} s, seed {seed}): {} token runs ({} signalled), {} socket requests \
@@ -345,6 +351,11 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
             "{report}: the store lost a rotation of {id}"
         );
     }
-    assert_eq!(journal_rotations, upstream.rotations(), "{report}");
+    if whole_journal {
+        assert_eq!(journal_rotations, upstream.rotations(), "{report}");
+    } else {
+        println!("the journal rotated away its oldest entries; compared what it holds");
+        assert!(journal_rotations <= upstream.rotations(), "{report}");
+    }
     assert!(upstream.rotations() > 0, "{report}");
 }
