@@ -60,37 +60,44 @@ struct Counts {
     daemon_restarts: AtomicU64,
 }
 
-/// What went wrong, if anything, for the final report.
-type Failures = Arc<Mutex<Vec<String>>>;
+/// What every actor shares.
+struct Chaos {
+    env: TestEnv,
+    stop: AtomicBool,
+    counts: Counts,
+    /// What went wrong, if anything, for the final report.
+    failures: Mutex<Vec<String>>,
+}
 
-fn fail(failures: &Failures, what: String) {
-    failures.lock().unwrap().push(what);
+impl Chaos {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
 }
 
 /// `token` in a loop: half the runs force a refresh, a third are stopped
 /// by SIGINT or SIGTERM after a random delay.
-fn token_loop(
-    env: &TestEnv,
-    rng: &mut Rng,
-    stop: &AtomicBool,
-    counts: &Counts,
-    failures: &Failures,
-) {
-    while !stop.load(Ordering::Relaxed) {
+fn token_loop(chaos: &Chaos, rng: &mut Rng) {
+    while chaos.running() {
         let min_ttl = if rng.below(2) == 0 { "4000000" } else { "300" };
         let account = if rng.below(3) == 0 {
             "acc-fb"
         } else {
             "acc-main"
         };
-        let child = env
+        let child = chaos
+            .env
             .std_cmd()
             .args(["token", "--account", account, "--min-ttl", min_ttl])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        counts.token_runs.fetch_add(1, Ordering::Relaxed);
+        chaos.counts.token_runs.fetch_add(1, Ordering::Relaxed);
         let signalled = rng.below(3) == 0;
         if signalled {
             std::thread::sleep(rng.millis(0, 40));
@@ -100,7 +107,7 @@ fn token_loop(
                 Signal::SIGTERM
             };
             let _ = kill(Pid::from_raw(child.id() as i32), sig);
-            counts.token_signalled.fetch_add(1, Ordering::Relaxed);
+            chaos.counts.token_signalled.fetch_add(1, Ordering::Relaxed);
         }
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -112,17 +119,18 @@ fn token_loop(
             // Signalled before it installed its handlers, long before any
             // refresh could start.
             (None, Some(2 | 15)) if signalled => {}
-            other => fail(failures, format!("token exited {other:?}: {stderr}")),
+            other => chaos.fail(format!("token exited {other:?}: {stderr}")),
         }
     }
 }
 
 /// Socket clients that ask for a token and give up after a random
 /// 5-300 ms.
-fn socket_loop(env: &TestEnv, rng: &mut Rng, stop: &AtomicBool, counts: &Counts) {
-    while !stop.load(Ordering::Relaxed) {
+fn socket_loop(chaos: &Chaos, rng: &mut Rng) {
+    while chaos.running() {
         std::thread::sleep(rng.millis(5, 50));
-        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(env.socket_path()) else {
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(chaos.env.socket_path())
+        else {
             continue;
         };
         let min_ttl = if rng.below(2) == 0 { "4000000" } else { "300" };
@@ -130,11 +138,11 @@ fn socket_loop(env: &TestEnv, rng: &mut Rng, stop: &AtomicBool, counts: &Counts)
         if stream.write_all(request.as_bytes()).is_err() {
             continue;
         }
-        counts.socket_requests.fetch_add(1, Ordering::Relaxed);
+        chaos.counts.socket_requests.fetch_add(1, Ordering::Relaxed);
         stream.set_read_timeout(Some(rng.millis(5, 300))).unwrap();
         let mut buf = [0u8; 256];
         if stream.read(&mut buf).is_err() {
-            counts.socket_gave_up.fetch_add(1, Ordering::Relaxed);
+            chaos.counts.socket_gave_up.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -142,19 +150,13 @@ fn socket_loop(env: &TestEnv, rng: &mut Rng, stop: &AtomicBool, counts: &Counts)
 /// Like Codex: read auth.json, refresh its token through the forwarder's
 /// token endpoint, and write the answer back under `auth.lock` and
 /// `auth.json.lock`, dropping it when the file changed meanwhile.
-fn codex_loop(
-    env: &TestEnv,
-    rng: &mut Rng,
-    stop: &AtomicBool,
-    counts: &Counts,
-    failures: &Failures,
-) {
-    while !stop.load(Ordering::Relaxed) {
+fn codex_loop(chaos: &Chaos, rng: &mut Rng) {
+    while chaos.running() {
         std::thread::sleep(rng.millis(20, 200));
-        let Some(port) = forwarder_port(env) else {
+        let Some(port) = forwarder_port(&chaos.env) else {
             continue;
         };
-        let Ok(before) = std::fs::read(env.auth_path()) else {
+        let Ok(before) = std::fs::read(chaos.env.auth_path()) else {
             continue;
         };
         let auth: serde_json::Value = serde_json::from_slice(&before).unwrap();
@@ -164,21 +166,18 @@ fn codex_loop(
             continue;
         };
         if status == 401 {
-            fail(
-                failures,
-                format!("the forwarder refused Codex's token: {tokens}"),
-            );
+            chaos.fail(format!("the forwarder refused Codex's token: {tokens}"));
             continue;
         }
         if status != 200 {
             continue;
         }
-        counts.codex_refreshes.fetch_add(1, Ordering::Relaxed);
+        chaos.counts.codex_refreshes.fetch_add(1, Ordering::Relaxed);
         let mut new = auth.clone();
         for field in ["id_token", "access_token", "refresh_token"] {
             new["tokens"][field] = tokens[field].clone();
         }
-        write_like_codex(env, &before, &new);
+        write_like_codex(&chaos.env, &before, &new);
     }
 }
 
@@ -243,22 +242,16 @@ fn forwarder_port(env: &TestEnv) -> Option<u16> {
 }
 
 /// Restarts the daemon with SIGTERM at random moments; each must exit 0.
-fn daemon_loop(
-    env: &TestEnv,
-    rng: &mut Rng,
-    stop: &AtomicBool,
-    counts: &Counts,
-    failures: &Failures,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let daemon: Daemon = env.start_daemon(&[]);
-        counts.daemon_restarts.fetch_add(1, Ordering::Relaxed);
+fn daemon_loop(chaos: &Chaos, rng: &mut Rng) {
+    while chaos.running() {
+        let daemon: Daemon = chaos.env.start_daemon(&[]);
+        chaos.counts.daemon_restarts.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(rng.millis(200, 1500));
         let log = daemon.log_path();
         let status = daemon.stop();
         if !status.success() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
-            fail(failures, format!("the daemon exited {status:?}:\n{log}"));
+            chaos.fail(format!("the daemon exited {status:?}:\n{log}"));
         }
         std::thread::sleep(rng.millis(0, 200));
     }
@@ -275,7 +268,7 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
         .unwrap()
         .as_nanos() as u64;
     let upstream = FakeUpstream::start();
-    let env = Arc::new(TestEnv::with_backend(&upstream));
+    let env = TestEnv::with_backend(&upstream);
     let main = TestAccount::new("acc-main");
     let fallback = TestAccount::new("acc-fb");
     upstream.add_account(&main);
@@ -283,16 +276,17 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
     env.import_account(&main);
     env.import_other(&fallback);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let failures: Failures = Arc::default();
+    let chaos = Arc::new(Chaos {
+        env,
+        stop: AtomicBool::new(false),
+        counts: Counts::default(),
+        failures: Mutex::default(),
+    });
     let mut threads = Vec::new();
-    let mut spawn = |n: u64, actor: fn(&TestEnv, &mut Rng, &AtomicBool, &Counts, &Failures)| {
-        let (env, stop, counts, failures) =
-            (env.clone(), stop.clone(), counts.clone(), failures.clone());
+    let mut spawn = |n: u64, actor: fn(&Chaos, &mut Rng)| {
+        let chaos = chaos.clone();
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng::new(seed.wrapping_mul(n + 1));
-            actor(&env, &mut rng, &stop, &counts, &failures);
+            actor(&chaos, &mut Rng::new(seed.wrapping_mul(n + 1)));
         }));
     };
     spawn(0, daemon_loop);
@@ -300,17 +294,16 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
         spawn(n, token_loop);
     }
     for n in 21..=24 {
-        spawn(n, |env, rng, stop, counts, _| {
-            socket_loop(env, rng, stop, counts)
-        });
+        spawn(n, socket_loop);
     }
     spawn(25, codex_loop);
     std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
+    chaos.stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
 
+    let env = &chaos.env;
     let store = env.read_store();
     let entries = codex_broker::journal::Journal::new(env.broker_home())
         .entries()
@@ -329,17 +322,17 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
         "chaos ({seconds} s, seed {seed}): {} token runs ({} signalled), {} socket requests \
          ({} given up), {} Codex refreshes through the forwarder, {} daemon restarts; issuer \
          rotations {}, journal rotations {journal_rotations}, reuses {}",
-        counts.token_runs.load(Ordering::Relaxed),
-        counts.token_signalled.load(Ordering::Relaxed),
-        counts.socket_requests.load(Ordering::Relaxed),
-        counts.socket_gave_up.load(Ordering::Relaxed),
-        counts.codex_refreshes.load(Ordering::Relaxed),
-        counts.daemon_restarts.load(Ordering::Relaxed),
+        chaos.counts.token_runs.load(Ordering::Relaxed),
+        chaos.counts.token_signalled.load(Ordering::Relaxed),
+        chaos.counts.socket_requests.load(Ordering::Relaxed),
+        chaos.counts.socket_gave_up.load(Ordering::Relaxed),
+        chaos.counts.codex_refreshes.load(Ordering::Relaxed),
+        chaos.counts.daemon_restarts.load(Ordering::Relaxed),
         upstream.rotations(),
         reused.len(),
     );
     println!("{report}");
-    let failures = failures.lock().unwrap();
+    let failures = chaos.failures.lock().unwrap();
     assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
     assert!(reused.is_empty(), "{report}: reused {reused:?}");
     for account in store["accounts"].as_array().unwrap() {

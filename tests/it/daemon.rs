@@ -152,10 +152,8 @@ fn a_codex_login_is_adopted_within_a_second() {
 #[test]
 fn own_refresh_is_not_taken_for_a_codex_login_and_deletion_is_respected() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-own");
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     let daemon = env.start_daemon(&[]);
 
     // A refresh by the daemon rewrites auth.json; the watcher sees its own

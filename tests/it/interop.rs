@@ -271,10 +271,8 @@ fn codex_never_refreshes_while_the_daemon_runs() {
 fn a_codex_device_login_is_adopted_by_the_running_daemon() {
     isolated!(a_codex_device_login_is_adopted_by_the_running_daemon);
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let old = TestAccount::new("acc-before");
-    upstream.add_account(&old);
-    env.import_account(&old);
+    let env = TestEnv::with_account(&upstream, &old);
     let daemon = env.start_daemon(&[]);
 
     let new = TestAccount::new("acc-device");

@@ -18,18 +18,8 @@ const FORCE: &str = "4000000";
 /// How long the fake issuer sits on a refresh it has already rotated.
 const LATE: Duration = Duration::from_secs(2);
 
-fn stored(env: &TestEnv, id: &str) -> serde_json::Value {
-    env.read_store()["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no account {id} in the store"))
-}
-
 fn stored_refresh_token(env: &TestEnv, id: &str) -> String {
-    stored(env, id)["tokens"]["refresh_token"]
+    env.stored_account(id)["tokens"]["refresh_token"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -55,7 +45,7 @@ fn assert_lineage_intact(env: &TestEnv, upstream: &FakeUpstream, id: &str) {
         stored_refresh_token(env, id),
         upstream.live_refresh_token(id).unwrap()
     );
-    assert_eq!(stored(env, id)["state"], "ok");
+    assert_eq!(env.stored_account(id)["state"], "ok");
 }
 
 /// Waits until the store holds `token` as `id`'s refresh token.
@@ -152,10 +142,8 @@ fn a_forwarder_client_that_disconnects_mid_refresh_does_not_lose_the_rotation() 
 /// and saves that refresh, then exits 128 + the signal's number.
 fn token_interrupted_by(sig: Signal, code: i32) {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-sig").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     upstream.set_refresh(Refresh::RotateThenDelay(LATE));
     let child = env
         .std_cmd()
@@ -281,7 +269,7 @@ fn an_auth_json_of_the_same_second_never_brings_back_a_spent_token() {
     env.ok(&["token", "--min-ttl", "600"]);
     assert_eq!(stored_refresh_token(&env, "acc-same"), "rt-acc-same-1");
     assert_eq!(env.read_auth()["tokens"]["refresh_token"], "rt-acc-same-1");
-    let retired = &stored(&env, "acc-same")["retired_refresh_tokens"];
+    let retired = &env.stored_account("acc-same")["retired_refresh_tokens"];
     assert_eq!(retired.as_array().unwrap().len(), 1);
     assert_lineage_intact(&env, &upstream, "acc-same");
 }
@@ -289,10 +277,8 @@ fn an_auth_json_of_the_same_second_never_brings_back_a_spent_token() {
 #[test]
 fn a_file_holding_a_retired_token_is_never_adopted() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-old").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     env.ok(&["token"]);
     assert_eq!(stored_refresh_token(&env, "acc-old"), "rt-acc-old-1");
     // A backup of the old file comes back, claiming to be the newest
@@ -321,10 +307,8 @@ fn a_file_holding_a_retired_token_is_never_adopted() {
 #[test]
 fn a_file_from_the_future_with_older_tokens_is_not_adopted() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-future");
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     // Tokens of an unrelated, older sign-in, in a file that says it was
     // refreshed tomorrow.
     let mut stale = TestAccount::new("acc-future");
@@ -352,7 +336,7 @@ fn a_file_from_the_future_with_older_tokens_is_not_adopted() {
         stored_refresh_token(&env, "acc-future"),
         "rt-acc-future-relogin"
     );
-    let store_last_refresh = stored(&env, "acc-future")["last_refresh"].clone();
+    let store_last_refresh = env.stored_account("acc-future")["last_refresh"].clone();
     assert!(
         store_last_refresh.as_str().unwrap() < "2099",
         "{store_last_refresh}"
@@ -362,10 +346,8 @@ fn a_file_from_the_future_with_older_tokens_is_not_adopted() {
 #[test]
 fn history_tells_who_spent_each_refresh_token() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-hist").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     env.ok(&["token"]);
     let history = env.ok(&["history", "acc-hist"]);
     let lines: Vec<&str> = history.lines().collect();

@@ -6,16 +6,6 @@ use std::time::Duration;
 use crate::support::fake_upstream::{FakeUpstream, Refresh};
 use crate::support::{TestAccount, TestEnv};
 
-fn account_state(env: &TestEnv, id: &str) -> serde_json::Value {
-    env.read_store()["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == id)
-        .cloned()
-        .unwrap()
-}
-
 #[test]
 fn a_fresh_token_is_served_without_asking_the_issuer() {
     let upstream = FakeUpstream::start();
@@ -38,10 +28,8 @@ fn a_fresh_token_is_served_without_asking_the_issuer() {
 #[test]
 fn an_expiring_token_is_refreshed_saved_and_published() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-exp").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     let token = env.ok(&["token"]);
     let refreshes = upstream.requests_to("/oauth/token");
     assert_eq!(refreshes.len(), 1);
@@ -49,7 +37,7 @@ fn an_expiring_token_is_refreshed_saved_and_published() {
     assert_eq!(body["grant_type"], "refresh_token");
     assert_eq!(body["client_id"], "app_EMoamEEZ73f0CkXaXp7hrann");
     assert_eq!(body["refresh_token"], "rt-acc-exp-0");
-    let stored = account_state(&env, "acc-exp");
+    let stored = env.stored_account("acc-exp");
     assert_eq!(stored["tokens"]["refresh_token"], "rt-acc-exp-1");
     assert_eq!(stored["tokens"]["access_token"], token.trim());
     assert_eq!(env.read_auth()["tokens"]["refresh_token"], "rt-acc-exp-1");
@@ -101,7 +89,7 @@ fn fifty_concurrent_token_processes_right_after_an_import_cause_one_refresh() {
         "all got the same token"
     );
     assert_eq!(
-        account_state(&env, "acc-busy")["tokens"]["refresh_token"],
+        env.stored_account("acc-busy")["tokens"]["refresh_token"],
         "rt-acc-busy-1"
     );
 }
@@ -109,10 +97,8 @@ fn fifty_concurrent_token_processes_right_after_an_import_cause_one_refresh() {
 #[test]
 fn tokens_codex_wrote_meanwhile_are_adopted_not_refreshed_again() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-race").expiring_in(60);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     // Codex refreshes on its own (spending rt-acc-race-0) and rewrites auth.json.
     let mut by_codex = account.clone();
     by_codex.refresh_token = "rt-acc-race-1".into();
@@ -134,7 +120,7 @@ fn tokens_codex_wrote_meanwhile_are_adopted_not_refreshed_again() {
         "no spent token was sent"
     );
     assert_eq!(
-        account_state(&env, "acc-race")["tokens"]["refresh_token"],
+        env.stored_account("acc-race")["tokens"]["refresh_token"],
         "rt-acc-race-1"
     );
 }
@@ -159,7 +145,7 @@ fn permanent_errors_mark_needs_login_and_keep_the_tokens() {
         assert_eq!(out.status.code(), Some(3), "{case:?}: {stderr}");
         assert!(stderr.contains("needs a new login"), "{stderr}");
         assert!(stderr.contains("run: codex-broker login"), "{stderr}");
-        let stored = account_state(&env, "acc-dead");
+        let stored = env.stored_account("acc-dead");
         assert_eq!(stored["state"], "needs_login", "{case:?}");
         assert_eq!(
             stored["tokens"]["refresh_token"], "rt-acc-dead-0",
@@ -178,10 +164,8 @@ fn permanent_errors_mark_needs_login_and_keep_the_tokens() {
 #[test]
 fn server_errors_back_off_and_serve_the_old_token_while_valid() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-flaky").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     for failure in [Refresh::error(500, "server_error"), Refresh::Drop] {
         upstream.set_refresh(failure);
         let token = env.ok(&["token"]);
@@ -190,7 +174,7 @@ fn server_errors_back_off_and_serve_the_old_token_while_valid() {
             account.access_token(),
             "the old token is still valid"
         );
-        let stored = account_state(&env, "acc-flaky");
+        let stored = env.stored_account("acc-flaky");
         assert_eq!(stored["state"], "refresh_backoff");
         assert!(stored["backoff_until"].as_i64().unwrap() > crate::support::now());
         // During the backoff nothing is sent.
@@ -205,7 +189,7 @@ fn server_errors_back_off_and_serve_the_old_token_while_valid() {
     upstream.set_refresh(Refresh::Rotate);
     let token = env.ok(&["token"]);
     assert_ne!(token.trim(), account.access_token());
-    let stored = account_state(&env, "acc-flaky");
+    let stored = env.stored_account("acc-flaky");
     assert_eq!(stored["state"], "ok");
     assert!(stored.get("backoff_until").is_none());
     assert!(stored.get("refresh_failures").is_none());
@@ -223,7 +207,7 @@ fn an_expired_token_with_a_failing_issuer_is_an_error_not_a_login() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refreshing it fails"), "{stderr}");
     assert!(stderr.contains("HTTP 503"), "{stderr}");
-    assert_eq!(account_state(&env, "acc-down")["state"], "refresh_backoff");
+    assert_eq!(env.stored_account("acc-down")["state"], "refresh_backoff");
 }
 
 /// A `token` process killed after the issuer rotated the refresh token but
@@ -233,10 +217,8 @@ fn an_expired_token_with_a_failing_issuer_is_an_error_not_a_login() {
 #[test]
 fn sigkill_after_the_issuer_rotated_is_recoverable_only_by_login() {
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-killed").expiring_in(900);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     upstream.set_refresh(Refresh::RotateThenDelay(Duration::from_secs(30)));
     let mut child = env
         .std_cmd()
@@ -251,7 +233,7 @@ fn sigkill_after_the_issuer_rotated_is_recoverable_only_by_login() {
     upstream.set_refresh(Refresh::Rotate);
 
     assert_eq!(
-        account_state(&env, "acc-killed")["tokens"]["refresh_token"],
+        env.stored_account("acc-killed")["tokens"]["refresh_token"],
         "rt-acc-killed-0"
     );
     assert_eq!(
@@ -262,7 +244,7 @@ fn sigkill_after_the_issuer_rotated_is_recoverable_only_by_login() {
     let out = env.run(&["token", "--min-ttl", "3600"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(upstream.reused_tokens(), ["rt-acc-killed-0"]);
-    assert_eq!(account_state(&env, "acc-killed")["state"], "needs_login");
+    assert_eq!(env.stored_account("acc-killed")["state"], "needs_login");
 }
 
 #[test]
@@ -296,10 +278,8 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
     use codex_broker::refresh::{Asker, RefreshError, Refresher};
 
     let upstream = FakeUpstream::start();
-    let env = TestEnv::with_issuer(&upstream);
     let account = TestAccount::new("acc-slow").expiring_in(120);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_account(&upstream, &account);
     let paths = Paths::resolve(Overrides {
         home: Some(env.broker_home()),
         codex_home: Some(env.codex_home()),
@@ -328,7 +308,7 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
             served.tokens.unwrap().access_token.expose(),
             &account.access_token()
         );
-        let stored = account_state(&env, "acc-slow");
+        let stored = env.stored_account("acc-slow");
         assert_eq!(stored["refresh_failures"], attempt);
         assert!(
             stored["state_reason"]

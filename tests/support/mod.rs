@@ -61,6 +61,15 @@ impl TestEnv {
         env
     }
 
+    /// A user whose broker talks to `upstream` as its issuer, with
+    /// `account` (known to the issuer) imported through auth.json.
+    pub fn with_account(upstream: &fake_upstream::FakeUpstream, account: &TestAccount) -> TestEnv {
+        let env = TestEnv::with_issuer(upstream);
+        upstream.add_account(account);
+        env.import_account(account);
+        env
+    }
+
     /// A user whose broker talks to `upstream` as its issuer and its
     /// ChatGPT backend.
     pub fn with_backend(upstream: &fake_upstream::FakeUpstream) -> TestEnv {
@@ -192,6 +201,17 @@ impl TestEnv {
 
     pub fn read_auth(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.auth_path()).unwrap()).unwrap()
+    }
+
+    /// The stored account `id`, as JSON.
+    pub fn stored_account(&self, id: &str) -> serde_json::Value {
+        self.read_store()["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no account {id} in the store"))
     }
 
     pub fn read_store(&self) -> serde_json::Value {
