@@ -1,10 +1,13 @@
 //! The wire types of the socket API (and the error shape the forwarder
 //! shares with it), used by the server and its client alike.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::{Account, Kind};
 
 /// Tokens handed out over the socket and by the forwarder stay valid at
 /// least this long unless the asker says otherwise, seconds.
@@ -124,6 +127,56 @@ pub struct Health {
     pub problems: Vec<Problem>,
 }
 
+/// What `/v1/token` (and `token --json`) answers: the account's credential
+/// and the headers a client sends with it. Never a refresh token. Its
+/// `Debug` shows no credential.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenAnswer {
+    pub account_id: String,
+    pub kind: Kind,
+    pub access_token: String,
+    pub expires_at: Option<i64>,
+    pub plan: Option<String>,
+    pub email: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl TokenAnswer {
+    /// `None` when the account holds no credential (never for a stored one).
+    pub fn new(account: &Account) -> Option<TokenAnswer> {
+        let token = match account.kind {
+            Kind::Chatgpt => account.tokens.as_ref()?.access_token.expose(),
+            Kind::ApiKey => account.api_key.as_ref()?.expose(),
+        };
+        let mut headers = BTreeMap::new();
+        headers.insert("authorization".to_owned(), format!("Bearer {token}"));
+        if account.kind == Kind::Chatgpt {
+            headers.insert("chatgpt-account-id".to_owned(), account.id.clone());
+        }
+        Some(TokenAnswer {
+            account_id: account.id.clone(),
+            kind: account.kind,
+            access_token: token.clone(),
+            expires_at: account.expires_at,
+            plan: account.plan.clone(),
+            email: account.email.clone(),
+            headers,
+        })
+    }
+}
+
+impl fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("account_id", &self.account_id)
+            .field("kind", &self.kind)
+            .field("access_token", &"REDACTED")
+            .field("expires_at", &self.expires_at)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +195,18 @@ mod tests {
         }
         let newer: ErrorCode = serde_json::from_str("\"from_the_future\"").unwrap();
         assert_eq!(newer, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn a_token_answer_shows_no_credential_in_debug() {
+        let mut account = crate::store::test_account(Some(1_900_000_000), 1_795_305_600);
+        let secret = "eyJ-secret-access-token";
+        account.tokens.as_mut().unwrap().access_token = secret.to_owned().into();
+        let answer = TokenAnswer::new(&account).unwrap();
+        assert_eq!(answer.headers["authorization"], format!("Bearer {secret}"));
+        let debug = format!("{answer:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(serde_json::from_str::<TokenAnswer>(&text).unwrap(), answer);
     }
 }

@@ -1,8 +1,6 @@
 //! The public JSON shape of accounts, shared by `accounts --json`,
 //! `status --json` and the socket API. It never holds a secret.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::codex_auth::format_timestamp;
@@ -64,42 +62,5 @@ impl<'a> AccountList<'a> {
                 .map(|a| AccountView::new(store, a))
                 .collect(),
         }
-    }
-}
-
-/// What `token --json` and `/v1/token` answer: the account's credential and
-/// the headers a client sends with it. Never a refresh token.
-#[derive(Debug, Serialize)]
-pub struct TokenView<'a> {
-    pub account_id: &'a str,
-    pub kind: Kind,
-    pub access_token: &'a str,
-    pub expires_at: Option<i64>,
-    pub plan: Option<&'a str>,
-    pub email: Option<&'a str>,
-    pub headers: BTreeMap<&'static str, String>,
-}
-
-impl<'a> TokenView<'a> {
-    /// `None` when the account holds no credential (never for a stored one).
-    pub fn new(account: &'a Account) -> Option<Self> {
-        let token = match account.kind {
-            Kind::Chatgpt => account.tokens.as_ref()?.access_token.expose(),
-            Kind::ApiKey => account.api_key.as_ref()?.expose(),
-        };
-        let mut headers = BTreeMap::new();
-        headers.insert("authorization", format!("Bearer {token}"));
-        if account.kind == Kind::Chatgpt {
-            headers.insert("chatgpt-account-id", account.id.clone());
-        }
-        Some(TokenView {
-            account_id: &account.id,
-            kind: account.kind,
-            access_token: token,
-            expires_at: account.expires_at,
-            plan: account.plan.as_deref(),
-            email: account.email.as_deref(),
-            headers,
-        })
     }
 }

@@ -4,11 +4,10 @@ use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::paths::Paths;
-use crate::proto::{ErrorCode, MIN_TTL};
+use crate::proto::{ErrorCode, MIN_TTL, TokenAnswer};
 use crate::refresh::{Asker, Refresher};
 use crate::routing;
 use crate::socket::client::{self, Answer};
-use crate::view::TokenView;
 
 /// Print a valid access token, refreshing it first when needed
 ///
@@ -36,7 +35,7 @@ pub struct Args {
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let engine = OnceLock::new();
-    let body = super::interruptible(&engine, async {
+    let answer = super::interruptible(&engine, async {
         if let Some(body) = from_daemon(paths, &args).await? {
             return Ok(body);
         }
@@ -53,21 +52,17 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let view = TokenView::new(&account)
-            .ok_or_else(|| anyhow::anyhow!("account {} holds no credential", account.id))?;
-        Ok(serde_json::to_value(&view)?)
+        TokenAnswer::new(&account)
+            .ok_or_else(|| anyhow::anyhow!("account {} holds no credential", account.id))
     })?;
     if args.json {
-        return Ok(super::print_json(&body)?);
+        return Ok(super::print_json(&answer)?);
     }
-    let token = body["access_token"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("the daemon answered without an access_token"))?;
-    Ok(super::print(&format!("{token}\n"))?)
+    Ok(super::print(&format!("{}\n", answer.access_token))?)
 }
 
 /// The daemon's answer, or `None` when no daemon serves this home.
-async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<serde_json::Value>> {
+async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<TokenAnswer>> {
     let mut query = format!("/v1/token?min_ttl={}", args.min_ttl);
     if let Some(account) = &args.account {
         query.push_str("&account=");
@@ -75,7 +70,9 @@ async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<serde_
     }
     match client::get(paths, &query).await? {
         Answer::NoDaemon => Ok(None),
-        Answer::Ok(body) => Ok(Some(body)),
+        Answer::Ok(body) => Ok(Some(serde_json::from_value(body).map_err(|e| {
+            anyhow::anyhow!("the daemon's token answer is not one this version reads: {e}")
+        })?)),
         Answer::Error { code, message, .. } => match code {
             ErrorCode::NeedsLogin | ErrorCode::NoUsableAccount => {
                 Err(super::Exit::needs_login(message))

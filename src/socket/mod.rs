@@ -25,12 +25,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
+use crate::proto::{ErrorBody, ErrorCode, MIN_TTL, TokenAnswer};
 use crate::refresh::{Asker, RefreshError};
 use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, StoreError};
-use crate::view::{AccountList, TokenView};
+use crate::view::AccountList;
 
 /// Requests with a larger body get 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -446,7 +446,7 @@ async fn read_body(request: Request<Incoming>, limits: Limits) -> Result<Bytes, 
 }
 
 fn token_json(account: &Account) -> Result<Value, ApiError> {
-    let view = TokenView::new(account)
+    let view = TokenAnswer::new(account)
         .ok_or_else(|| ApiError::internal(format!("account {} holds no credential", account.id)))?;
     serde_json::to_value(view).map_err(ApiError::internal)
 }
