@@ -211,7 +211,8 @@ pub fn api_key_account_id(key: &str) -> String {
 /// compare-and-swap) and their meaning.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    raw: Option<Vec<u8>>,
+    /// The file's bytes: they hold every token, so they never print.
+    raw: Secret<Option<Vec<u8>>>,
     pub state: AuthState,
 }
 
@@ -231,7 +232,10 @@ impl Snapshot {
                 Err(problem) => AuthState::Invalid(problem),
             },
         };
-        Snapshot { raw, state }
+        Snapshot {
+            raw: Secret::new(raw),
+            state,
+        }
     }
 
     pub fn valid(&self) -> Option<&AuthDotJson> {
@@ -295,7 +299,7 @@ impl CodexHome {
             INNER_LOCK_INTERVAL,
         )?;
         let current = fsutil::read_optional(&self.auth_path())?;
-        if current != expected.raw {
+        if current != *expected.raw.expose() {
             return Ok(Replace::Changed(Snapshot::from_raw(current)));
         }
         fsutil::write_atomic(&self.auth_path(), &new.to_bytes())?;
@@ -403,6 +407,15 @@ mod tests {
         let auth = snapshot.valid().unwrap().clone();
         let tokens = auth.tokens.clone().unwrap();
         let key = AuthDotJson::api_key("sk-secret-key".into(), Map::new());
+        let file = chatgpt_file("acc-1");
+        let parsed: Value = serde_json::from_str(&file).unwrap();
+        let secrets = [
+            parsed["tokens"]["id_token"].as_str().unwrap(),
+            parsed["tokens"]["access_token"].as_str().unwrap(),
+            "rt-1",
+            "sk-secret-key",
+            file.as_str(),
+        ];
         for dbg in [
             format!("{auth:?}"),
             format!("{tokens:?}"),
@@ -410,9 +423,9 @@ mod tests {
             format!("{:?}", snapshot.state),
             format!("{key:?}"),
         ] {
-            assert!(!dbg.contains("rt-1"), "{dbg}");
-            assert!(!dbg.contains("eyJ"), "{dbg}");
-            assert!(!dbg.contains("sk-secret"), "{dbg}");
+            for secret in secrets {
+                crate::secret::assert_no_secret(&dbg, secret);
+            }
             assert!(!dbg.contains("kept"), "{dbg}");
         }
     }

@@ -160,13 +160,53 @@ pub fn create_dir_if_missing(dir: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::new("cannot create directory", dir, e))
 }
 
-/// Reads a file, telling a missing file apart from a failure.
+/// The largest file the broker reads: auth.json, the store and the config
+/// are a few KiB.
+pub const MAX_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a file, telling a missing file apart from a failure. Only a
+/// regular file (after following links) of at most [`MAX_FILE`] bytes is
+/// read: a FIFO, a device or a socket in its place is refused without
+/// blocking, so that nobody can hang or flood the broker with one.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FsError::new("cannot read", path, e)),
+    use std::io::Read;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FsError::new("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| FsError::new("cannot inspect", path, e))?;
+    if !meta.is_file() {
+        return Err(FsError::new(
+            "refusing to read",
+            path,
+            io::Error::other("it is not a regular file (a FIFO, device or socket?)"),
+        ));
     }
+    let too_large = || {
+        FsError::new(
+            "refusing to read",
+            path,
+            io::Error::other(format!("it is larger than {} MiB", MAX_FILE >> 20)),
+        )
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FsError::new("cannot read", path, e))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
+    Ok(Some(bytes))
 }
 
 /// An exclusive `flock` held until dropped.
@@ -314,6 +354,25 @@ mod tests {
             fs::metadata(&nested).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("auth.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_optional(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(err.to_string().contains("auth.json"), "{err}");
+        let zero = dir.path().join("zero.json");
+        symlink("/dev/zero", &zero).unwrap();
+        let err = read_optional(&zero).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        File::create(&big).unwrap().set_len(MAX_FILE + 1).unwrap();
+        let err = read_optional(&big).unwrap_err();
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
     }
 
     #[test]

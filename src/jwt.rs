@@ -15,7 +15,7 @@ pub enum JwtError {
     Parts(usize),
     #[error("JWT payload is not unpadded base64url")]
     Base64,
-    #[error("JWT payload is not a JSON object: {0}")]
+    #[error("JWT payload is not usable: {0}")]
     Json(String),
 }
 
@@ -74,13 +74,14 @@ pub fn decode(token: &str) -> Result<Claims, JwtError> {
     let payload = URL_SAFE_NO_PAD
         .decode(parts[1])
         .map_err(|_| JwtError::Base64)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&payload).map_err(|e| JwtError::Json(e.to_string()))?;
+    // Messages name the place, never a value: claims can be personal.
+    let value: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|e| JwtError::Json(format!("invalid JSON at column {}", e.column())))?;
     if !value.is_object() {
         return Err(JwtError::Json("expected an object".into()));
     }
-    let raw: RawClaims =
-        serde_json::from_value(value).map_err(|e| JwtError::Json(e.to_string()))?;
+    let raw: RawClaims = serde_path_to_error::deserialize(value)
+        .map_err(|e| JwtError::Json(format!("claim `{}` has the wrong type", e.path())))?;
     let (account_id, plan, user_id) = match raw.auth {
         Some(a) => (
             a.chatgpt_account_id,
@@ -200,6 +201,15 @@ mod tests {
         assert!(matches!(decode(&not_json), Err(JwtError::Json(_))));
         let wrong_type = format!("h.{}.s", URL_SAFE_NO_PAD.encode(b"{\"exp\":\"soon\"}"));
         assert!(matches!(decode(&wrong_type), Err(JwtError::Json(_))));
+        let personal = format!(
+            "h.{}.s",
+            URL_SAFE_NO_PAD.encode(br#"{"email":["private@example.com"]}"#)
+        );
+        let err = decode(&personal).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "JWT payload is not usable: claim `email` has the wrong type"
+        );
         let array = format!("h.{}.s", URL_SAFE_NO_PAD.encode(b"[1]"));
         assert!(matches!(decode(&array), Err(JwtError::Json(_))));
     }

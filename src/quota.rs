@@ -7,10 +7,18 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quota {
     /// The 5-hour window (Codex's "primary").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_window"
+    )]
     pub five_hour: Option<Window>,
     /// The weekly window (Codex's "secondary").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_window"
+    )]
     pub weekly: Option<Window>,
     /// Where the numbers came from: `headers`, `usage`, `report` or `usage_limit`.
     pub source: String,
@@ -30,6 +38,49 @@ pub struct Window {
     pub resets_at: Option<i64>,
 }
 
+/// The largest used share believed: backends report a little over 100.
+const MAX_PERCENT: f64 = 1000.0;
+/// The longest window believed, minutes (a year).
+const MAX_WINDOW_MINUTES: i64 = 366 * 24 * 60;
+/// The farthest reset believed, seconds from now (a year).
+const MAX_RESET_AHEAD: i64 = 366 * 86_400;
+
+impl Window {
+    /// A window from numbers that came from outside, or `None` when the
+    /// used share is not a finite percentage: NaN, infinities and absurd
+    /// values are never stored. An implausible window length or reset time
+    /// is dropped, not believed.
+    pub fn checked(
+        used_percent: f64,
+        window_minutes: Option<i64>,
+        resets_at: Option<i64>,
+        now: i64,
+    ) -> Option<Window> {
+        if !used_percent.is_finite() || !(0.0..=MAX_PERCENT).contains(&used_percent) {
+            return None;
+        }
+        Some(Window {
+            used_percent,
+            window_minutes: window_minutes.filter(|m| (1..=MAX_WINDOW_MINUTES).contains(m)),
+            resets_at: resets_at.filter(|at| {
+                now.checked_sub(MAX_RESET_AHEAD)
+                    .zip(now.checked_add(MAX_RESET_AHEAD))
+                    .is_some_and(|(from, to)| (from..=to).contains(at))
+            }),
+        })
+    }
+}
+
+/// A stored window that is not one [`Window::checked`] accepts (such as a
+/// `null` share written by an older version) reads as unknown, so that the
+/// store stays readable.
+fn lenient_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Window>, D::Error> {
+    let value = Option::<Value>::deserialize(d)?;
+    Ok(value
+        .and_then(|v| serde_json::from_value::<Window>(v).ok())
+        .filter(|w| w.used_percent.is_finite()))
+}
+
 impl Quota {
     /// Reads Codex's `x-codex-primary-*` (5-hour) and `x-codex-secondary-*`
     /// (weekly) response headers; `header` looks a header up by its
@@ -37,11 +88,12 @@ impl Quota {
     pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>, now: i64) -> Option<Quota> {
         let window = |name: &str| {
             let get = |field: &str| header(&format!("x-codex-{name}-{field}")).map(str::trim);
-            Some(Window {
-                used_percent: get("used-percent")?.parse::<f64>().ok()?,
-                window_minutes: get("window-minutes").and_then(|v| v.parse().ok()),
-                resets_at: get("reset-at").and_then(|v| v.parse().ok()),
-            })
+            Window::checked(
+                get("used-percent")?.parse::<f64>().ok()?,
+                get("window-minutes").and_then(|v| v.parse().ok()),
+                get("reset-at").and_then(|v| v.parse().ok()),
+                now,
+            )
         };
         let five_hour = window("primary");
         let weekly = window("secondary");
@@ -65,12 +117,16 @@ impl Quota {
         if error.get("type").and_then(Value::as_str) != Some("usage_limit_reached") {
             return None;
         }
-        let resets_at = error.get("resets_at").and_then(Value::as_i64).or_else(|| {
-            error
-                .get("resets_in_seconds")
-                .and_then(Value::as_i64)
-                .map(|s| now + s)
-        });
+        let resets_at = error
+            .get("resets_at")
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                error
+                    .get("resets_in_seconds")
+                    .and_then(Value::as_i64)
+                    .and_then(|s| now.checked_add(s))
+            })
+            .and_then(|at| Window::checked(100.0, None, Some(at), now)?.resets_at);
         let mut quota = previous.cloned().unwrap_or(Quota {
             five_hour: None,
             weekly: None,
@@ -102,18 +158,18 @@ impl Quota {
         let limits = body.get("rate_limit")?;
         let window = |name: &str| {
             let w = limits.get(name)?;
-            Some(Window {
-                used_percent: w.get("used_percent")?.as_f64()?,
-                window_minutes: w
-                    .get("limit_window_seconds")
+            Window::checked(
+                w.get("used_percent")?.as_f64()?,
+                w.get("limit_window_seconds")
                     .and_then(Value::as_i64)
                     .map(|s| s / 60),
-                resets_at: w.get("reset_at").and_then(Value::as_i64).or_else(|| {
+                w.get("reset_at").and_then(Value::as_i64).or_else(|| {
                     w.get("reset_after_seconds")
                         .and_then(Value::as_i64)
-                        .map(|s| now + s)
+                        .and_then(|s| now.checked_add(s))
                 }),
-            })
+                now,
+            )
         };
         Some(Quota {
             five_hour: window("primary_window"),
@@ -148,12 +204,15 @@ mod tests {
             ("x-codex-secondary-used-percent", "7"),
         ];
         let lookup = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        let q = Quota::from_headers(lookup, 5).unwrap();
+        let q = Quota::from_headers(lookup, 1_795_000_000).unwrap();
         assert_eq!(q.five_hour.as_ref().unwrap().used_percent, 42.5);
         assert_eq!(q.five_hour.as_ref().unwrap().window_minutes, Some(300));
         assert_eq!(q.five_hour.as_ref().unwrap().resets_at, Some(1_795_363_200));
         assert_eq!(q.weekly.as_ref().unwrap().used_percent, 7.0);
-        assert_eq!((q.source.as_str(), q.observed_at), ("headers", 5));
+        assert_eq!(
+            (q.source.as_str(), q.observed_at),
+            ("headers", 1_795_000_000)
+        );
         assert!(Quota::from_headers(|_| None, 5).is_none());
         assert!(Quota::from_headers(|_| Some("lots"), 5).is_none());
     }
@@ -187,6 +246,41 @@ mod tests {
         assert_eq!((five.window_minutes, five.resets_at), (Some(300), Some(70)));
         assert_eq!(q.weekly.unwrap().resets_at, Some(99));
         assert!(Quota::from_usage(&serde_json::json!({}), 10).is_none());
+    }
+
+    #[test]
+    fn non_finite_quota_is_never_stored() {
+        let now = 1_795_000_000;
+        for bad in ["NaN", "nan", "inf", "-inf", "1e400", "-5", "1e9"] {
+            let lookup = |name: &str| (name == "x-codex-primary-used-percent").then_some(bad);
+            assert!(Quota::from_headers(lookup, now).is_none(), "{bad}");
+        }
+        let absurd = [
+            ("x-codex-primary-used-percent", "50"),
+            ("x-codex-primary-window-minutes", "-300"),
+            ("x-codex-primary-reset-at", "-9223372036854775808"),
+        ];
+        let lookup = |name: &str| absurd.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let w = Quota::from_headers(lookup, now).unwrap().five_hour.unwrap();
+        assert_eq!((w.window_minutes, w.resets_at), (None, None));
+        let body = serde_json::json!({"error": {"type": "usage_limit_reached",
+            "resets_in_seconds": i64::MAX}});
+        let q = Quota::from_usage_limit(&body, None, now).unwrap();
+        assert_eq!(q.five_hour.unwrap().resets_at, None);
+        // Whatever was accepted reads back.
+        let q = Quota::from_headers(lookup, now).unwrap();
+        let text = serde_json::to_string(&q).unwrap();
+        assert_eq!(serde_json::from_str::<Quota>(&text).unwrap(), q);
+    }
+
+    #[test]
+    fn a_null_share_from_an_older_version_reads_as_unknown() {
+        let q: Quota = serde_json::from_str(
+            r#"{"five_hour":{"used_percent":null},"weekly":{"used_percent":3.0},"source":"headers","observed_at":1}"#,
+        )
+        .unwrap();
+        assert_eq!(q.five_hour, None);
+        assert_eq!(q.weekly.unwrap().used_percent, 3.0);
     }
 
     #[test]

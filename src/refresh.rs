@@ -35,7 +35,7 @@ use crate::jwt;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
 use crate::paths::Paths;
 use crate::publish::{adopt_from_snapshot, republish};
-use crate::secret::Secret;
+use crate::secret::{Secret, redact};
 use crate::store::{Account, Kind, State, Store, StoreError, StoreFile};
 
 /// Codex refreshes a token without `exp` once `last_refresh` is this old.
@@ -513,7 +513,11 @@ impl Refresher {
                 self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted)
             }
             Err(OAuthError::Permanent { code, message, .. }) => {
-                let reason = format!("the issuer rejected its refresh token: {code}: {message}");
+                let own = account_secrets(&account);
+                let reason = redact(
+                    &format!("the issuer rejected its refresh token: {code}: {message}"),
+                    &own.iter().map(String::as_str).collect::<Vec<_>>(),
+                );
                 tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");
                 let mut e = entry(Event::Rejected);
                 e.code = Some(code.clone());
@@ -706,6 +710,20 @@ impl Refresher {
             delay = (delay * 2).min(SAVE_RETRY_MAX);
         }
     }
+}
+
+/// The account's own credentials, to take out of any text from outside.
+fn account_secrets(account: &Account) -> Vec<String> {
+    let mut own = Vec::new();
+    if let Some(t) = &account.tokens {
+        own.extend([
+            t.refresh_token.expose().clone(),
+            t.access_token.expose().clone(),
+            t.id_token.expose().clone(),
+        ]);
+    }
+    own.extend(account.api_key.as_ref().map(|k| k.expose().clone()));
+    own
 }
 
 /// `account` after the issuer answered a refresh with `response`: a

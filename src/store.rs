@@ -932,9 +932,9 @@ mod tests {
         let a = s.get("acc-1").unwrap().clone();
         let t = a.tokens.clone().unwrap();
         for dbg in [format!("{s:?}"), format!("{a:?}"), format!("{t:?}")] {
-            assert!(!dbg.contains(t.refresh_token.expose().as_str()), "{dbg}");
-            assert!(!dbg.contains(t.access_token.expose().as_str()), "{dbg}");
-            assert!(!dbg.contains(t.id_token.expose().as_str()), "{dbg}");
+            for secret in [&t.refresh_token, &t.access_token, &t.id_token] {
+                crate::secret::assert_no_secret(&dbg, secret.expose());
+            }
         }
     }
 }

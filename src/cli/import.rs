@@ -1,12 +1,11 @@
 //! `codex-broker import [PATH]`
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::codex_auth::{AuthDotJson, AuthFileError, AuthState};
-use crate::fsutil::{FsError, resolve_symlinks};
+use crate::fsutil::{read_optional, resolve_symlinks};
 use crate::journal::{Entry, Event};
 use crate::paths::Paths;
 use crate::publish::publish;
@@ -28,13 +27,11 @@ pub struct Args {
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let codex = paths.codex();
     let path = args.path.unwrap_or_else(|| codex.auth_path());
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => anyhow::bail!(
+    let Some(bytes) = read_optional(&path)? else {
+        anyhow::bail!(
             "no auth.json at {}: log in with `codex login` first, or pass the path of an auth.json",
             path.display()
-        ),
-        Err(e) => return Err(FsError::new("cannot read", &path, e).into()),
+        )
     };
     let invalid = |problem| AuthFileError::Invalid {
         path: path.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::secret::Secret;
+use crate::secret::{Secret, redact};
 
 /// The OAuth client id of the Codex CLI.
 pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
@@ -60,21 +60,36 @@ pub fn error_code(body: &Value) -> Option<&str> {
         .or_else(|| body.get("code").and_then(Value::as_str))
 }
 
+/// The issuer's message, cut to 300 characters, without anything that
+/// looks like a token (an issuer may quote the one it refused).
 fn error_message(body: &Value) -> String {
-    body.pointer("/error/message")
+    let message: String = body
+        .pointer("/error/message")
         .and_then(Value::as_str)
         .or_else(|| body.get("error_description").and_then(Value::as_str))
         .or_else(|| body.get("message").and_then(Value::as_str))
         .unwrap_or("no message")
         .chars()
+        .filter(|c| !c.is_control())
         .take(300)
-        .collect()
+        .collect();
+    redact(&message, &[])
+}
+
+/// An error code from outside: short, printable, no token.
+fn clean_code(code: &str) -> String {
+    let code: String = code
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    redact(&code, &[])
 }
 
 /// Sorts a failed token-endpoint answer into permanent or transient.
 pub fn classify(status: u16, body: &[u8]) -> OAuthError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let code = error_code(&json).unwrap_or("").to_owned();
+    let code = clean_code(error_code(&json).unwrap_or(""));
     let permanent = matches!(
         code.as_str(),
         "refresh_token_expired" | "refresh_token_reused" | "refresh_token_invalidated"
@@ -241,5 +256,10 @@ mod tests {
         assert!(!classify(400, br#"{"error":"invalid_request"}"#).is_permanent());
         assert!(!classify(500, b"oops").is_permanent());
         assert!(!classify(429, br#"{"error":{"code":"rate_limited"}}"#).is_permanent());
+        let echoed =
+            br#"{"error":{"message":"token rt-acc-1-5 was reused","code":"refresh_token_reused"}}"#;
+        let err = classify(401, echoed).to_string();
+        assert!(!err.contains("rt-acc-1-5"), "{err}");
+        assert!(err.contains("[REDACTED]"), "{err}");
     }
 }
