@@ -131,7 +131,22 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Keeps the daemon's memory, which holds every token, out of core dumps
+/// and away from other processes of the user that may not ptrace it (as
+/// ssh-agent does).
+fn protect_memory() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!("cannot turn core dumps off: {e}");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make the daemon undumpable: {e}");
+    }
+}
+
 async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result<()> {
+    protect_memory();
     raise_open_file_limit();
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;

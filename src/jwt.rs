@@ -100,23 +100,24 @@ pub fn decode(token: &str) -> Result<Claims, JwtError> {
     })
 }
 
-/// A JWT NumericDate as whole unix seconds. Values that are not finite or
-/// lie outside what a timestamp can hold are no date at all, so that an
-/// absurd claim never wraps into a plausible one.
+/// A JWT NumericDate as whole unix seconds, held to years -9999..9999 so
+/// that no arithmetic on it can wrap: an `exp` near `i64::MIN` is long
+/// past, one near `i64::MAX` far away. A value that is no number at all
+/// (NaN, infinite) is no date.
 fn numeric_date(n: &serde_json::Number) -> Option<i64> {
-    /// Year 9999 and its mirror: beyond them no real token lives.
     const LIMIT: i64 = 253_402_300_799;
     let seconds = match n.as_i64() {
         Some(i) => i,
+        None if n.as_u64().is_some() => LIMIT,
         None => {
             let f = n.as_f64()?;
-            if !f.is_finite() || f.abs() > LIMIT as f64 {
+            if !f.is_finite() {
                 return None;
             }
-            f as i64
+            f.clamp(-(LIMIT as f64), LIMIT as f64) as i64
         }
     };
-    (-LIMIT..=LIMIT).contains(&seconds).then_some(seconds)
+    Some(seconds.clamp(-LIMIT, LIMIT))
 }
 
 /// Builds an unsigned JWT around `claims`; used for fixtures and fake issuers.
@@ -162,18 +163,19 @@ mod tests {
     }
 
     #[test]
-    fn dates_out_of_range_are_no_dates() {
+    fn dates_out_of_range_are_held_to_ten_thousand_years() {
         let claims = |v: serde_json::Value| decode(&encode_unsigned(&v)).unwrap();
         let c = claims(serde_json::json!({"exp": 1_900_000_000.5, "iat": 1_899_996_400}));
         assert_eq!((c.exp, c.iat), (Some(1_900_000_000), Some(1_899_996_400)));
-        for absurd in [
-            serde_json::json!({"exp": i64::MIN, "iat": i64::MAX}),
-            serde_json::json!({"exp": -1e300, "iat": 1e300}),
-            serde_json::json!({"exp": u64::MAX}),
-        ] {
-            let c = claims(absurd);
-            assert_eq!((c.exp, c.iat), (None, None));
-        }
+        let limit = 253_402_300_799;
+        let c = claims(serde_json::json!({"exp": i64::MIN, "iat": i64::MAX}));
+        assert_eq!((c.exp, c.iat), (Some(-limit), Some(limit)));
+        let c = claims(serde_json::json!({"exp": -1e300, "iat": 1e300}));
+        assert_eq!((c.exp, c.iat), (Some(-limit), Some(limit)));
+        assert_eq!(
+            claims(serde_json::json!({"exp": u64::MAX})).exp,
+            Some(limit)
+        );
     }
 
     #[test]

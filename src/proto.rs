@@ -37,10 +37,14 @@ pub enum ErrorCode {
     Internal,
     /// The forwarder: a request for a host name that is not loopback.
     ForbiddenHost,
+    /// The forwarder: a cross-site request (a web page's).
+    ForbiddenOrigin,
     /// The forwarder: a WebSocket upgrade it does not relay.
     WebsocketUnsupported,
     /// The forwarder: the upstream could not be reached.
     UpstreamUnreachable,
+    /// The forwarder: the upstream's answer was broken.
+    UpstreamBroken,
     /// The forwarder: a refresh it answers for failed for now.
     TemporarilyUnavailable,
     /// A code this version does not know (from a newer daemon).

@@ -1,7 +1,9 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
 use crate::proto::ErrorCode;
-use crate::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
+use crate::refresh::{
+    Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess, recently_refreshed,
+};
 use crate::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 
 /// Why `account` may not serve at `now`, if it may not.
@@ -105,6 +107,20 @@ pub struct Pick<'a> {
     pub exclude: &'a [&'a str],
     /// Only ChatGPT accounts (the backend takes no API key).
     pub chatgpt_only: bool,
+    /// The asker comes from outside (the socket API): a `min_ttl` no token
+    /// of the account can meet forces at most one refresh a minute; within
+    /// that minute the current token is served.
+    pub throttle_forced: bool,
+}
+
+/// `min_ttl` as it applies to `account` for `pick` at `now`.
+fn effective_min_ttl(pick: &Pick<'_>, account: &Account, min_ttl: i64, now: i64) -> i64 {
+    match account.expires_at {
+        Some(exp) if pick.throttle_forced && exp > now && recently_refreshed(account, now) => {
+            min_ttl.min(exp - now - 1)
+        }
+        _ => min_ttl,
+    }
 }
 
 /// An account with a token valid for more than `min_ttl` seconds: the named
@@ -117,11 +133,12 @@ pub async fn fresh_account(
     by: &Asker,
 ) -> Result<Account, Unavailable> {
     let store = refresher.store()?;
-    if let Some(query) = pick.query {
-        let id = store.find(query)?.id.clone();
-        return Ok(refresher.fresh(&id, min_ttl, by).await?);
-    }
     let now = refresher.now();
+    if let Some(query) = pick.query {
+        let account = store.find(query)?;
+        let min_ttl = effective_min_ttl(&pick, account, min_ttl, now);
+        return Ok(refresher.fresh(&account.id, min_ttl, by).await?);
+    }
     let exclude = pick.exclude;
     let usable: Vec<&Account> = candidates(&store, now)
         .into_iter()
@@ -130,11 +147,14 @@ pub async fn fresh_account(
         .collect();
     // The common case: the first choice is fresh; no lock, no reload.
     if let Some(first) = usable.first()
-        && assess(first, now, min_ttl) == Assessment::Fresh
+        && assess(first, now, effective_min_ttl(&pick, first, min_ttl, now)) == Assessment::Fresh
     {
         return Ok((*first).clone());
     }
-    let ids: Vec<String> = usable.iter().map(|a| a.id.clone()).collect();
+    let ids: Vec<(String, i64)> = usable
+        .iter()
+        .map(|a| (a.id.clone(), effective_min_ttl(&pick, a, min_ttl, now)))
+        .collect();
     if ids.is_empty() {
         if store.accounts.is_empty() {
             return Err(Unavailable::NoAccounts);
@@ -154,8 +174,8 @@ pub async fn fresh_account(
         return Err(Unavailable::AllBlocked(reasons.join("; ")));
     }
     let mut last = None;
-    for id in &ids {
-        match refresher.fresh(id, min_ttl, by).await {
+    for (id, min_ttl) in &ids {
+        match refresher.fresh(id, *min_ttl, by).await {
             Ok(account) => return Ok(account),
             Err(e @ RefreshError::NeedsLogin { .. }) => {
                 tracing::info!("skipping: {e}");

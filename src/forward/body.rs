@@ -61,14 +61,15 @@ impl Outgoing {
     }
 }
 
-/// Bytes already read, then the rest of the incoming body.
-pub struct Chain {
+/// Bytes already read, then the rest of a body (by default the incoming
+/// request body).
+pub struct Chain<B = Incoming> {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: B,
 }
 
-impl Chain {
-    fn new(prefix: Bytes, rest: Incoming) -> Chain {
+impl<B> Chain<B> {
+    pub fn new(prefix: Bytes, rest: B) -> Chain<B> {
         Chain {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -76,14 +77,14 @@ impl Chain {
     }
 }
 
-impl HttpBody for Chain {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Chain<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }

@@ -29,7 +29,7 @@ use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
-use body::{Outgoing, full};
+use body::{Chain, Outgoing, full};
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -188,6 +188,80 @@ fn foreign_host(headers: &HeaderMap) -> Option<String> {
     (!loopback).then(|| host.to_owned())
 }
 
+/// Whether `origin` is a loopback origin (`http://127.0.0.1:1456`,
+/// `http://localhost`, `http://[::1]:8080`): a page served from this
+/// machine. `null` and anything else are foreign.
+fn loopback_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") || rest.contains(['/', '@', '?', '#']) {
+        return false;
+    }
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A path segment that is `.` or `..`, spelled plainly or percent-encoded,
+/// or a backslash or encoded slash that some servers read as a separator:
+/// such a path could reach another upstream path than the route it names.
+fn escapes_its_route(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains('\\') || lower.contains("%5c") || lower.contains("%2f") {
+        return true;
+    }
+    lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// What is refused before any routing: CONNECT and absolute-form targets
+/// (the forwarder is no proxy), cross-site requests from a browser (a page
+/// must not spend the accounts), and paths with dot segments.
+fn refuse_before_routing(request: &Request<Incoming>) -> Option<Response<Body>> {
+    if request.method() == Method::CONNECT || request.uri().authority().is_some() {
+        return Some(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "the forwarder is not a proxy: send origin-form requests (GET /path)",
+        ));
+    }
+    let headers = request.headers();
+    let foreign_origin = headers
+        .get_all(header::ORIGIN)
+        .iter()
+        .any(|o| !o.to_str().is_ok_and(loopback_origin));
+    let cross_site = headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if foreign_origin || cross_site {
+        tracing::warn!("refused a cross-site request (a web page?)");
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            ErrorCode::ForbiddenOrigin,
+            "the forwarder answers no cross-site request: only local tools, and pages served \
+             from a loopback origin, may use it",
+        ));
+    }
+    if escapes_its_route(request.uri().path()) {
+        return Some(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "the path has a dot segment (`.` or `..`, plain or percent-encoded) or a \
+             backslash; send the path it means",
+        ));
+    }
+    None
+}
+
 fn is_websocket(request: &Request<Incoming>) -> bool {
     request
         .headers()
@@ -220,6 +294,9 @@ impl Forwarder {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
+        if let Some(refused) = refuse_before_routing(&request) {
+            return refused;
+        }
         if let Some(host) = foreign_host(request.headers()) {
             tracing::warn!(%host, "refused a request for another host name (DNS rebinding?)");
             return error_response(
@@ -310,7 +387,7 @@ impl Forwarder {
             .send(parts.method, &url, headers, reqwest::Body::wrap(body))
             .await
         {
-            Ok(response) => relay(response),
+            Ok(response) => relay(response).await,
             Err(answer) => answer,
         }
     }
@@ -331,7 +408,7 @@ impl Forwarder {
         let url = format!("{}/oauth/token", self.issuer);
         let headers = forwardable(&parts.headers, &[]);
         match self.send(parts.method, &url, headers, bytes.into()).await {
-            Ok(response) => relay(response),
+            Ok(response) => relay(response).await,
             Err(answer) => answer,
         }
     }
@@ -393,7 +470,7 @@ impl Forwarder {
             .with_fallback(parts.method, &url, headers, outgoing, by)
             .await
         {
-            Ok((_, response)) => relay(response),
+            Ok((_, response)) => relay(response).await,
             Err(answer) => answer,
         }
     }
@@ -517,12 +594,45 @@ fn set_credentials(headers: &mut HeaderMap, account: &Account) {
     }
 }
 
-/// The upstream answer, streamed to the client frame by frame.
-fn relay(response: reqwest::Response) -> Response<Body> {
+/// The upstream answer, streamed to the client frame by frame. The head is
+/// sent once the first frame is in, so that an answer that breaks before
+/// its first byte becomes a clear 502 rather than an empty reply; an
+/// interim (1xx) answer to a request that asked for no upgrade is one too.
+async fn relay(response: reqwest::Response) -> Response<Body> {
+    let status = response.status();
+    if status.is_informational() {
+        tracing::warn!(
+            status = status.as_u16(),
+            "the upstream answered with an interim status"
+        );
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamBroken,
+            &format!("the upstream answered {status}, which this request did not ask for"),
+        );
+    }
     let response: Response<reqwest::Body> = response.into();
-    let (mut head, body) = response.into_parts();
+    let (mut head, mut body) = response.into_parts();
     head.headers = forwardable(&head.headers, &[]);
-    Response::from_parts(head, body.map_err(BoxError::from).boxed())
+    let first = match body.frame().await {
+        None => Bytes::new(),
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        Some(Err(e)) => {
+            tracing::warn!("the upstream's answer broke off before its first byte: {e}");
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UpstreamBroken,
+                &format!(
+                    "the upstream's answer ({status}) broke off before its first byte: {}",
+                    without_url(&e)
+                ),
+            );
+        }
+    };
+    Response::from_parts(
+        head,
+        Chain::new(first, body).map_err(BoxError::from).boxed(),
+    )
 }
 
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).
@@ -595,6 +705,53 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_and_backslashes_are_caught_in_every_spelling() {
+        for bad in [
+            "/codex/../../../oauth/token",
+            "/backend-api/.%2e/.%2e/elsewhere",
+            "/backend-api/%2e%2e/x",
+            "/backend-api/%2E%2e/x",
+            "/codex/./responses",
+            "/codex/..",
+            "/codex\\..\\oauth",
+            "/codex/%5c..",
+            "/backend-api/a%2f..%2fb",
+        ] {
+            assert!(escapes_its_route(bad), "{bad}");
+        }
+        for ok in [
+            "/codex/responses",
+            "/backend-api/wham/usage",
+            "/a/.hidden/b..c",
+            "/",
+        ] {
+            assert!(!escapes_its_route(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_origins_are_local() {
+        for ok in [
+            "http://127.0.0.1:1456",
+            "http://localhost",
+            "https://LOCALHOST:3000",
+            "http://[::1]:8080",
+        ] {
+            assert!(loopback_origin(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "null",
+            "http://127.0.0.1.evil.example",
+            "http://localhost@evil.example",
+            "file://",
+            "http://10.0.0.1",
+        ] {
+            assert!(!loopback_origin(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn only_loopback_host_names_are_served() {

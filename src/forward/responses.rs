@@ -203,7 +203,7 @@ impl Forwarder {
             Err(answer) => return answer,
         };
         if client_stream || !response.status().is_success() {
-            return relay(response);
+            return relay(response).await;
         }
         let (_, stream) = collect(response).await;
         match assemble(&stream) {

@@ -359,6 +359,7 @@ async fn route(
             let min_ttl = min_ttl(&query)?;
             let pick = Pick {
                 query: query.get("account").map(String::as_str),
+                throttle_forced: true,
                 ..Pick::default()
             };
             let account = routing::fresh_account(&shared.refresher, pick, min_ttl, &by).await?;
@@ -527,6 +528,7 @@ async fn report(shared: &Engine, body: &[u8], min_ttl: i64, by: &Asker) -> Resul
     let exclude: Vec<&str> = if skip { vec![id.as_str()] } else { Vec::new() };
     let pick = Pick {
         exclude: &exclude,
+        throttle_forced: true,
         ..Pick::default()
     };
     let account = routing::fresh_account(&shared.refresher, pick, min_ttl, by).await?;
