@@ -220,6 +220,9 @@ pub struct Snapshot {
 pub enum AuthState {
     Missing,
     Invalid(JsonProblem),
+    /// Another uid owns or can write the file or the Codex home: whatever
+    /// it holds may have been planted, and nothing is taken from it.
+    Untrusted(String),
     Valid(Box<AuthDotJson>),
 }
 
@@ -280,11 +283,26 @@ impl CodexHome {
     }
 
     /// Reads auth.json without locks: Codex replaces it by rename, so a read
-    /// always sees a whole file.
+    /// always sees a whole file. A file or Codex home that another uid owns
+    /// or can write is read as [`AuthState::Untrusted`].
     pub fn read(&self) -> Result<Snapshot, FsError> {
-        Ok(Snapshot::from_raw(fsutil::read_optional(
-            &self.auth_path(),
-        )?))
+        let path = self.auth_path();
+        let dir_problem = std::fs::metadata(&self.dir)
+            .ok()
+            .and_then(|m| fsutil::untrusted(&m))
+            .map(|why| format!("the Codex home {}: {why}", self.dir.display()));
+        let Some((bytes, meta)) = fsutil::read_with_metadata(&path)? else {
+            return Ok(Snapshot::from_raw(None));
+        };
+        let problem = dir_problem
+            .or_else(|| fsutil::untrusted(&meta).map(|why| format!("{}: {why}", path.display())));
+        let mut snapshot = Snapshot::from_raw(Some(bytes));
+        if let Some(problem) = problem {
+            snapshot.state = AuthState::Untrusted(format!(
+                "{problem}; nothing is taken from it or written to it until that is fixed"
+            ));
+        }
+        Ok(snapshot)
     }
 
     /// Writes `new` if the file still holds what `expected` saw, under Codex's

@@ -48,7 +48,7 @@ pub struct Engine {
     pub config: Config,
     pub refresher: Refresher,
     /// Why auth.json cannot be used, while it cannot.
-    auth_problem: Mutex<Option<String>>,
+    auth_problem: Mutex<Option<(ProblemCode, String)>>,
     /// Signalled when the account store changed on disk.
     pub store_changed: Notify,
     /// Where the forwarder listens, when it runs.
@@ -87,7 +87,7 @@ impl Engine {
 
     /// Records what is wrong with auth.json (`None`: nothing). Returns
     /// whether that changed.
-    pub fn set_auth_problem(&self, problem: Option<String>) -> bool {
+    pub fn set_auth_problem(&self, problem: Option<(ProblemCode, String)>) -> bool {
         let mut current = self.auth_problem.lock().expect("problem lock");
         let changed = *current != problem;
         *current = problem;
@@ -98,8 +98,8 @@ impl Engine {
     pub fn health(&self) -> Health {
         let problem = |code, message: String| Problem { code, message };
         let mut problems = Vec::new();
-        if let Some(message) = self.auth_problem.lock().expect("problem lock").clone() {
-            problems.push(problem(ProblemCode::AuthJsonInvalid, message));
+        if let Some((code, message)) = self.auth_problem.lock().expect("problem lock").clone() {
+            problems.push(problem(code, message));
         }
         for message in self.refresher.unsaved() {
             problems.push(problem(ProblemCode::RotationUnsaved, message));

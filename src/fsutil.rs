@@ -66,6 +66,25 @@ pub fn resolve_symlinks(path: &Path) -> Result<PathBuf, FsError> {
 /// target, so the link itself survives.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let target = resolve_symlinks(path)?;
+    if let Ok(meta) = fs::metadata(&target) {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(FsError::new(
+                "refusing to write",
+                &target,
+                io::Error::other(format!(
+                    "it belongs to uid {}, not to you (uid {me}){}",
+                    meta.uid(),
+                    if target == path {
+                        ""
+                    } else {
+                        "; a link led there"
+                    }
+                )),
+            ));
+        }
+    }
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -169,6 +188,12 @@ pub const MAX_FILE: u64 = 4 * 1024 * 1024;
 /// read: a FIFO, a device or a socket in its place is refused without
 /// blocking, so that nobody can hang or flood the broker with one.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+    Ok(read_with_metadata(path)?.map(|(bytes, _)| bytes))
+}
+
+/// [`read_optional`], with the metadata of the file that was read (the
+/// target of any links), so that its owner and mode can be checked.
+pub fn read_with_metadata(path: &Path) -> Result<Option<(Vec<u8>, fs::Metadata)>, FsError> {
     use std::io::Read;
     let file = match OpenOptions::new()
         .read(true)
@@ -206,7 +231,28 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     if bytes.len() as u64 > MAX_FILE {
         return Err(too_large());
     }
-    Ok(Some(bytes))
+    Ok(Some((bytes, meta)))
+}
+
+/// Why a file or directory with `meta` cannot be trusted with (or for)
+/// this user's credentials: another uid than this user's (or root's) owns
+/// it, or group or others may write it. `None` when it can be.
+pub fn untrusted(meta: &fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "group or others may write it (mode {mode:o}); run: chmod go-w on it"
+        ));
+    }
+    None
 }
 
 /// An exclusive `flock` held until dropped.

@@ -91,6 +91,8 @@ impl ErrorBody {
 #[serde(rename_all = "snake_case")]
 pub enum ProblemCode {
     AuthJsonInvalid,
+    /// auth.json or the Codex home is owned or writable by another uid.
+    AuthJsonUntrusted,
     NeedsLogin,
     RefreshBackoff,
     StoreInvalid,

@@ -23,6 +23,8 @@ pub enum PublishError {
     InvalidAuth { path: PathBuf, problem: JsonProblem },
     #[error("account {0} is not in the store")]
     Unknown(String),
+    #[error("{0}")]
+    Untrusted(String),
     #[error("{0} kept changing while it was being written; try again")]
     Busy(PathBuf),
 }
@@ -80,11 +82,15 @@ pub fn publish(
     let mut adopted = Vec::new();
     for _ in 0..ATTEMPTS {
         let snapshot = codex.read()?;
-        if let AuthState::Invalid(problem) = &snapshot.state {
-            return Err(PublishError::InvalidAuth {
-                path: codex.auth_path(),
-                problem: problem.clone(),
-            });
+        match &snapshot.state {
+            AuthState::Invalid(problem) => {
+                return Err(PublishError::InvalidAuth {
+                    path: codex.auth_path(),
+                    problem: problem.clone(),
+                });
+            }
+            AuthState::Untrusted(problem) => return Err(PublishError::Untrusted(problem.clone())),
+            AuthState::Missing | AuthState::Valid(_) => {}
         }
         if let Some(adopted_id) = adopt_from_snapshot(store, &snapshot, journal)
             && !adopted.contains(&adopted_id)

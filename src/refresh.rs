@@ -232,6 +232,8 @@ struct Inner {
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Option<(FileStamp, Arc<Store>)>>,
     unsaved: Mutex<HashMap<String, Unsaved>>,
+    /// Per account: when an asker from outside last forced a refresh.
+    forced: Mutex<HashMap<String, i64>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -274,6 +276,7 @@ impl Refresher {
                 gates: Mutex::new(HashMap::new()),
                 cache: Mutex::new(None),
                 unsaved: Mutex::new(HashMap::new()),
+                forced: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
             }),
@@ -419,6 +422,17 @@ impl Refresher {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.unsaved()
+    }
+
+    /// Whether an asker from outside may force a refresh of `id` now: once
+    /// per [`RECENT_REFRESH`] seconds. Records the permission it gives.
+    pub fn allow_forced(&self, id: &str, now: i64) -> bool {
+        let mut forced = self.inner.forced.lock().expect("forced lock");
+        if forced.get(id).is_some_and(|at| now - at < RECENT_REFRESH) {
+            return false;
+        }
+        forced.insert(id.to_owned(), now);
+        true
     }
 
     /// Whether a refresh task of the engine is running.

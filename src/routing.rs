@@ -1,9 +1,8 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
 use crate::proto::ErrorCode;
-use crate::refresh::{
-    Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess, recently_refreshed,
-};
+use crate::proto::MIN_TTL;
+use crate::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
 use crate::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 
 /// Why `account` may not serve at `now`, if it may not.
@@ -113,10 +112,23 @@ pub struct Pick<'a> {
     pub throttle_forced: bool,
 }
 
-/// `min_ttl` as it applies to `account` for `pick` at `now`.
-fn effective_min_ttl(pick: &Pick<'_>, account: &Account, min_ttl: i64, now: i64) -> i64 {
+/// `min_ttl` as it applies to `account` for `pick` at `now`: from the
+/// socket API, a `min_ttl` that forces a refresh of a token still good for
+/// the default [`MIN_TTL`] does so at most once a minute per account.
+fn effective_min_ttl(
+    refresher: &Refresher,
+    pick: &Pick<'_>,
+    account: &Account,
+    min_ttl: i64,
+    now: i64,
+) -> i64 {
     match account.expires_at {
-        Some(exp) if pick.throttle_forced && exp > now && recently_refreshed(account, now) => {
+        Some(exp)
+            if pick.throttle_forced
+                && exp - now > i64::from(MIN_TTL)
+                && assess(account, now, min_ttl) == Assessment::Refresh
+                && !refresher.allow_forced(&account.id, now) =>
+        {
             min_ttl.min(exp - now - 1)
         }
         _ => min_ttl,
@@ -136,7 +148,7 @@ pub async fn fresh_account(
     let now = refresher.now();
     if let Some(query) = pick.query {
         let account = store.find(query)?;
-        let min_ttl = effective_min_ttl(&pick, account, min_ttl, now);
+        let min_ttl = effective_min_ttl(refresher, &pick, account, min_ttl, now);
         return Ok(refresher.fresh(&account.id, min_ttl, by).await?);
     }
     let exclude = pick.exclude;
@@ -145,16 +157,21 @@ pub async fn fresh_account(
         .filter(|a| !exclude.contains(&a.id.as_str()))
         .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
         .collect();
+    let ids: Vec<(String, i64)> = usable
+        .iter()
+        .map(|a| {
+            (
+                a.id.clone(),
+                effective_min_ttl(refresher, &pick, a, min_ttl, now),
+            )
+        })
+        .collect();
     // The common case: the first choice is fresh; no lock, no reload.
-    if let Some(first) = usable.first()
-        && assess(first, now, effective_min_ttl(&pick, first, min_ttl, now)) == Assessment::Fresh
+    if let (Some(first), Some((_, first_ttl))) = (usable.first(), ids.first())
+        && assess(first, now, *first_ttl) == Assessment::Fresh
     {
         return Ok((*first).clone());
     }
-    let ids: Vec<(String, i64)> = usable
-        .iter()
-        .map(|a| (a.id.clone(), effective_min_ttl(&pick, a, min_ttl, now)))
-        .collect();
     if ids.is_empty() {
         if store.accounts.is_empty() {
             return Err(Unavailable::NoAccounts);

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codex_auth::{AUTH_FILE, AuthState};
 use crate::engine::Engine;
+use crate::proto::ProblemCode;
 use crate::publish::{PublishError, adopt_from_snapshot, republish};
 use crate::store::{STORE_FILE, StoreError};
 
@@ -164,8 +165,14 @@ pub fn sync_codex(shared: &Engine) -> Result<(), SyncError> {
                 "{}: {problem}; it is left untouched: fix it or move it away",
                 codex.auth_path().display()
             );
-            if shared.set_auth_problem(Some(message.clone())) {
+            if shared.set_auth_problem(Some((ProblemCode::AuthJsonInvalid, message.clone()))) {
                 tracing::warn!("{message}");
+            }
+            Ok(())
+        }
+        AuthState::Untrusted(problem) => {
+            if shared.set_auth_problem(Some((ProblemCode::AuthJsonUntrusted, problem.clone()))) {
+                tracing::warn!("{problem}");
             }
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::codex_auth::{AuthDotJson, AuthFileError, AuthState};
-use crate::fsutil::{read_optional, resolve_symlinks};
+use crate::fsutil::{read_with_metadata, resolve_symlinks, untrusted};
 use crate::journal::{Entry, Event};
 use crate::paths::Paths;
 use crate::publish::publish;
@@ -27,12 +27,18 @@ pub struct Args {
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let codex = paths.codex();
     let path = args.path.unwrap_or_else(|| codex.auth_path());
-    let Some(bytes) = read_optional(&path)? else {
+    let Some((bytes, meta)) = read_with_metadata(&path)? else {
         anyhow::bail!(
             "no auth.json at {}: log in with `codex login` first, or pass the path of an auth.json",
             path.display()
         )
     };
+    if let Some(why) = untrusted(&meta) {
+        anyhow::bail!(
+            "refusing to import {}: {why}; anyone who can write it could plant an account",
+            path.display()
+        );
+    }
     let invalid = |problem| AuthFileError::Invalid {
         path: path.clone(),
         problem,
@@ -41,6 +47,9 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let account = Account::from_auth(&auth).map_err(invalid)?;
     let id = account.id.clone();
     let is_codex_file = same_file(&path, &codex.auth_path());
+    if is_codex_file && let AuthState::Untrusted(problem) = codex.read()?.state {
+        anyhow::bail!("refusing to import {}: {problem}", path.display());
+    }
 
     let journal = paths.journal();
     let new_rt = account

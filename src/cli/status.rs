@@ -128,11 +128,13 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         state: match snapshot.state {
             AuthState::Missing => "missing",
             AuthState::Invalid(_) => "invalid",
+            AuthState::Untrusted(_) => "untrusted",
             AuthState::Valid(_) => "ok",
         },
         account_id: snapshot.account_id(),
         problem: match &snapshot.state {
             AuthState::Invalid(problem) => Some(problem.to_string()),
+            AuthState::Untrusted(problem) => Some(problem.clone()),
             _ => None,
         },
     };
@@ -263,6 +265,7 @@ fn auth_line(auth: &CodexAuth, store: &Store) -> String {
     match (auth.state, &auth.account_id, &auth.problem) {
         ("missing", ..) => format!("{path} does not exist (Codex is logged out)"),
         ("invalid", _, Some(problem)) => format!("{path} is invalid: {problem}"),
+        ("untrusted", _, Some(problem)) => format!("{path} is not trusted: {problem}"),
         (_, Some(id), _) => match store.get(id) {
             Some(a) => format!("{path} holds {}", a.name()),
             None => {

@@ -29,7 +29,7 @@ use crate::routing::{self, Pick, Unavailable};
 use crate::server::{Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
-use body::{Chain, Outgoing, full};
+use body::{Outgoing, full};
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -594,10 +594,8 @@ fn set_credentials(headers: &mut HeaderMap, account: &Account) {
     }
 }
 
-/// The upstream answer, streamed to the client frame by frame. The head is
-/// sent once the first frame is in, so that an answer that breaks before
-/// its first byte becomes a clear 502 rather than an empty reply; an
-/// interim (1xx) answer to a request that asked for no upgrade is one too.
+/// The upstream answer, streamed to the client frame by frame. An interim
+/// (1xx) answer to a request that asked for no upgrade is a 502.
 async fn relay(response: reqwest::Response) -> Response<Body> {
     let status = response.status();
     if status.is_informational() {
@@ -612,27 +610,9 @@ async fn relay(response: reqwest::Response) -> Response<Body> {
         );
     }
     let response: Response<reqwest::Body> = response.into();
-    let (mut head, mut body) = response.into_parts();
+    let (mut head, body) = response.into_parts();
     head.headers = forwardable(&head.headers, &[]);
-    let first = match body.frame().await {
-        None => Bytes::new(),
-        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
-        Some(Err(e)) => {
-            tracing::warn!("the upstream's answer broke off before its first byte: {e}");
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                ErrorCode::UpstreamBroken,
-                &format!(
-                    "the upstream's answer ({status}) broke off before its first byte: {}",
-                    without_url(&e)
-                ),
-            );
-        }
-    };
-    Response::from_parts(
-        head,
-        Chain::new(first, body).map_err(BoxError::from).boxed(),
-    )
+    Response::from_parts(head, body.map_err(BoxError::from).boxed())
 }
 
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).

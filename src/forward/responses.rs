@@ -70,24 +70,48 @@ pub fn rewrite(body: Value) -> Result<(Value, bool), String> {
     Ok((Value::Object(body), client_stream))
 }
 
-/// The body as sent, decoded from `content-encoding` (zstd, gzip, deflate).
-fn decode(encoding: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// The most a request body may expand to when decoded, and the most of a
+/// backend stream assembled for a `stream:false` client.
+pub const MAX_DECODED: usize = 32 * 1024 * 1024;
+
+/// Why a request body could not be decoded.
+#[derive(Debug, PartialEq)]
+enum DecodeError {
+    /// It expands to more than [`MAX_DECODED`] bytes.
+    TooLarge,
+    Invalid(String),
+}
+
+/// The body as sent, decoded from `content-encoding` (zstd, gzip, deflate),
+/// streaming and never past [`MAX_DECODED`] bytes: a small bomb that
+/// expands to gigabytes costs at most that much memory.
+fn decode(encoding: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
+    let limit = MAX_DECODED as u64 + 1;
     let result = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("" | "identity") => return Ok(bytes.to_vec()),
-        Some("zstd") => {
-            zstd::stream::read::Decoder::new(bytes).and_then(|mut d| d.read_to_end(&mut out))
+        Some("zstd") => zstd::stream::read::Decoder::new(bytes)
+            .and_then(|d| d.take(limit).read_to_end(&mut out)),
+        Some("gzip") => flate2::read::GzDecoder::new(bytes)
+            .take(limit)
+            .read_to_end(&mut out),
+        Some("deflate") => flate2::read::ZlibDecoder::new(bytes)
+            .take(limit)
+            .read_to_end(&mut out),
+        Some(other) => {
+            return Err(DecodeError::Invalid(format!(
+                "content-encoding `{other}` is not supported"
+            )));
         }
-        Some("gzip") => flate2::read::GzDecoder::new(bytes).read_to_end(&mut out),
-        Some("deflate") => flate2::read::ZlibDecoder::new(bytes).read_to_end(&mut out),
-        Some(other) => return Err(format!("content-encoding `{other}` is not supported")),
     };
-    result.map(|_| out).map_err(|e| {
-        format!(
+    match result {
+        Ok(n) if n > MAX_DECODED => Err(DecodeError::TooLarge),
+        Ok(_) => Ok(out),
+        Err(e) => Err(DecodeError::Invalid(format!(
             "cannot decode the {} request body: {e}",
             encoding.unwrap_or_default()
-        )
-    })
+        ))),
+    }
 }
 
 /// Folds a Codex SSE stream into the final Responses object.
@@ -156,11 +180,25 @@ impl Forwarder {
             .headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        let rewritten = decode(encoding, &bytes)
-            .and_then(|plain| {
-                serde_json::from_slice::<Value>(&plain)
-                    .map_err(|e| format!("the request body is not JSON: {e}"))
-            })
+        let plain = match decode(encoding, &bytes) {
+            Ok(plain) => plain,
+            Err(DecodeError::TooLarge) => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    &format!("the request body expands to more than {MAX_DECODED} bytes"),
+                );
+            }
+            Err(DecodeError::Invalid(message)) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidRequest,
+                    &message,
+                );
+            }
+        };
+        let rewritten = serde_json::from_slice::<Value>(&plain)
+            .map_err(|e| format!("the request body is not JSON: {e}"))
             .and_then(rewrite);
         let (body, client_stream) = match rewritten {
             Ok(r) => r,
@@ -205,7 +243,16 @@ impl Forwarder {
         if client_stream || !response.status().is_success() {
             return relay(response).await;
         }
-        let (_, stream) = collect(response).await;
+        let stream = match collect(response).await {
+            Ok(stream) => stream,
+            Err(message) => {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::UpstreamBroken,
+                    &message,
+                );
+            }
+        };
         match assemble(&stream) {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err((status, value)) => json_response(status, &value),
@@ -250,17 +297,21 @@ impl Forwarder {
     }
 }
 
-/// Reads a whole streamed answer (an SSE stream of a finished response).
-async fn collect(response: reqwest::Response) -> (StatusCode, Bytes) {
-    let status = response.status();
+/// Reads a whole streamed answer (an SSE stream of a finished response),
+/// at most [`MAX_DECODED`] bytes of it.
+async fn collect(response: reqwest::Response) -> Result<Bytes, String> {
     let response: Response<reqwest::Body> = response.into();
-    let bytes = response
-        .into_body()
+    match Limited::new(response.into_body(), MAX_DECODED)
         .collect()
         .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (status, bytes)
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
+            "the backend's stream grew past {MAX_DECODED} bytes before the response completed; \
+             ask with stream:true for answers this long"
+        )),
+        Err(e) => Err(format!("the backend's stream broke off: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -321,11 +372,24 @@ mod tests {
         std::io::Write::write_all(&mut gz, plain).unwrap();
         assert_eq!(decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), plain);
         assert_eq!(decode(None, plain).unwrap(), plain);
-        assert!(decode(Some("br"), plain).unwrap_err().contains("`br`"));
-        assert!(
-            decode(Some("zstd"), b"not zstd")
-                .unwrap_err()
-                .contains("zstd")
-        );
+        let invalid = |e| match e {
+            DecodeError::Invalid(message) => message,
+            DecodeError::TooLarge => panic!("not too large"),
+        };
+        assert!(invalid(decode(Some("br"), plain).unwrap_err()).contains("`br`"));
+        assert!(invalid(decode(Some("zstd"), b"not zstd").unwrap_err()).contains("zstd"));
+    }
+
+    #[test]
+    fn a_small_bomb_is_cut_off_at_the_cap() {
+        // 64 MiB of zeros compress to a few KiB.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            std::io::Write::write_all(&mut encoder, &block).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        assert_eq!(decode(Some("zstd"), &bomb), Err(DecodeError::TooLarge));
     }
 }
