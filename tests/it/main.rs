@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod docs;
 mod forward;
+mod hostile;
 mod interop;
 mod lineage;
 mod login;

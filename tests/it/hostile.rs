@@ -1,0 +1,150 @@
+//! Hostile input and hostile neighbours: one regression test per hole.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use crate::support::fake_upstream::FakeUpstream;
+use crate::support::{Daemon, TestAccount, TestEnv};
+
+/// One raw request to the forwarder; the whole answer as text.
+fn raw_forwarder(daemon: &Daemon, request: &str) -> String {
+    let address = daemon.forwarder();
+    let mut stream = std::net::TcpStream::connect(address.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn nan_quota_keeps_the_store_readable() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-nan");
+    let env = TestEnv::with_account(&upstream, &account);
+    let daemon = env.start_daemon(&["--no-forward"]);
+    for bad in ["NaN", "inf", "-inf", "1e400"] {
+        let report = serde_json::json!({"account_id": "acc-nan", "status": 200,
+            "headers": {"x-codex-primary-used-percent": bad}});
+        let (status, _) = daemon.api("POST", "/v1/report", Some(&report.to_string()));
+        assert_eq!(status, 200, "{bad}");
+    }
+    let (status, body) = daemon.api("GET", "/v1/token", None);
+    assert_eq!(status, 200, "{body}");
+    env.ok(&["status"]);
+    let store = env.read_store();
+    assert!(store["accounts"][0]["quota"].is_null(), "{store}");
+}
+
+#[test]
+fn a_fifo_in_place_of_auth_json_is_refused_at_once() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.codex_home()).unwrap();
+    nix::unistd::mkfifo(&env.auth_path(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for args in [&["import"][..], &["status"][..]] {
+        let started = Instant::now();
+        let out = env.run(args);
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?} hung");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{stderr}");
+        assert!(stderr.contains("auth.json"), "{stderr}");
+    }
+}
+
+#[test]
+fn cross_site_requests_are_refused() {
+    let upstream = FakeUpstream::start();
+    let (env, _, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let body = r#"{"model":"gpt-5","input":"hi"}"#;
+    for extra in [
+        "origin: https://evil.example\r\n",
+        "origin: null\r\n",
+        "sec-fetch-site: cross-site\r\n",
+    ] {
+        let answer = raw_forwarder(
+            &daemon,
+            &format!(
+                "POST /v1/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: text/plain\r\n\
+                 {extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 403"), "{extra}: {answer}");
+        assert!(answer.contains("forbidden_origin"), "{answer}");
+    }
+    assert!(
+        upstream
+            .requests_to("/backend-api/codex/responses")
+            .is_empty()
+    );
+}
+
+#[test]
+fn dot_segments_are_refused_before_routing() {
+    let upstream = FakeUpstream::start();
+    let (env, _, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let before = upstream.requests().len();
+    for path in [
+        "/codex/../../../oauth/token",
+        "/backend-api/.%2e/.%2e/elsewhere",
+        "/backend-api/%2e%2e/elsewhere",
+        "/codex/%5c../oauth",
+    ] {
+        let answer = raw_forwarder(
+            &daemon,
+            &format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    let answer = raw_forwarder(
+        &daemon,
+        "GET http://evil.example/codex/responses HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(upstream.requests().len(), before, "nothing went upstream");
+}
+
+#[test]
+fn another_uid_cannot_plant_an_account() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: making a file another uid's takes root");
+        return;
+    }
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_issuer(&upstream);
+    let planted = TestAccount::new("acc-planted");
+    env.write_codex_auth(&planted);
+    // Written by someone else: owned by another uid.
+    std::os::unix::fs::chown(env.auth_path(), Some(65534), Some(65534)).unwrap();
+    let out = env.run(&["import"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    // Or in a Codex home anyone may write.
+    std::os::unix::fs::chown(env.auth_path(), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(env.codex_home(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let daemon = env.start_daemon(&["--no-forward"]);
+    let health = daemon.get("/v1/health");
+    assert_eq!(health["accounts"], 0, "{health}");
+    assert_eq!(
+        health["problems"][0]["code"], "auth_json_untrusted",
+        "{health}"
+    );
+    assert!(
+        health["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chmod go-w"),
+        "{health}"
+    );
+    drop(daemon);
+    assert!(
+        !env.store_path().exists() || env.read_store()["accounts"].as_array().unwrap().is_empty()
+    );
+}
