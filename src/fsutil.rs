@@ -195,25 +195,9 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
 /// target of any links), so that its owner and mode can be checked.
 pub fn read_with_metadata(path: &Path) -> Result<Option<(Vec<u8>, fs::Metadata)>, FsError> {
     use std::io::Read;
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(FsError::new("cannot read", path, e)),
+    let Some((file, meta)) = open_regular(path, 0)? else {
+        return Ok(None);
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| FsError::new("cannot inspect", path, e))?;
-    if !meta.is_file() {
-        return Err(FsError::new(
-            "refusing to read",
-            path,
-            io::Error::other("it is not a regular file (a FIFO, device or socket?)"),
-        ));
-    }
     let too_large = || {
         FsError::new(
             "refusing to read",
@@ -232,6 +216,31 @@ pub fn read_with_metadata(path: &Path) -> Result<Option<(Vec<u8>, fs::Metadata)>
         return Err(too_large());
     }
     Ok(Some((bytes, meta)))
+}
+
+/// Opens `path` for reading without blocking (`flags` adds to the open
+/// flags), and only if it is a regular file; `None` when it does not exist.
+pub fn open_regular(path: &Path, flags: i32) -> Result<Option<(File, fs::Metadata)>, FsError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY | flags)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FsError::new("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| FsError::new("cannot inspect", path, e))?;
+    if !meta.is_file() {
+        return Err(FsError::new(
+            "refusing to read",
+            path,
+            io::Error::other("it is not a regular file (a FIFO, device or socket?)"),
+        ));
+    }
+    Ok(Some((file, meta)))
 }
 
 /// Why a file or directory with `meta` cannot be trusted with (or for)

@@ -298,25 +298,9 @@ impl Journal {
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     use std::io::{Read, Seek, SeekFrom};
     let limit = 4 * ROTATE_AT;
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(FsError::new("cannot read", path, e)),
+    let Some((mut file, meta)) = fsutil::open_regular(path, nix::libc::O_NOFOLLOW)? else {
+        return Ok(None);
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| FsError::new("cannot inspect", path, e))?;
-    if !meta.is_file() {
-        return Err(FsError::new(
-            "not a regular file:",
-            path,
-            std::io::Error::other("expected a regular file"),
-        ));
-    }
     if meta.len() > limit {
         file.seek(SeekFrom::Start(meta.len() - limit))
             .map_err(|e| FsError::new("cannot read", path, e))?;
