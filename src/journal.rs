@@ -136,11 +136,6 @@ impl Entry {
         self
     }
 
-    pub fn new_token(mut self, token: &str) -> Entry {
-        self.new = Some(short_fingerprint(token));
-        self
-    }
-
     /// With the fingerprints of the refresh token replaced and of the one
     /// that took its place, where there are such.
     pub fn replacing(mut self, old: Option<&str>, new: Option<&str>) -> Entry {
@@ -381,8 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(dir.path());
         let entry = Entry::new("acc-1", Event::Rotated, "scheduler")
-            .spent("rt-secret-0")
-            .new_token("rt-secret-1");
+            .replacing(Some("rt-secret-0"), Some("rt-secret-1"));
         journal.append(&entry).unwrap();
         let text = fs::read_to_string(journal.path()).unwrap();
         assert!(!text.contains("rt-secret"), "{text}");

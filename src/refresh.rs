@@ -632,10 +632,9 @@ impl Refresher {
             a.take_rotation(u.spent.expose(), &u.rotated);
             Ok::<_, RefreshError>(a.clone())
         })?;
-        let mut entry = Entry::new(id, Event::Rotated, u.by.as_str()).spent(u.spent.expose());
-        if let Some(t) = &u.rotated.tokens {
-            entry = entry.new_token(t.refresh_token.expose());
-        }
+        let new = u.rotated.tokens.as_ref().map(|t| t.refresh_token.expose());
+        let mut entry = Entry::new(id, Event::Rotated, u.by.as_str())
+            .replacing(Some(u.spent.expose()), new.map(String::as_str));
         entry.flight = Some(u.flight.clone());
         entry.after_interrupted = after_interrupted.to_vec();
         self.inner.journal.record(&entry);

@@ -61,15 +61,14 @@ impl Outgoing {
     }
 }
 
-/// Bytes already read, then the rest of a body (by default the incoming
-/// request body).
-pub struct Chain<B = Incoming> {
+/// Bytes already read, then the rest of the incoming body.
+pub struct Chain {
     prefix: Option<Bytes>,
-    rest: B,
+    rest: Incoming,
 }
 
-impl<B> Chain<B> {
-    pub fn new(prefix: Bytes, rest: B) -> Chain<B> {
+impl Chain {
+    fn new(prefix: Bytes, rest: Incoming) -> Chain {
         Chain {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -77,14 +76,14 @@ impl<B> Chain<B> {
     }
 }
 
-impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Chain<B> {
+impl HttpBody for Chain {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = hyper::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
