@@ -17,6 +17,7 @@ pub mod json;
 pub mod jwt;
 pub mod oauth;
 pub mod paths;
+pub mod peer;
 pub mod proto;
 pub mod publish;
 pub mod quota;

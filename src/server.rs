@@ -5,6 +5,8 @@ use std::error::Error;
 use std::time::Duration;
 
 use hyper::body::Incoming;
+
+use crate::proto::{ErrorBody, ErrorCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 
@@ -75,4 +77,33 @@ impl Connections {
             );
         }
     }
+}
+
+/// Answers a connection from a user who may not use the server with 403
+/// (after reading the request head, so that an HTTP client sees the answer)
+/// and closes it.
+pub async fn refuse<S>(mut stream: S, message: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
+    let body = ErrorBody::new(ErrorCode::Forbidden, message).to_vec();
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
 }

@@ -18,7 +18,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
@@ -26,7 +26,8 @@ use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
 use crate::quota::Quota;
 use crate::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
-use crate::server::{Connections, Limits};
+use crate::peer;
+use crate::server::{self, Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Outgoing, full};
@@ -92,13 +93,21 @@ pub async fn serve(
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("forwarder accept failed: {e}");
                     continue;
                 }
             },
         };
+        let (stream, client) = stream;
+        if !client_allowed(&stream, client) {
+            tokio::spawn(server::refuse(
+                stream,
+                "only the user running the daemon (or root) may use the forwarder",
+            ));
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let forwarder = forwarder.clone();
         let service = service_fn(move |request| {
@@ -108,6 +117,30 @@ pub async fn serve(
         connections.serve(stream, service, ());
     }
     connections.shutdown().await;
+}
+
+/// Whether the TCP client at `client` runs as the daemon's user or root,
+/// where the system can tell (Linux); elsewhere every local client is.
+fn client_allowed(stream: &TcpStream, client: SocketAddr) -> bool {
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::warn!("cannot tell the forwarder's own address: {e}");
+            return false;
+        }
+    };
+    match peer::tcp_peer_uid(local, client) {
+        Ok(None) => true,
+        Ok(Some(uid)) if peer::allowed(uid) => true,
+        Ok(Some(uid)) => {
+            tracing::warn!(uid, "refused a forwarder connection from another user");
+            false
+        }
+        Err(e) => {
+            tracing::warn!("cannot tell who connected to the forwarder from {client}: {e}");
+            false
+        }
+    }
 }
 
 /// Binds the forwarder's address; only loopback addresses are accepted,

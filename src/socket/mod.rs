@@ -10,7 +10,6 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -19,8 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +26,8 @@ use crate::engine::Engine;
 use crate::proto::{ErrorBody, ErrorCode, MIN_TTL, TokenAnswer};
 use crate::refresh::{Asker, RefreshError};
 use crate::routing::{self, Pick, Unavailable};
-use crate::server::{Connections, Limits};
+use crate::peer;
+use crate::server::{self, Connections, Limits};
 use crate::store::{Account, StoreError};
 use crate::view::AccountList;
 
@@ -153,21 +152,6 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
     Ok(())
 }
 
-/// The uid of the process at the other end of `stream`.
-fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let cred =
-            nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
-        Ok(cred.uid())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let (uid, _gid) = nix::unistd::getpeereid(stream)?;
-        Ok(uid.as_raw())
-    }
-}
-
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish within the grace period.
 pub async fn serve(
@@ -176,7 +160,6 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let me = nix::unistd::geteuid().as_raw();
     let connections = Connections::new(limits, "socket");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -194,11 +177,14 @@ pub async fn serve(
                 }
             },
         };
-        match peer_uid(&stream) {
-            Ok(uid) if uid == me || uid == 0 => {}
+        match peer::unix_peer_uid(&stream) {
+            Ok(uid) if peer::allowed(uid) => {}
             Ok(uid) => {
                 tracing::warn!(uid, "refused a socket connection from another user");
-                tokio::spawn(refuse(stream));
+                tokio::spawn(server::refuse(
+                    stream,
+                    "only the user running the daemon (or root) may use this socket",
+                ));
                 continue;
             }
             Err(e) => {
@@ -214,34 +200,6 @@ pub async fn serve(
         connections.serve(stream, service, permit);
     }
     connections.shutdown().await;
-}
-
-/// Answers a connection from another user with 403 (after reading the
-/// request head, so that an HTTP client sees the answer) and closes it.
-async fn refuse(mut stream: UnixStream) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read_head = async {
-        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
-    let body = ErrorBody::new(
-        ErrorCode::Forbidden,
-        "only the user running the daemon (or root) may use this socket",
-    )
-    .to_vec();
-    let head = format!(
-        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&body).await;
-    let _ = stream.shutdown().await;
 }
 
 /// An API error: HTTP status, stable code and a sentence.

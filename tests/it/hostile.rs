@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::support::fake_upstream::FakeUpstream;
@@ -147,4 +148,54 @@ fn another_uid_cannot_plant_an_account() {
     assert!(
         !env.store_path().exists() || env.read_store()["accounts"].as_array().unwrap().is_empty()
     );
+}
+
+#[test]
+fn another_uid_cannot_use_the_forwarder() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-uid");
+    let env = TestEnv::with_backend(&upstream);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    let address = daemon.forwarder();
+    let address = address.trim_start_matches("http://");
+    let (host, port) = address.rsplit_once(':').unwrap();
+    // A client running as user nobody, over loopback TCP.
+    let client = format!(
+        "import socket\n\
+         s = socket.create_connection(('{host}', {port}))\n\
+         s.sendall(b'GET /backend-api/uid-probe HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\n\\r\\n')\n\
+         chunks = iter(lambda: s.recv(4096), b'')\n\
+         print(b''.join(chunks).decode())\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &client])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(answer.contains("only the user running the daemon"), "{answer}");
+    let probes = |upstream: &FakeUpstream| {
+        upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("uid-probe"))
+            .count()
+    };
+    assert_eq!(probes(&upstream), 0);
+    assert!(daemon.log().contains("another user"), "{}", daemon.log());
+    // The daemon's own user is served.
+    let answer = raw_forwarder(
+        &daemon,
+        "GET /backend-api/uid-probe HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(!answer.contains("only the user running"), "{answer}");
+    assert_eq!(probes(&upstream), 1, "{answer}");
 }
