@@ -235,3 +235,17 @@ fn announce(shared: &Engine) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_is_undumpable_and_dumps_no_core() {
+        protect_memory();
+        let core = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE);
+        assert_eq!(core.unwrap(), (0, 0));
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
+    }
+}

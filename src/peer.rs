@@ -208,8 +208,7 @@ mod linux {
         table.lines().skip(1).find_map(|line| {
             let mut fields = line.split_whitespace();
             let (local, remote) = (fields.nth(1)?, fields.next()?);
-            if !local.eq_ignore_ascii_case(&source) || !remote.eq_ignore_ascii_case(&destination)
-            {
+            if !local.eq_ignore_ascii_case(&source) || !remote.eq_ignore_ascii_case(&destination) {
                 return None;
             }
             // st, tx:rx, tr:when, retransmits, then uid.

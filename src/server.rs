@@ -2,6 +2,7 @@
 //! a head timeout, watched so that shutdown can wait for them.
 
 use std::error::Error;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -55,11 +56,13 @@ impl Connections {
             .serve_connection(TokioIo::new(io), service);
         let connection = self.graceful.watch(connection);
         let name = self.name;
+        let open = Open::count();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("{name} connection ended: {e}");
             }
             drop(guard);
+            drop(open);
         });
     }
 
@@ -76,6 +79,56 @@ impl Connections {
                 self.name
             );
         }
+    }
+}
+
+/// Connections open across the servers, and the most open since memory
+/// was last handed back to the system.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Bursts smaller than this are not worth a trim.
+const TRIM_PEAK: usize = 512;
+
+/// One open connection, counted until dropped. When a burst of connections
+/// is over (a quarter of its peak left), the allocator is asked to return
+/// the memory they held: glibc's malloc keeps freed memory otherwise, so
+/// that thousands of idle connections would leave the daemon large for
+/// good.
+struct Open;
+
+impl Open {
+    fn count() -> Open {
+        let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
+        PEAK.fetch_max(open, Ordering::Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let open = OPEN.fetch_sub(1, Ordering::Relaxed) - 1;
+        let peak = PEAK.load(Ordering::Relaxed);
+        if peak >= TRIM_PEAK
+            && open <= peak / 4
+            && PEAK
+                .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            release_free_memory();
+        }
+    }
+}
+
+/// Hands freed heap memory back to the system, where the allocator keeps it.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        let released = unsafe { nix::libc::malloc_trim(0) };
+        tracing::debug!(
+            released,
+            "returned freed memory after a burst of connections"
+        );
     }
 }
 

@@ -61,14 +61,14 @@ impl Outgoing {
     }
 }
 
-/// Bytes already read, then the rest of the incoming body.
-pub struct Chain {
+/// Bytes already read, then the rest of the body they came from.
+pub struct Chain<B = Incoming> {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: B,
 }
 
-impl Chain {
-    fn new(prefix: Bytes, rest: Incoming) -> Chain {
+impl<B> Chain<B> {
+    pub fn new(prefix: Bytes, rest: B) -> Chain<B> {
         Chain {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -76,14 +76,14 @@ impl Chain {
     }
 }
 
-impl HttpBody for Chain {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Chain<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
@@ -95,12 +95,31 @@ impl HttpBody for Chain {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        hint.set_lower(hint.lower() + extra);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + extra);
+        // The upper bound first: `set_lower` asserts lower <= upper.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(extra));
         }
+        hint.set_lower(rest.lower().saturating_add(extra));
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_before_an_exact_rest_keeps_the_hint_exact() {
+        let chain = Chain::new(
+            Bytes::from_static(b"abc"),
+            Full::new(Bytes::from_static(b"de")),
+        );
+        assert_eq!(chain.size_hint().exact(), Some(5));
+        let chain = Chain::new(Bytes::new(), Full::new(Bytes::new()));
+        assert_eq!(chain.size_hint().exact(), Some(0));
+        assert!(chain.is_end_stream());
     }
 }

@@ -22,15 +22,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::peer;
 use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
 use crate::quota::Quota;
 use crate::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
-use crate::peer;
 use crate::server::{self, Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
-use body::{Outgoing, full};
+use body::{Chain, Outgoing, full};
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -38,6 +38,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
 pub const RETRY_BUFFER: usize = 32 * 1024 * 1024;
 /// Bodies the forwarder reads whole to look into (token requests, errors).
 const SMALL_BODY: usize = 1024 * 1024;
+/// How long an answer's first bytes are awaited before its head is passed on.
+const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(2);
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// and `expect`, which the forwarder answers itself.
@@ -264,6 +266,21 @@ fn refuse_before_routing(request: &Request<Incoming>) -> Option<Response<Body>> 
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,
             "the forwarder is not a proxy: send origin-form requests (GET /path)",
+        ));
+    }
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let ambiguous = match hosts {
+        0 if request.version() == hyper::Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header")
+        }
+        0 | 1 => None,
+        _ => Some("the request has more than one Host header"),
+    };
+    if let Some(why) = ambiguous {
+        return Some(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            why,
         ));
     }
     let headers = request.headers();
@@ -643,9 +660,31 @@ async fn relay(response: reqwest::Response) -> Response<Body> {
         );
     }
     let response: Response<reqwest::Body> = response.into();
-    let (mut head, body) = response.into_parts();
+    let (mut head, mut body) = response.into_parts();
     head.headers = forwardable(&head.headers, &[]);
-    Response::from_parts(head, body.map_err(BoxError::from).boxed())
+    // The first bytes are awaited (briefly) before the head is passed on,
+    // so that an upstream whose body breaks at once is a 502, not an empty
+    // answer; past that window, a break can only cut the stream.
+    let first = tokio::time::timeout(FIRST_BYTES_WINDOW, body.frame()).await;
+    let prefix = match first {
+        Err(_) | Ok(None) => Bytes::new(),
+        Ok(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => data,
+            Err(_) => Bytes::new(),
+        },
+        Ok(Some(Err(e))) => {
+            tracing::warn!("the upstream's answer broke before its first byte: {e}");
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UpstreamBroken,
+                &format!("the upstream's {status} answer broke before its first byte"),
+            );
+        }
+    };
+    Response::from_parts(
+        head,
+        Chain::new(prefix, body).map_err(BoxError::from).boxed(),
+    )
 }
 
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).

@@ -23,10 +23,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::peer;
 use crate::proto::{ErrorBody, ErrorCode, MIN_TTL, TokenAnswer};
 use crate::refresh::{Asker, RefreshError};
 use crate::routing::{self, Pick, Unavailable};
-use crate::peer;
 use crate::server::{self, Connections, Limits};
 use crate::store::{Account, StoreError};
 use crate::view::AccountList;

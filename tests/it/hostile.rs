@@ -180,8 +180,15 @@ fn another_uid_cannot_use_the_forwarder() {
         .output()
         .unwrap();
     let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(answer.contains("only the user running the daemon"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "{answer}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        answer.contains("only the user running the daemon"),
+        "{answer}"
+    );
     let probes = |upstream: &FakeUpstream| {
         upstream
             .requests()

@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod abuse;
 mod chaos;
 mod cli;
 mod concurrency;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_upstream;
+pub mod raw_upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -389,6 +390,16 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// Where the daemon's stderr goes; it outlives the daemon.
