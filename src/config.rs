@@ -47,17 +47,21 @@ impl Config {
     /// `CODEX_BROKER_REFRESH_AHEAD` variables.
     pub fn load(home: &Path) -> Result<Config, ConfigError> {
         let path = home.join(CONFIG_FILE);
+        match fsutil::read_optional(&path)? {
+            None => Config::parse(&path, b""),
+            Some(bytes) => Config::parse(&path, &bytes),
+        }
+    }
+
+    /// Makes the config from the bytes of `path` (empty: no file) and the
+    /// environment.
+    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
-            path: path.clone(),
+            path: path.to_owned(),
             message,
         };
-        let file: File = match fsutil::read_optional(&path)? {
-            None => File::default(),
-            Some(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
-                toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?
-            }
-        };
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
+        let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let url = |value: String, key: &str| -> Result<String, ConfigError> {
             let trimmed = value.trim().trim_end_matches('/').to_owned();

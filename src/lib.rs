@@ -12,6 +12,7 @@ pub mod display;
 pub mod engine;
 pub mod forward;
 pub mod fsutil;
+pub mod fuzz;
 pub mod journal;
 pub mod json;
 pub mod jwt;

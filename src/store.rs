@@ -640,7 +640,7 @@ impl StoreFile {
     }
 }
 
-fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
+pub(crate) fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
     let invalid = |problem| StoreError::Invalid {
         path: path.to_owned(),
         problem,

@@ -31,6 +31,7 @@ use crate::server::{self, Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Chain, Outgoing, full};
+pub(crate) use responses::{assemble, rewrite};
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";

@@ -204,7 +204,7 @@ pub async fn serve(
 
 /// An API error: HTTP status, stable code and a sentence.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
@@ -353,13 +353,13 @@ async fn route(
     }
 }
 
-fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
         .collect()
 }
 
-fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+pub(crate) fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("min_ttl") {
         None => Ok(MIN_TTL.into()),
         Some(text) => text.parse::<u32>().map(i64::from).map_err(|_| {
@@ -433,18 +433,23 @@ fn quota_json(accounts: &[Account]) -> Value {
 /// so it has no `Debug`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Report {
+pub(crate) struct Report {
     account_id: String,
     status: u16,
     #[serde(default)]
-    headers: HashMap<String, String>,
+    pub(crate) headers: HashMap<String, String>,
     #[serde(default)]
-    body: Value,
+    pub(crate) body: Value,
+}
+
+/// Reads a `/v1/report` body.
+pub(crate) fn parse_report(body: &[u8]) -> Result<Report, ApiError> {
+    crate::json::parse(body)
+        .map_err(|problem| ApiError::bad_request(format!("invalid report: {problem}")))
 }
 
 async fn report(shared: &Engine, body: &[u8], min_ttl: i64, by: &Asker) -> Result<Value, ApiError> {
-    let report: Report = crate::json::parse(body)
-        .map_err(|problem| ApiError::bad_request(format!("invalid report: {problem}")))?;
+    let report = parse_report(body)?;
     let headers: HashMap<String, &str> = report
         .headers
         .iter()

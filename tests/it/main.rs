@@ -15,5 +15,6 @@ mod hostile;
 mod interop;
 mod lineage;
 mod login;
+mod props;
 mod refresh;
 mod service;

@@ -1,0 +1,336 @@
+//! Property tests for every parser of outside input, and the replay of the
+//! seed corpus the fuzz harness starts from. Each input goes through the
+//! same entry point as the harness (`codex_broker::fuzz`), which checks that
+//! nothing panics and that what is accepted round-trips through a save and
+//! a load; the properties below add what each parser promises on its own.
+
+use std::collections::HashMap;
+
+use codex_broker::fuzz::{TARGETS, target};
+use codex_broker::jwt;
+use codex_broker::quota::Quota;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn run(name: &str, input: &[u8]) {
+    (target(name).expect("a target of that name").run)(input);
+}
+
+#[test]
+fn the_seed_corpus_replays_clean() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fuzz");
+    for t in TARGETS {
+        let dir = root.join(t.name);
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            (t.run)(&std::fs::read(&path).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds > 0, "no seeds for {}", t.name);
+    }
+}
+
+/// Numbers as text, the way headers and hostile files write them.
+fn number_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<f64>().prop_map(|f| f.to_string()),
+        any::<i64>().prop_map(|i| i.to_string()),
+        any::<u64>().prop_map(|u| u.to_string()),
+        Just("NaN".to_string()),
+        Just("inf".to_string()),
+        Just("-inf".to_string()),
+        Just("1e400".to_string()),
+        Just(" 42 ".to_string()),
+        "[0-9eE.+-]{0,12}",
+    ]
+}
+
+/// Any JSON value, nested a few levels.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|i| json!(i)),
+        any::<u64>().prop_map(|u| json!(u)),
+        any::<f64>().prop_map(|f| json!(f)),
+        ".{0,20}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::hash_map("[a-z_]{1,12}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// One of a few likely values for a field, or anything at all.
+fn field(likely: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => prop::sample::select(likely).prop_map(|s| json!(s)),
+        1 => json_value(),
+    ]
+}
+
+fn jwt_with(claims: Value) -> String {
+    jwt::encode_unsigned(&claims)
+}
+
+/// JWT claims of every shape the issuer, or an attacker, may send.
+fn claims() -> impl Strategy<Value = Value> {
+    (
+        prop_oneof![
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<f64>().prop_map(|f| json!(f)),
+            json_value()
+        ],
+        prop_oneof![any::<i64>().prop_map(|i| json!(i)), json_value()],
+        field(&["acc-1", "acc-2", ""]),
+        field(&["plus", "pro", "team"]),
+        json_value(),
+    )
+        .prop_map(|(exp, iat, account, plan, extra)| {
+            json!({
+                "exp": exp,
+                "iat": iat,
+                "email": "a@example.com",
+                "https://api.openai.com/auth": {
+                    "chatgpt_account_id": account,
+                    "chatgpt_plan_type": plan,
+                },
+                "extra": extra,
+            })
+        })
+}
+
+/// auth.json files: Codex's shape with any field replaced.
+fn auth_json() -> impl Strategy<Value = Value> {
+    (
+        field(&["chatgpt", "apikey", "ChatGPT", "chatgptAuthTokens"]),
+        claims(),
+        claims(),
+        field(&["rt-1", ""]),
+        field(&["acc-1", "acc-2"]),
+        field(&[
+            "2026-11-01T10:00:00Z",
+            "2026-11-01T10:00:00.123456789Z",
+            "yesterday",
+        ]),
+        prop::option::of(field(&["sk-test", ""])),
+        json_value(),
+    )
+        .prop_map(|(mode, id, access, refresh, account, last, key, extra)| {
+            let mut auth = json!({
+                "auth_mode": mode,
+                "tokens": {
+                    "id_token": jwt_with(id),
+                    "access_token": jwt_with(access),
+                    "refresh_token": refresh,
+                    "account_id": account,
+                },
+                "last_refresh": last,
+                "extra": extra,
+            });
+            if let Some(key) = key {
+                auth["OPENAI_API_KEY"] = key;
+            }
+            auth
+        })
+}
+
+fn window() -> impl Strategy<Value = Value> {
+    (
+        any::<f64>(),
+        json_value(),
+        any::<i64>(),
+        prop::option::of(any::<i64>()),
+    )
+        .prop_map(|(used, minutes, reset, after)| {
+            let mut w =
+                json!({"used_percent": used, "window_minutes": minutes, "resets_at": reset});
+            if let Some(after) = after {
+                w["limit_window_seconds"] = json!(after);
+                w["reset_after_seconds"] = json!(after);
+                w["reset_at"] = json!(reset);
+            }
+            w
+        })
+}
+
+/// accounts.json: a store of a few accounts with any quota and fields.
+fn store() -> impl Strategy<Value = Value> {
+    let account = (
+        "[a-z0-9-]{1,10}",
+        field(&["main", "fallback"]),
+        field(&["chatgpt", "api_key"]),
+        claims(),
+        prop::option::of((window(), window())),
+        any::<i64>(),
+        json_value(),
+    )
+        .prop_map(|(id, role, kind, access, quota, expires, extra)| {
+            json!({
+                "id": id,
+                "role": role,
+                "kind": kind,
+                "state": "ok",
+                "tokens": {"id_token": jwt_with(access.clone()), "access_token": jwt_with(access), "refresh_token": format!("rt-{id}")},
+                "last_refresh": "2026-11-01T10:00:00Z",
+                "expires_at": expires,
+                "quota": quota.map(|(five, week)| json!({"five_hour": five, "weekly": week, "source": "headers", "observed_at": 0})),
+                "extra": extra,
+            })
+        });
+    (
+        prop::collection::vec(account, 0..4),
+        field(&["main-first", "round-robin"]),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(|(accounts, routing, version)| {
+            json!({"version": version.unwrap_or(1), "routing": routing, "accounts": accounts})
+        })
+}
+
+/// SSE streams: known and unknown events, broken data lines, both line ends.
+fn sse_stream() -> impl Strategy<Value = Vec<u8>> {
+    let event = (
+        prop::sample::select(
+            &[
+                "response.created",
+                "response.output_text.delta",
+                "response.output_item.done",
+                "response.completed",
+                "response.failed",
+                "error",
+                "other",
+            ][..],
+        ),
+        prop_oneof![json_value().prop_map(|v| v.to_string()), ".{0,40}"],
+        any::<bool>(),
+    )
+        .prop_map(|(name, data, crlf)| {
+            let end = if crlf { "\r\n" } else { "\n" };
+            format!("event: {name}{end}data: {data}{end}{end}")
+        });
+    prop::collection::vec(event, 0..12).prop_map(|events| events.concat().into_bytes())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn auth_json_files_round_trip(auth in auth_json()) {
+        run("auth_json", &serde_json::to_vec(&auth).unwrap());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_break_a_parser(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        for t in TARGETS {
+            (t.run)(&bytes);
+        }
+    }
+
+    #[test]
+    fn stores_round_trip(store in store()) {
+        run("accounts_json", &serde_json::to_vec(&store).unwrap());
+    }
+
+    #[test]
+    fn config_files_give_a_config_or_an_error(
+        issuer in field(&["https://auth.example", "ftp://x", ""]),
+        ahead in prop_oneof![json_value(), number_text().prop_map(Value::String)],
+        extra in "[a-z]{1,8}",
+    ) {
+        let text = format!(
+            "issuer = {issuer}\nrefresh_ahead = {ahead}\n{extra} = 1\n",
+        );
+        run("config_toml", text.as_bytes());
+    }
+
+    #[test]
+    fn jwt_dates_are_held_in_range(exp in any::<i64>(), iat in any::<f64>()) {
+        let token = jwt_with(json!({"exp": exp, "iat": iat}));
+        let claims = jwt::decode(&token).unwrap();
+        const LIMIT: i64 = 253_402_300_799;
+        prop_assert_eq!(claims.exp, Some(exp.clamp(-LIMIT, LIMIT)));
+        if iat.is_finite() {
+            let got = claims.iat.unwrap();
+            prop_assert!(got.abs() <= LIMIT);
+        }
+        run("jwt", token.as_bytes());
+    }
+
+    #[test]
+    fn any_claims_decode_without_panic(claims in claims()) {
+        run("jwt", jwt_with(claims).as_bytes());
+    }
+
+    #[test]
+    fn quota_headers_store_only_finite_percentages(
+        used in number_text(),
+        minutes in number_text(),
+        reset in number_text(),
+        weekly in number_text(),
+    ) {
+        let headers: HashMap<&str, &str> = [
+            ("x-codex-primary-used-percent", used.as_str()),
+            ("x-codex-primary-window-minutes", minutes.as_str()),
+            ("x-codex-primary-reset-at", reset.as_str()),
+            ("x-codex-secondary-used-percent", weekly.as_str()),
+        ]
+        .into_iter()
+        .collect();
+        if let Some(quota) = Quota::from_headers(|name| headers.get(name).copied(), 1_800_000_000) {
+            for w in [&quota.five_hour, &quota.weekly].into_iter().flatten() {
+                prop_assert!(w.used_percent.is_finite() && w.used_percent >= 0.0);
+            }
+        }
+        let text: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+        run("quota_headers", text.as_bytes());
+    }
+
+    #[test]
+    fn usage_bodies_store_only_what_reads_back(
+        resets in prop_oneof![any::<i64>().prop_map(|i| json!(i)), json_value()],
+        seconds in prop_oneof![any::<i64>().prop_map(|i| json!(i)), json_value()],
+        primary in window(),
+        secondary in window(),
+    ) {
+        let limit = json!({"error": {"type": "usage_limit_reached", "resets_at": resets, "resets_in_seconds": seconds}});
+        run("usage_bodies", &serde_json::to_vec(&limit).unwrap());
+        let usage = json!({"rate_limit": {"primary_window": primary, "secondary_window": secondary}});
+        run("usage_bodies", &serde_json::to_vec(&usage).unwrap());
+    }
+
+    #[test]
+    fn sse_streams_assemble_or_fail_cleanly(stream in sse_stream()) {
+        run("sse", &stream);
+    }
+
+    #[test]
+    fn responses_requests_rewrite_idempotently(
+        input in prop_oneof![".{0,30}".prop_map(Value::String), json_value()],
+        stream in json_value(),
+        reasoning in json_value(),
+        include in json_value(),
+        extra in json_value(),
+    ) {
+        let body = json!({"model": "m", "input": input, "stream": stream,
+            "reasoning": reasoning, "include": include, "temperature": extra});
+        run("responses_rewrite", &serde_json::to_vec(&body).unwrap());
+    }
+
+    #[test]
+    fn socket_requests_parse_or_fail_cleanly(
+        query in "[a-z_=&%0-9-]{0,40}",
+        ttl in number_text(),
+        status in json_value(),
+        headers in prop::collection::hash_map("[A-Za-z-]{1,30}", number_text(), 0..6),
+        body in json_value(),
+    ) {
+        let report = json!({"account_id": "acc-1", "status": status, "headers": headers, "body": body});
+        let input = format!("{query}&min_ttl={ttl}\n{report}");
+        run("socket_request", input.as_bytes());
+    }
+}
