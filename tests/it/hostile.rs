@@ -206,3 +206,28 @@ fn another_uid_cannot_use_the_forwarder() {
     assert!(!answer.contains("only the user running"), "{answer}");
     assert_eq!(probes(&upstream), 1, "{answer}");
 }
+
+#[test]
+fn an_exp_near_i64_min_is_refreshed_not_served() {
+    let upstream = FakeUpstream::start();
+    let mut account = TestAccount::new("acc-min-exp");
+    account.expires_at = i64::MIN + 1;
+    let env = TestEnv::with_account(&upstream, &account);
+    let token = env.ok(&["token"]);
+    assert_ne!(token.trim(), account.access_token());
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+}
+
+#[test]
+fn forced_refreshes_from_the_socket_are_held_to_one_a_minute() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-forced");
+    let env = TestEnv::with_account(&upstream, &account);
+    let daemon = env.start_daemon(&["--no-forward"]);
+    let first = daemon.get("/v1/token?min_ttl=4294967295");
+    for _ in 0..20 {
+        let again = daemon.get("/v1/token?min_ttl=4294967295");
+        assert_eq!(again["access_token"], first["access_token"]);
+    }
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
+}
