@@ -231,3 +231,72 @@ fn forced_refreshes_from_the_socket_are_held_to_one_a_minute() {
     }
     assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
 }
+
+#[test]
+fn issuer_text_holding_a_token_is_redacted_everywhere_it_is_shown() {
+    use crate::support::fake_upstream::Refresh;
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-echo").expiring_in(60);
+    let env = TestEnv::with_account(&upstream, &account);
+    let jwt_like = account.access_token();
+    upstream.set_refresh(Refresh::Fail(
+        401,
+        serde_json::json!({"error": {"code": "refresh_token_invalidated",
+            "message": format!("token {} is no good; we saw {jwt_like}", account.refresh_token)}}),
+    ));
+    let out = env.run(&["token"]);
+    assert_ne!(out.status.code(), Some(0));
+    let mut shown = String::from_utf8_lossy(&out.stderr).into_owned();
+    shown += &env.ok(&["status"]);
+    shown += &env.ok(&["status", "--json"]);
+    shown += &env.ok(&["accounts", "--json"]);
+    shown += &env.stored_account("acc-echo")["state_reason"].to_string();
+    let daemon = env.start_daemon(&["--no-forward"]);
+    shown += &daemon.get("/v1/health").to_string();
+    assert!(shown.contains("REDACTED"), "{shown}");
+    for secret in [account.refresh_token.as_str(), jwt_like.as_str()] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+}
+
+#[test]
+fn a_zstd_bomb_is_refused_in_bounded_memory() {
+    use std::io::Write as _;
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-bomb");
+    let env = TestEnv::with_backend(&upstream);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    // 1 GiB of JSON whitespace, compressed to a few tens of KiB.
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.write_all(b"{\"model\":\"m\",\"input\":\"").unwrap();
+    let block = vec![b' '; 1 << 20];
+    for _ in 0..1024 {
+        encoder.write_all(&block).unwrap();
+    }
+    encoder.write_all(b"\"}").unwrap();
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let address = daemon.forwarder();
+    let mut stream = std::net::TcpStream::connect(address.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-encoding: zstd\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        bomb.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&bomb).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let rss = daemon.rss_kib();
+    assert!(rss < 150 * 1024, "daemon RSS {rss} KiB");
+    assert!(
+        upstream
+            .requests_to("/backend-api/codex/responses")
+            .is_empty()
+    );
+}
