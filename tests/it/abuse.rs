@@ -53,7 +53,11 @@ fn assert_healthy(daemon: &Daemon) {
     let started = Instant::now();
     let health = daemon.get("/v1/health");
     assert!(health["status"].is_string(), "{health}");
-    assert!(started.elapsed() < Duration::from_secs(2), "slow health");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "health took {:?}",
+        started.elapsed()
+    );
     let rss = daemon.rss_kib();
     assert!(rss < RSS_BOUND_KIB, "daemon RSS {rss} KiB");
 }
@@ -190,9 +194,7 @@ fn ask_socket(env: &TestEnv, request: &[u8]) -> String {
 fn smuggled_requests_never_reach_the_upstream() {
     let upstream = FakeUpstream::start();
     let account = TestAccount::new("acc-smuggle");
-    let env = TestEnv::with_backend(&upstream);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_backend_account(&upstream, &account);
     let daemon = env.start_daemon(&[]);
     let smuggled = "GET /backend-api/smuggled HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
     // CL.TE: a length that disagrees with the chunked framing. The chunks
@@ -249,9 +251,7 @@ fn smuggled_requests_never_reach_the_upstream() {
 fn host_and_target_tricks_are_refused() {
     let upstream = FakeUpstream::start();
     let account = TestAccount::new("acc-host");
-    let env = TestEnv::with_backend(&upstream);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_backend_account(&upstream, &account);
     let daemon = env.start_daemon(&[]);
     let cases: [(&str, &str); 8] = [
         (

@@ -158,9 +158,7 @@ fn another_uid_cannot_use_the_forwarder() {
     }
     let upstream = FakeUpstream::start();
     let account = TestAccount::new("acc-uid");
-    let env = TestEnv::with_backend(&upstream);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_backend_account(&upstream, &account);
     let daemon = env.start_daemon(&[]);
     let address = daemon.forwarder();
     let address = address.trim_start_matches("http://");
@@ -264,9 +262,7 @@ fn a_zstd_bomb_is_refused_in_bounded_memory() {
     use std::io::Write as _;
     let upstream = FakeUpstream::start();
     let account = TestAccount::new("acc-bomb");
-    let env = TestEnv::with_backend(&upstream);
-    upstream.add_account(&account);
-    env.import_account(&account);
+    let env = TestEnv::with_backend_account(&upstream, &account);
     let daemon = env.start_daemon(&[]);
     // 1 GiB of JSON whitespace, compressed to a few tens of KiB.
     let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();

@@ -83,6 +83,18 @@ impl TestEnv {
     }
 
     /// A user whose broker talks to `upstream` as issuer and backend, with
+    /// `account` (known to the issuer) imported through auth.json.
+    pub fn with_backend_account(
+        upstream: &fake_upstream::FakeUpstream,
+        account: &TestAccount,
+    ) -> TestEnv {
+        let env = TestEnv::with_backend(upstream);
+        upstream.add_account(account);
+        env.import_account(account);
+        env
+    }
+
+    /// A user whose broker talks to `upstream` as issuer and backend, with
     /// a main account (`acc-main`, in auth.json) and a fallback
     /// (`acc-fallback`).
     pub fn with_main_and_fallback(
