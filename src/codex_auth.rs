@@ -263,6 +263,15 @@ pub enum Replace {
     Changed(Snapshot),
 }
 
+/// Where Codex keeps its login (`cli_auth_credentials_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialsStore {
+    File,
+    Keyring,
+    Auto,
+}
+
 /// A Codex home directory (`$CODEX_HOME`, default `~/.codex`).
 #[derive(Debug, Clone)]
 pub struct CodexHome {
@@ -276,6 +285,53 @@ impl CodexHome {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where Codex keeps its login, from `cli_auth_credentials_store` in the
+    /// Codex home's config.toml. A config that cannot be read or parsed
+    /// counts as the default, `file` (Codex refuses to start with it anyway).
+    pub fn credentials_store(&self) -> CredentialsStore {
+        let path = self.dir.join("config.toml");
+        let text = match crate::fsutil::read_optional(&path) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => return CredentialsStore::File,
+            Err(e) => {
+                tracing::debug!("cannot read {}: {e}", path.display());
+                return CredentialsStore::File;
+            }
+        };
+        let table: toml::Table = match toml::from_str(&text) {
+            Ok(table) => table,
+            Err(_) => return CredentialsStore::File,
+        };
+        match table
+            .get("cli_auth_credentials_store")
+            .and_then(toml::Value::as_str)
+        {
+            Some("keyring") => CredentialsStore::Keyring,
+            Some("auto") => CredentialsStore::Auto,
+            _ => CredentialsStore::File,
+        }
+    }
+
+    /// Why Codex may not read the auth.json the broker keeps, with the fix;
+    /// `None` when Codex uses the file.
+    pub fn keyring_problem(&self) -> Option<String> {
+        let (value, what) = match self.credentials_store() {
+            CredentialsStore::File => return None,
+            CredentialsStore::Keyring => ("keyring", "keeps its login in the system keyring"),
+            CredentialsStore::Auto => (
+                "auto",
+                "keeps its login in the system keyring wherever there is one",
+            ),
+        };
+        Some(format!(
+            "{config} sets cli_auth_credentials_store = \"{value}\": Codex {what} and does not \
+             read {auth}, which codex-broker keeps fresh; set cli_auth_credentials_store = \
+             \"file\" in {config}",
+            config = self.dir.join("config.toml").display(),
+            auth = self.auth_path().display(),
+        ))
     }
 
     pub fn auth_path(&self) -> PathBuf {

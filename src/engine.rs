@@ -101,6 +101,9 @@ impl Engine {
         if let Some((code, message)) = self.auth_problem.lock().expect("problem lock").clone() {
             problems.push(problem(code, message));
         }
+        if let Some(message) = self.paths.codex().keyring_problem() {
+            problems.push(problem(ProblemCode::CodexKeyring, message));
+        }
         for message in self.refresher.unsaved() {
             problems.push(problem(ProblemCode::RotationUnsaved, message));
         }

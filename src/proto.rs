@@ -102,6 +102,9 @@ pub enum ProblemCode {
     RefreshInterrupted,
     /// The daemon could not be asked.
     DaemonUnreachable,
+    /// Codex's config.toml keeps its login in the system keyring, so Codex
+    /// may not read auth.json.
+    CodexKeyring,
     #[serde(other)]
     Unknown,
 }

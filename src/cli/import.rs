@@ -27,12 +27,24 @@ pub struct Args {
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let codex = paths.codex();
     let path = args.path.unwrap_or_else(|| codex.auth_path());
+    let keyring = same_file(&path, &codex.auth_path())
+        .then(|| codex.keyring_problem())
+        .flatten();
     let Some((bytes, meta)) = read_with_metadata(&path)? else {
+        if let Some(problem) = keyring {
+            anyhow::bail!(
+                "no auth.json at {}: {problem}, then log in with `codex login` again",
+                path.display()
+            );
+        }
         anyhow::bail!(
             "no auth.json at {}: log in with `codex login` first, or pass the path of an auth.json",
             path.display()
         )
     };
+    if let Some(problem) = &keyring {
+        eprintln!("warning: {problem}");
+    }
     if let Some(why) = untrusted(&meta) {
         anyhow::bail!(
             "refusing to import {}: {why}; anyone who can write it could plant an account",

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::codex_auth::AuthState;
+use crate::codex_auth::{AuthState, CredentialsStore};
 use crate::config::Config;
 use crate::display::{self, Table};
 use crate::paths::Paths;
@@ -52,7 +52,7 @@ struct Daemon<'a> {
     /// The forwarder's address, when it runs.
     forwarder: Option<String>,
     /// What the daemon reports as wrong (without a daemon: what the
-    /// journal tells), `{code, message}` each.
+    /// journal and Codex's config tell), `{code, message}` each.
     problems: Vec<Problem>,
 }
 
@@ -79,6 +79,12 @@ impl<'a> Daemon<'a> {
                         message: i.message(),
                     })
                     .collect();
+                if let Some(message) = paths.codex().keyring_problem() {
+                    daemon.problems.push(Problem {
+                        code: ProblemCode::CodexKeyring,
+                        message,
+                    });
+                }
             }
             Ok(Answer::Ok(health)) => {
                 let health: Health = serde_json::from_value(health)
@@ -114,6 +120,8 @@ struct CodexAuth<'a> {
     account_id: Option<String>,
     /// What is wrong with an invalid file.
     problem: Option<String>,
+    /// Where Codex keeps its login: `file`, `keyring` or `auto`.
+    credentials_store: CredentialsStore,
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
@@ -137,6 +145,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             AuthState::Untrusted(problem) => Some(problem.clone()),
             _ => None,
         },
+        credentials_store: paths.codex().credentials_store(),
     };
     let status = Status {
         daemon: Daemon::ask(paths)?,

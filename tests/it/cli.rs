@@ -514,3 +514,67 @@ fn a_closed_stdout_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_codex_keyring_store_is_reported_with_the_fix() {
+    let account = TestAccount::new("acc-keyring");
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.codex_home()).unwrap();
+    let config = env.codex_home().join("config.toml");
+
+    // No auth.json, as Codex leaves it when it logs in to the keyring.
+    std::fs::write(
+        &config,
+        "model = \"o4\"\ncli_auth_credentials_store = \"keyring\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["import"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cli_auth_credentials_store = \"keyring\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("set cli_auth_credentials_store = \"file\""),
+        "{stderr}"
+    );
+
+    // With an auth.json it is imported, with a warning.
+    env.write_codex_auth(&account);
+    let out = env.run(&["import"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("warning: "));
+
+    let text = env.ok(&["status"]);
+    assert!(text.contains("! "), "{text}");
+    assert!(text.contains("system keyring"), "{text}");
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["codex_auth"]["credentials_store"], "keyring");
+    assert_eq!(status["daemon"]["problems"][0]["code"], "codex_keyring");
+
+    let daemon = env.start_daemon(&["--no-forward"]);
+    let codes = |daemon: &crate::support::Daemon| -> Vec<String> {
+        daemon.get("/v1/health")["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}: {}", p["code"], p["message"]))
+            .collect()
+    };
+    let problems = codes(&daemon);
+    assert!(
+        problems.iter().any(|p| p.contains("codex_keyring")),
+        "{problems:?}"
+    );
+    std::fs::write(&config, "cli_auth_credentials_store = \"auto\"\n").unwrap();
+    let problems = codes(&daemon);
+    assert!(
+        problems.iter().any(|p| p.contains("\\\"auto\\\"")),
+        "{problems:?}"
+    );
+    std::fs::write(&config, "cli_auth_credentials_store = \"file\"\n").unwrap();
+    assert!(codes(&daemon).is_empty());
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["codex_auth"]["credentials_store"], "file");
+}
