@@ -275,14 +275,105 @@ fn main() {
     );
 
     let forwarder = forwarder_addr(&runtime, &daemon.socket);
+    let nginx = nginx::start(home.path(), upstream.addr);
     forward::run(
         &runtime,
         &upstream,
-        forwarder,
+        forward::Proxies {
+            forwarder,
+            nginx: nginx.as_ref().map(|n| n.addr),
+        },
         daemon.child.id(),
         run,
         quick,
     );
+}
+
+/// nginx as a reference proxy: the same upstream behind `proxy_pass`, one
+/// worker, upstream keepalive, no buffering (SSE passes as it comes).
+mod nginx {
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub struct Nginx {
+        pub addr: SocketAddr,
+        child: Child,
+    }
+
+    impl Drop for Nginx {
+        /// SIGTERM, not SIGKILL: the master then stops its worker too.
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+
+    fn find() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+            .map(|dir| dir.join("nginx"))
+            .find(|p| p.is_file())
+    }
+
+    /// Starts nginx in `home` in front of `upstream`, where it is installed.
+    pub fn start(home: &Path, upstream: SocketAddr) -> Option<Nginx> {
+        let Some(bin) = find() else {
+            println!();
+            println!(
+                "nginx: not installed, so no nginx column (Debian/Ubuntu: apt-get install nginx; macOS: brew install nginx)"
+            );
+            return None;
+        };
+        let dir = home.join("nginx");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.display();
+        let config = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream backend {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n\
+             location /codex/ {{\n      proxy_pass http://backend/backend-api/codex/;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+             proxy_buffering off;\n    }}\n  }}\n}}\n"
+        );
+        let config_path = dir.join("nginx.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                println!(
+                    "nginx: did not start; see {}",
+                    dir.join("error.log").display()
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Nginx { addr, child })
+    }
 }
 
 /// The upstream both the forwarder and the direct baseline talk to.
@@ -491,68 +582,92 @@ mod forward {
         values[((values.len() - 1) as f64 * q) as usize] as f64
     }
 
+    /// The proxies measured against the direct connection.
+    pub struct Proxies {
+        pub forwarder: SocketAddr,
+        /// nginx, where it is installed.
+        pub nginx: Option<SocketAddr>,
+    }
+
+    fn cell(s: &Stats) -> String {
+        format!("{:>9.0} {:>6.0} {:>6.0}", s.rate, s.p50, s.p99)
+    }
+
     pub fn run(
         runtime: &tokio::runtime::Runtime,
         upstream: &Upstream,
-        forwarder: SocketAddr,
+        proxies: Proxies,
         daemon_pid: u32,
         run: Duration,
         quick: bool,
     ) {
+        let Proxies { forwarder, nginx } = proxies;
         let direct = upstream.addr;
         println!();
         println!(
-            "forwarder: POST /codex/responses through the forwarder vs straight to the same upstream"
+            "forwarder: POST /codex/responses through the forwarder, through nginx proxy_pass (1 worker,"
         );
+        println!("upstream keepalive) and straight to the same upstream; req/s, p50 and p99 in us");
         println!(
-            "{:>7} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>9} {:>10}",
+            "{:>7} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>8} {:>8} | {:>9} {:>9}",
             "clients",
-            "fwd req/s",
-            "p50 us",
-            "p99 us",
-            "direct req/s",
-            "p50 us",
-            "p99 us",
-            "fwd/direct",
-            "added p50"
+            "fwd",
+            "p50",
+            "p99",
+            "nginx",
+            "p50",
+            "p99",
+            "direct",
+            "p50",
+            "p99",
+            "fwd/dir",
+            "fwd/ngx",
+            "fwd +p50",
+            "ngx +p50"
         );
-        // An upstream that answers at once measures the forwarder's own
-        // CPU cost; one that takes 2 ms, like any real backend, measures
-        // what a client sees.
+        // An upstream that answers at once measures the proxies' own CPU
+        // cost; one that takes 2 ms, like any real backend, measures what a
+        // client sees.
         for (label, suffix) in [
             ("upstream answers at once", ""),
             ("upstream answers after 2 ms", "-2ms"),
         ] {
             println!("  {label}");
-            for clients in [1, 32] {
-                let f = runtime.block_on(small(
-                    forwarder,
-                    &format!("/codex/responses{suffix}"),
-                    clients,
-                    run,
-                ));
+            for clients in super::CONCURRENCY {
+                let path = format!("/codex/responses{suffix}");
+                let f = runtime.block_on(small(forwarder, &path, clients, run));
+                let n = nginx.map(|addr| runtime.block_on(small(addr, &path, clients, run)));
                 let d = runtime.block_on(small(
                     direct,
                     &format!("/backend-api/codex/responses{suffix}"),
                     clients,
                     run,
                 ));
+                let (n_cell, f_over_n, n_added) = match &n {
+                    Some(n) => (
+                        cell(n),
+                        format!("{:>8.2}", f.rate / n.rate),
+                        format!("{:>7.0}us", n.p50 - d.p50),
+                    ),
+                    None => (
+                        format!("{:>9} {:>6} {:>6}", "-", "-", "-"),
+                        format!("{:>8}", "-"),
+                        format!("{:>9}", "-"),
+                    ),
+                };
                 println!(
-                    "{clients:>7} | {:>12.0} {:>8.0} {:>8.0} | {:>12.0} {:>8.0} {:>8.0} | {:>9.2} {:>8.0}us",
-                    f.rate,
-                    f.p50,
-                    f.p99,
-                    d.rate,
-                    d.p50,
-                    d.p99,
+                    "{clients:>7} | {} | {n_cell} | {} | {:>8.2} {f_over_n} | {:>7.0}us {n_added}",
+                    cell(&f),
+                    cell(&d),
                     f.rate / d.rate,
-                    f.p50 - d.p50
+                    f.p50 - d.p50,
                 );
             }
         }
 
         let streams = if quick { 2 } else { 20 };
         let mut f = runtime.block_on(sse(forwarder, "/codex/stream", streams));
+        let mut n = nginx.map(|addr| runtime.block_on(sse(addr, "/codex/stream", streams)));
         let mut d = runtime.block_on(sse(direct, "/backend-api/codex/stream", streams));
         println!();
         println!(
@@ -566,6 +681,14 @@ mod forward {
             percentile(&mut d, 0.99),
             percentile(&mut f, 0.5) - percentile(&mut d, 0.5)
         );
+        if let Some(n) = &mut n {
+            println!(
+                "  nginx p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us",
+                percentile(n, 0.5),
+                percentile(n, 0.99),
+                percentile(n, 0.5) - percentile(&mut d, 0.5)
+            );
+        }
 
         let idle = if quick { 20 } else { 500 };
         let before = rss_kib(daemon_pid);
