@@ -360,9 +360,13 @@ mod nginx {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // From here on, dropping it stops nginx.
+        let nginx = Nginx {
+            addr: ([127, 0, 0, 1], port).into(),
+            child,
+        };
         let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
+        while std::net::TcpStream::connect(nginx.addr).is_err() {
             if started.elapsed() > Duration::from_secs(10) {
                 println!(
                     "nginx: did not start; see {}",
@@ -372,7 +376,7 @@ mod nginx {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Some(Nginx { addr, child })
+        Some(nginx)
     }
 }
 
