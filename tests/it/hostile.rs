@@ -163,16 +163,15 @@ fn another_uid_cannot_use_the_forwarder() {
     let address = daemon.forwarder();
     let address = address.trim_start_matches("http://");
     let (host, port) = address.rsplit_once(':').unwrap();
-    // A client running as user nobody, over loopback TCP.
+    // A client running as user nobody, over loopback TCP (bash's /dev/tcp).
     let client = format!(
-        "import socket\n\
-         s = socket.create_connection(('{host}', {port}))\n\
-         s.sendall(b'GET /backend-api/uid-probe HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\n\\r\\n')\n\
-         chunks = iter(lambda: s.recv(4096), b'')\n\
-         print(b''.join(chunks).decode())\n"
+        "exec 3<>/dev/tcp/{host}/{port}; \
+         printf 'GET /backend-api/uid-probe HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\n\\r\\n' >&3; \
+         cat <&3"
     );
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new("/bin/bash")
         .args(["-c", &client])
+        .env_clear()
         .uid(65534)
         .gid(65534)
         .output()
