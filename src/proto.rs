@@ -21,6 +21,9 @@ pub enum ErrorCode {
     NeedsLogin,
     /// Every account is blocked (quota, killswitch, just failed).
     NoUsableAccount,
+    /// Every account that could serve has used its quota; `retry_after`
+    /// says when the first resets.
+    QuotaExhausted,
     /// Refreshing fails for a passing reason and the token has expired.
     RefreshFailed,
     UnknownAccount,
@@ -69,6 +72,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds until waiting may help (`quota_exhausted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<i64>,
 }
 
 impl ErrorBody {
@@ -77,6 +83,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                retry_after: None,
             },
         }
     }

@@ -5,10 +5,50 @@ use crate::proto::MIN_TTL;
 use crate::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
 use crate::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 
+/// Why an account may not serve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    NeedsLogin,
+    /// A quota window is used up (until `resets_at`, where known).
+    UsedUp {
+        window: &'static str,
+        resets_at: Option<i64>,
+    },
+    /// Over the killswitch's limit, until the window resets.
+    Killswitch {
+        resets_at: Option<i64>,
+    },
+}
+
+impl Block {
+    /// When waiting makes the account usable again; `None` for a block
+    /// that waiting does not lift, or whose end is unknown.
+    pub fn lifts_at(&self) -> Option<i64> {
+        match self {
+            Block::NeedsLogin => None,
+            Block::UsedUp { resets_at, .. } | Block::Killswitch { resets_at } => *resets_at,
+        }
+    }
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Block::NeedsLogin => f.write_str("needs a new login"),
+            Block::UsedUp {
+                window,
+                resets_at: Some(at),
+            } => write!(f, "its {window} quota is used up until unix time {at}"),
+            Block::UsedUp { window, .. } => write!(f, "its {window} quota is used up"),
+            Block::Killswitch { .. } => f.write_str("blocked by the killswitch"),
+        }
+    }
+}
+
 /// Why `account` may not serve at `now`, if it may not.
-pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<String> {
+pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<Block> {
     if account.state == State::NeedsLogin {
-        return Some("needs a new login".into());
+        return Some(Block::NeedsLogin);
     }
     let quota = account.quota.as_ref();
     let used = |pick: fn(&crate::quota::Quota) -> Option<&crate::quota::Window>| {
@@ -16,24 +56,23 @@ pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<String> {
     };
     let five_hour = used(|q| q.five_hour.as_ref());
     let weekly = used(|q| q.weekly.as_ref());
-    for (name, window) in [("5-hour", five_hour), ("weekly", weekly)] {
-        if let Some((percent, resets_at)) = window
+    for (window, used) in [("5-hour", five_hour), ("weekly", weekly)] {
+        if let Some((percent, resets_at)) = used
             && percent >= 100.0
         {
-            return Some(match resets_at {
-                Some(at) => format!("its {name} quota is used up until unix time {at}"),
-                None => format!("its {name} quota is used up"),
-            });
+            return Some(Block::UsedUp { window, resets_at });
         }
     }
     if store.killswitch.enabled
         && let Some(limits) = store.killswitch.limits.get(&account.id)
     {
         let over = |window: Option<(f64, Option<i64>)>, limit: f64| {
-            window.is_some_and(|(percent, _)| percent > limit)
+            window.and_then(|(percent, resets_at)| (percent > limit).then_some(resets_at))
         };
-        if over(five_hour, limits.five_hour) || over(weekly, limits.weekly) {
-            return Some("blocked by the killswitch".into());
+        if let Some(resets_at) =
+            over(five_hour, limits.five_hour).or_else(|| over(weekly, limits.weekly))
+        {
+            return Some(Block::Killswitch { resets_at });
         }
     }
     None
@@ -64,6 +103,17 @@ pub enum Unavailable {
     AllBlocked(String),
     #[error("no usable account: {0}")]
     AllFailed(RefreshError),
+    /// Every account that could serve has used its quota: waiting fixes
+    /// it, not a login.
+    #[error("every account has used its quota; the first resets at {} ({})", crate::display::timestamp(*.resets_at), crate::display::relative(*.resets_at, *.now))]
+    QuotaExhausted {
+        /// The earliest reset among the accounts.
+        resets_at: i64,
+        /// The account that resets first, and its last known quota.
+        account: String,
+        quota: Option<Box<crate::quota::Quota>>,
+        now: i64,
+    },
     #[error(transparent)]
     Lookup(#[from] LookupError),
     #[error(transparent)]
@@ -89,6 +139,7 @@ impl Unavailable {
             | Unavailable::AllFailed(_)
             | Unavailable::Refresh(RefreshError::NeedsLogin { .. }) => ErrorCode::NeedsLogin,
             Unavailable::AllBlocked(_) => ErrorCode::NoUsableAccount,
+            Unavailable::QuotaExhausted { .. } => ErrorCode::QuotaExhausted,
             Unavailable::Lookup(_) => ErrorCode::UnknownAccount,
             Unavailable::Refresh(RefreshError::Backoff { .. }) => ErrorCode::RefreshFailed,
             Unavailable::Refresh(RefreshError::Stopped(_)) => ErrorCode::Stopping,
@@ -176,11 +227,34 @@ pub async fn fresh_account(
         if store.accounts.is_empty() {
             return Err(Unavailable::NoAccounts);
         }
-        let reasons: Vec<String> = store
+        let eligible: Vec<&Account> = store
             .accounts
             .iter()
-            .filter_map(|a| {
-                let why = blocked(&store, a, now).or_else(|| {
+            .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
+            .collect();
+        let blocks: Vec<(&Account, Option<Block>)> = eligible
+            .iter()
+            .map(|a| (*a, blocked(&store, a, now)))
+            .collect();
+        // Only quota stands in the way, and it resets: say when.
+        let resets: Option<Vec<(i64, &Account)>> = blocks
+            .iter()
+            .map(|(a, block)| Some((block.as_ref()?.lifts_at()?, *a)))
+            .collect();
+        if let Some((resets_at, first)) =
+            resets.and_then(|r| r.into_iter().min_by_key(|(at, _)| *at))
+        {
+            return Err(Unavailable::QuotaExhausted {
+                resets_at,
+                account: first.id.clone(),
+                quota: first.quota.clone().map(Box::new),
+                now,
+            });
+        }
+        let reasons: Vec<String> = blocks
+            .iter()
+            .filter_map(|(a, block)| {
+                let why = block.as_ref().map(Block::to_string).or_else(|| {
                     exclude
                         .contains(&a.id.as_str())
                         .then(|| "just failed".into())
@@ -274,7 +348,7 @@ mod tests {
         s.killswitch.enabled = true;
         assert_eq!(ids(&s), ["a", "c"]);
         assert_eq!(
-            blocked(&s, &s.accounts[1], 1_000).unwrap(),
+            blocked(&s, &s.accounts[1], 1_000).unwrap().to_string(),
             "blocked by the killswitch"
         );
     }

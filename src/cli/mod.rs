@@ -31,6 +31,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: no account can serve; a login is needed.
 pub const EXIT_NEEDS_LOGIN: u8 = 3;
+/// Exit status: every account that could serve has used its quota.
+pub const EXIT_QUOTA_EXHAUSTED: u8 = 4;
 
 /// What `accounts` and `status` say on an empty store.
 const NO_ACCOUNTS: &str = "No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)\n";
@@ -44,7 +46,7 @@ Files:
 
 Exit status:
   0 success, 1 failure, 2 usage error, 3 no usable account (needs login),
-  13 login callback port in use, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
+  4 every usable account has used its quota, 13 login callback port in use, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
   (after any refresh in flight was saved)";
 
 /// Keeps ChatGPT/Codex OAuth credentials fresh for every tool on this machine.
@@ -134,6 +136,14 @@ impl Exit {
     pub fn needs_login(message: impl Into<String>) -> anyhow::Error {
         Exit {
             code: EXIT_NEEDS_LOGIN,
+            message: message.into(),
+        }
+        .into()
+    }
+
+    pub fn quota_exhausted(message: impl Into<String>) -> anyhow::Error {
+        Exit {
+            code: EXIT_QUOTA_EXHAUSTED,
             message: message.into(),
         }
         .into()

@@ -16,7 +16,8 @@ use crate::socket::client::{self, Answer};
 /// need a login, are used up or are blocked by the killswitch. Asks the
 /// daemon when it runs, and works without it otherwise. Safe to run from
 /// many processes at once: one refresh happens per rotation. Exits 3 when no
-/// account can serve. Interrupted (SIGINT, SIGTERM, SIGHUP) while a refresh
+/// account can serve and a login would help, 4 when every account has used
+/// its quota (saying when the first resets). Interrupted (SIGINT, SIGTERM, SIGHUP) while a refresh
 /// is in flight, it finishes and saves that refresh first.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,6 +50,9 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         let found = routing::fresh_account(refresher, pick, i64::from(args.min_ttl), &by).await;
         let account = match found {
             Ok(account) => account,
+            Err(e @ routing::Unavailable::QuotaExhausted { .. }) => {
+                return Err(super::Exit::quota_exhausted(e.to_string()));
+            }
             Err(e) if e.needs_login() => return Err(super::Exit::needs_login(e.to_string())),
             Err(e) => return Err(e.into()),
         };
@@ -77,6 +81,7 @@ async fn from_daemon(paths: &Paths, args: &Args) -> anyhow::Result<Option<TokenA
             ErrorCode::NeedsLogin | ErrorCode::NoUsableAccount => {
                 Err(super::Exit::needs_login(message))
             }
+            ErrorCode::QuotaExhausted => Err(super::Exit::quota_exhausted(message)),
             _ => Err(anyhow::anyhow!("{message}")),
         },
     }

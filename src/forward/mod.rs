@@ -180,7 +180,58 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 }
 
 fn unavailable(e: &Unavailable) -> Response<Body> {
-    error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string())
+    match e {
+        Unavailable::QuotaExhausted {
+            resets_at,
+            quota,
+            now,
+            ..
+        } => usage_limit_reached(e, *resets_at, quota.as_deref(), *now),
+        _ => error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
+    }
+}
+
+/// What the backend answers when an account's quota is used up, for the
+/// earliest reset among the accounts: clients (Codex, OpenCode, SDKs) know
+/// to wait for it, where a 503 would make them retry at once or ask for a
+/// login that fixes nothing.
+fn usage_limit_reached(
+    e: &Unavailable,
+    resets_at: i64,
+    quota: Option<&Quota>,
+    now: i64,
+) -> Response<Body> {
+    let retry_after = (resets_at - now).max(0);
+    let body = json!({"error": {
+        "type": "usage_limit_reached",
+        "code": "usage_limit_reached",
+        "message": e.to_string(),
+        "resets_at": resets_at,
+        "resets_in_seconds": retry_after,
+    }});
+    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    let windows = quota.map(|q| [("primary", &q.five_hour), ("secondary", &q.weekly)]);
+    for (name, window) in windows.into_iter().flatten() {
+        let Some(window) = window else { continue };
+        let mut set = |field: &str, value: String| {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(format!("x-codex-{name}-{field}")),
+                HeaderValue::try_from(value),
+            ) {
+                headers.insert(name, value);
+            }
+        };
+        set("used-percent", window.used_at(now).to_string());
+        if let Some(minutes) = window.window_minutes {
+            set("window-minutes", minutes.to_string());
+        }
+        if let Some(at) = window.resets_at {
+            set("reset-at", at.to_string());
+        }
+    }
+    response
 }
 
 /// Copies `from` without hop-by-hop headers (and those the `connection`

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::net::UnixStream;
 
 use crate::paths::Paths;
-use crate::proto::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::proto::{ErrorBody, ErrorCode};
 
 /// The header naming the broker home a client works on; a daemon serving
 /// another home answers `wrong_home`.
@@ -147,9 +147,12 @@ async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
     }
     let error = serde_json::from_value::<ErrorBody>(value)
         .map(|b| b.error)
-        .unwrap_or_else(|_| ErrorDetail {
-            code: ErrorCode::Unknown,
-            message: format!("the daemon answered HTTP {status}"),
+        .unwrap_or_else(|_| {
+            ErrorBody::new(
+                ErrorCode::Unknown,
+                format!("the daemon answered HTTP {status}"),
+            )
+            .error
         });
     if error.code == ErrorCode::WrongHome {
         tracing::debug!("the daemon at {} serves another home", connection.path);

@@ -208,6 +208,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    /// Seconds until waiting may help.
+    retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -216,6 +218,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -239,7 +242,11 @@ impl From<Unavailable> for ApiError {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        let mut error = ApiError::new(status, e.code(), e.to_string());
+        if let Unavailable::QuotaExhausted { resets_at, now, .. } = e {
+            error.retry_after = Some((resets_at - now).max(0));
+        }
+        error
     }
 }
 
@@ -279,7 +286,9 @@ async fn handle(
         }
         Err(e) => {
             tracing::debug!(%method, %path, code = %e.code, "socket request failed: {}", e.message);
-            json_response(e.status, ErrorBody::new(e.code, e.message).to_vec())
+            let mut body = ErrorBody::new(e.code, e.message);
+            body.error.retry_after = e.retry_after;
+            json_response(e.status, body.to_vec())
         }
     }
 }

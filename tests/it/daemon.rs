@@ -437,16 +437,16 @@ fn token_and_report_over_the_socket() {
         serde_json::from_str::<serde_json::Value>(&env.ok(&["accounts", "--json"])).unwrap()
     );
 
-    // Nothing can serve: 503 with a stable code, and exit 3 from `token`.
+    // Every quota is used up: 503 quota_exhausted, and exit 4 from `token`.
     let (status, body) = daemon.api(
         "POST",
         "/v1/report",
         Some(r#"{"account_id": "acc-fallback", "status": 429, "body": {"error": {"type": "usage_limit_reached", "resets_in_seconds": 600}}}"#),
     );
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "no_usable_account");
+    assert_eq!(body["error"]["code"], "quota_exhausted");
     let out = env.run(&["token"]);
-    assert_eq!(out.status.code(), Some(3), "{}", env.render(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", env.render(&out));
 }
 
 #[test]

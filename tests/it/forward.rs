@@ -222,9 +222,12 @@ fn a_429_is_retried_on_the_fallback_with_the_same_body() {
     let answer = post_responses(&daemon, body);
     assert_eq!(answer.status, 429, "{}", answer.text());
     assert_eq!(answer.json()["error"]["type"], "usage_limit_reached");
+    // Later requests: the same shape, for the first reset, without a try.
     let answer = post_responses(&daemon, body);
-    assert_eq!(answer.status, 503, "{}", answer.text());
-    assert_eq!(answer.json()["error"]["code"], "no_usable_account");
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(answer.json()["error"]["type"], "usage_limit_reached");
+    assert!(answer.headers.contains_key("retry-after"));
+    assert_eq!(backend_posts(&upstream).len(), 4);
 }
 
 #[test]
@@ -576,4 +579,64 @@ fn a_401_moves_to_the_fallback_and_refreshes_the_rejected_account() {
         env.read_store()["accounts"][0]["tokens"]["refresh_token"] == "rt-acc-main-1"
     })
     .unwrap_or_else(|| panic!("{}", daemon.log()));
+}
+
+#[test]
+fn every_account_used_up_is_answered_with_the_first_reset() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    for (account, seconds) in [("acc-main", 7200), ("acc-fallback", 3600)] {
+        let report = serde_json::json!({"account_id": account, "status": 429,
+            "body": {"error": {"type": "usage_limit_reached", "resets_in_seconds": seconds}}});
+        daemon.api("POST", "/v1/report", Some(&report.to_string()));
+    }
+    let first_reset = crate::support::now() + 3600;
+
+    // The socket API: 503 quota_exhausted with the seconds to wait.
+    let (status, body) = daemon.api("GET", "/v1/token", None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exhausted");
+    let retry = body["error"]["retry_after"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&retry), "{body}");
+
+    // `token` exits 4 and says when.
+    let out = env.run(&["token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("every account has used its quota; the first resets at"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(in 59m") || stderr.contains("(in 1h"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("login"), "{stderr}");
+
+    // The forwarder: what the backend would say, on every route.
+    for path in ["/codex/responses", "/v1/responses"] {
+        let answer = send(
+            "POST",
+            &format!("{}{path}", daemon.forwarder()),
+            &[("content-type", "application/json")],
+            br#"{"model":"m","input":"hi"}"#.to_vec(),
+        );
+        assert_eq!(answer.status, 429, "{path}: {}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["error"]["type"], "usage_limit_reached", "{body}");
+        let resets_at = body["error"]["resets_at"].as_i64().unwrap();
+        assert!(
+            (first_reset - 10..=first_reset).contains(&resets_at),
+            "{body}"
+        );
+        let retry: i64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3590..=3600).contains(&retry), "{retry}");
+        assert_eq!(answer.headers["x-codex-primary-used-percent"], "100");
+    }
+    assert!(backend_posts(&upstream).is_empty());
 }
