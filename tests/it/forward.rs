@@ -640,3 +640,38 @@ fn every_account_used_up_is_answered_with_the_first_reset() {
     }
     assert!(backend_posts(&upstream).is_empty());
 }
+
+#[test]
+fn a_login_hint_is_kept_when_a_login_would_help() {
+    use crate::support::fake_upstream::Refresh;
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_backend(&upstream);
+    let main = TestAccount::new("acc-main");
+    let lost = TestAccount::new("acc-lost").expiring_in(60);
+    for a in [&main, &lost] {
+        upstream.add_account(a);
+    }
+    env.import_account(&main);
+    env.import_other(&lost);
+    upstream.set_refresh(Refresh::error(401, "refresh_token_invalidated"));
+    let daemon = env.start_daemon(&[]);
+    // The scheduler refreshes the expiring account at once: it needs a login.
+    wait_until(Duration::from_secs(10), || {
+        env.stored_account("acc-lost")["state"] == "needs_login"
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+    let report = json!({"account_id": "acc-main", "status": 429,
+        "body": {"error": {"type": "usage_limit_reached", "resets_in_seconds": 3600}}});
+    daemon.api("POST", "/v1/report", Some(&report.to_string()));
+
+    // One account waits for its quota, the other for a login: the answer
+    // names the login, which is what fixes it.
+    let (status, body) = daemon.api("GET", "/v1/token", None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_usable_account", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("login"));
+    let out = env.run(&["token"]);
+    assert_eq!(out.status.code(), Some(3), "{}", env.render(&out));
+    let answer = post_responses(&daemon, br#"{"model":"m","input":[]}"#);
+    assert_eq!(answer.status, 503, "{}", answer.text());
+}
