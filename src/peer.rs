@@ -224,14 +224,19 @@ mod tests {
 
     #[test]
     fn a_loopback_client_is_found_as_ourselves() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_server, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
-        let me = nix::unistd::geteuid().as_raw();
-        let local = listener.local_addr().unwrap();
-        assert_eq!(tcp_peer_uid(local, peer).unwrap(), Some(me));
-        assert_eq!(linux::proc_net_uid(local, peer).unwrap(), me);
+        for address in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = std::net::TcpListener::bind(address) else {
+                assert!(address.starts_with('['), "{address} cannot be bound");
+                continue; // a machine without IPv6
+            };
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (_server, peer) = listener.accept().unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            let me = nix::unistd::geteuid().as_raw();
+            let local = listener.local_addr().unwrap();
+            assert_eq!(tcp_peer_uid(local, peer).unwrap(), Some(me), "{address}");
+            assert_eq!(linux::proc_net_uid(local, peer).unwrap(), me, "{address}");
+        }
     }
 
     #[test]
