@@ -109,8 +109,7 @@ pub enum Unavailable {
     QuotaExhausted {
         /// The earliest reset among the accounts.
         resets_at: i64,
-        /// The account that resets first, and its last known quota.
-        account: String,
+        /// The last known quota of the account that resets first.
         quota: Option<Box<crate::quota::Quota>>,
         now: i64,
     },
@@ -130,6 +129,14 @@ impl Unavailable {
                 | Unavailable::AllFailed(_)
                 | Unavailable::Refresh(RefreshError::NeedsLogin { .. })
         )
+    }
+
+    /// Seconds until waiting helps: until the first quota reset.
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            Unavailable::QuotaExhausted { resets_at, now, .. } => Some((resets_at - now).max(0)),
+            _ => None,
+        }
     }
 
     /// The stable error code the socket API answers with.
@@ -246,7 +253,6 @@ pub async fn fresh_account(
         {
             return Err(Unavailable::QuotaExhausted {
                 resets_at,
-                account: first.id.clone(),
                 quota: first.quota.clone().map(Box::new),
                 now,
             });

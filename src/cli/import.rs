@@ -27,9 +27,8 @@ pub struct Args {
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let codex = paths.codex();
     let path = args.path.unwrap_or_else(|| codex.auth_path());
-    let keyring = same_file(&path, &codex.auth_path())
-        .then(|| codex.keyring_problem())
-        .flatten();
+    let is_codex_file = same_file(&path, &codex.auth_path());
+    let keyring = is_codex_file.then(|| codex.keyring_problem()).flatten();
     let Some((bytes, meta)) = read_with_metadata(&path)? else {
         if let Some(problem) = keyring {
             anyhow::bail!(
@@ -58,7 +57,6 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     let auth = AuthDotJson::parse(&bytes).map_err(invalid)?;
     let account = Account::from_auth(&auth).map_err(invalid)?;
     let id = account.id.clone();
-    let is_codex_file = same_file(&path, &codex.auth_path());
     if is_codex_file && let AuthState::Untrusted(problem) = codex.read()?.state {
         anyhow::bail!("refusing to import {}: {problem}", path.display());
     }

@@ -93,7 +93,7 @@ pub async fn serve(
 ) {
     let connections = Connections::new(limits, "forwarder");
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -103,7 +103,6 @@ pub async fn serve(
                 }
             },
         };
-        let (stream, client) = stream;
         if !client_allowed(&stream, client) {
             tokio::spawn(server::refuse(
                 stream,
@@ -185,7 +184,6 @@ fn unavailable(e: &Unavailable) -> Response<Body> {
             resets_at,
             quota,
             now,
-            ..
         } => usage_limit_reached(e, *resets_at, quota.as_deref(), *now),
         _ => error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
     }
@@ -201,7 +199,7 @@ fn usage_limit_reached(
     quota: Option<&Quota>,
     now: i64,
 ) -> Response<Body> {
-    let retry_after = (resets_at - now).max(0);
+    let retry_after = e.retry_after().unwrap_or_default();
     let body = json!({"error": {
         "type": "usage_limit_reached",
         "code": "usage_limit_reached",
@@ -264,15 +262,22 @@ fn forwardable(from: &HeaderMap, drop: &[&str]) -> HeaderMap {
 /// the accounts through a browser.
 fn foreign_host(headers: &HeaderMap) -> Option<String> {
     let host = header_str(headers, "host")?;
-    let name = match host.strip_prefix('[') {
+    (!loopback_authority(host)).then(|| host.to_owned())
+}
+
+/// Whether `authority` (`name[:port]`, `[v6][:port]`) names this machine:
+/// `localhost` or a loopback address.
+fn loopback_authority(authority: &str) -> bool {
+    let name = match authority.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(name, _)| name),
     };
-    let loopback = name.eq_ignore_ascii_case("localhost")
+    name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then(|| host.to_owned())
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether `origin` is a loopback origin (`http://127.0.0.1:1456`,
@@ -282,17 +287,9 @@ fn loopback_origin(origin: &str) -> bool {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
-    if !matches!(scheme, "http" | "https") || rest.contains(['/', '@', '?', '#']) {
-        return false;
-    }
-    let host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    matches!(scheme, "http" | "https")
+        && !rest.contains(['/', '@', '?', '#'])
+        && loopback_authority(rest)
 }
 
 /// A path segment that is `.` or `..`, spelled plainly or percent-encoded,

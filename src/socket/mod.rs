@@ -243,9 +243,7 @@ impl From<Unavailable> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut error = ApiError::new(status, e.code(), e.to_string());
-        if let Unavailable::QuotaExhausted { resets_at, now, .. } = e {
-            error.retry_after = Some((resets_at - now).max(0));
-        }
+        error.retry_after = e.retry_after();
         error
     }
 }
