@@ -12,6 +12,12 @@ pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
 pub const DEFAULT_CHATGPT_BASE: &str = "https://chatgpt.com/backend-api";
 /// How long before expiry a token is refreshed by default, seconds.
 pub const DEFAULT_REFRESH_AHEAD: i64 = 30 * 60;
+/// How long a forwarded WebSocket connection may idle by default, seconds.
+pub const DEFAULT_WEBSOCKET_IDLE: i64 = 30 * 60;
+/// How many forwarded WebSocket connections may be open at once by default.
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 256;
+/// The most forwarded WebSocket connections a config may allow.
+const MAX_WEBSOCKETS_LIMIT: i64 = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +34,9 @@ struct File {
     issuer: Option<String>,
     chatgpt_base: Option<String>,
     refresh_ahead: Option<toml::Value>,
+    websocket: Option<bool>,
+    websocket_idle_timeout: Option<toml::Value>,
+    max_websockets: Option<i64>,
 }
 
 /// The settings in force.
@@ -39,6 +48,30 @@ pub struct Config {
     pub chatgpt_base: String,
     /// Refresh a token once less than this many seconds of it remain.
     pub refresh_ahead: i64,
+    /// How the forwarder treats WebSocket upgrades.
+    pub websocket: WebSockets,
+}
+
+/// The forwarder's WebSocket settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSockets {
+    /// Forward upgrades of `/codex/responses`; when false they get 426 and
+    /// clients use HTTP (SSE).
+    pub enabled: bool,
+    /// Connections open at once; more get 426.
+    pub max_open: usize,
+    /// Seconds a connection may pass no frame before both sides get a close.
+    pub idle_timeout: i64,
+}
+
+impl Default for WebSockets {
+    fn default() -> Self {
+        WebSockets {
+            enabled: true,
+            max_open: DEFAULT_MAX_WEBSOCKETS,
+            idle_timeout: DEFAULT_WEBSOCKET_IDLE,
+        }
+    }
 }
 
 impl Config {
@@ -85,6 +118,25 @@ impl Config {
                 })?,
             },
         };
+        let idle_timeout = match file.websocket_idle_timeout {
+            None => DEFAULT_WEBSOCKET_IDLE,
+            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
+                invalid(format!(
+                    "`websocket_idle_timeout` must be a positive number of seconds or a duration \
+                     such as \"30m\", not {value}"
+                ))
+            })?,
+        };
+        let max_open = match file.max_websockets {
+            None => DEFAULT_MAX_WEBSOCKETS,
+            Some(n) if (1..=MAX_WEBSOCKETS_LIMIT).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(format!(
+                    "`max_websockets` must be from 1 to {MAX_WEBSOCKETS_LIMIT}, not {n} (to \
+                     answer every upgrade with 426, set websocket = false)"
+                )));
+            }
+        };
         Ok(Config {
             issuer: url(
                 env("CODEX_BROKER_ISSUER")
@@ -99,6 +151,11 @@ impl Config {
                 "chatgpt_base",
             )?,
             refresh_ahead,
+            websocket: WebSockets {
+                enabled: file.websocket.unwrap_or(true),
+                max_open,
+                idle_timeout,
+            },
         })
     }
 }
@@ -149,6 +206,30 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "refresh_ahead = -3\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("`refresh_ahead` must be"), "{e}");
+        assert_eq!(c.websocket, WebSockets::default());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "websocket = false\nwebsocket_idle_timeout = \"2m\"\nmax_websockets = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        let expected = WebSockets {
+            enabled: false,
+            max_open: 8,
+            idle_timeout: 120,
+        };
+        assert_eq!(c.websocket, expected);
+        for (bad, key) in [
+            ("max_websockets = 0", "`max_websockets` must be from 1"),
+            ("max_websockets = 99999999999", "`max_websockets` must be from 1"),
+            ("websocket_idle_timeout = 0", "`websocket_idle_timeout` must be"),
+            ("websocket_idle_timeout = \"soon\"", "`websocket_idle_timeout` must be"),
+            ("websocket = \"yes\"", "invalid type"),
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
+            let e = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
         std::fs::write(dir.path().join(CONFIG_FILE), "isuer = \"x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("isuer"), "{e}");

@@ -153,6 +153,44 @@ impl Quota {
 }
 
 impl Quota {
+    /// Reads a `codex.rate_limits` event of the WebSocket transport: the
+    /// same windows as the `x-codex-*` headers. An event about another
+    /// metered limit than Codex's own (`metered_limit_name`) is not the
+    /// account's quota.
+    pub fn from_rate_limits_event(event: &Value, now: i64) -> Option<Quota> {
+        if event.get("type").and_then(Value::as_str) != Some("codex.rate_limits") {
+            return None;
+        }
+        let limit = ["metered_limit_name", "limit_name"]
+            .iter()
+            .find_map(|k| event.get(*k).and_then(Value::as_str));
+        if limit.is_some_and(|l| !l.trim().eq_ignore_ascii_case("codex")) {
+            return None;
+        }
+        let limits = event.get("rate_limits")?;
+        let window = |name: &str| {
+            let w = limits.get(name)?;
+            Window::checked(
+                w.get("used_percent")?.as_f64()?,
+                w.get("window_minutes").and_then(Value::as_i64),
+                w.get("reset_at").and_then(Value::as_i64),
+                now,
+            )
+        };
+        let five_hour = window("primary");
+        let weekly = window("secondary");
+        if five_hour.is_none() && weekly.is_none() {
+            return None;
+        }
+        Some(Quota {
+            five_hour,
+            weekly,
+            source: "websocket".into(),
+            observed_at: now,
+            extra: Map::new(),
+        })
+    }
+
     /// Reads the body of `GET {chatgpt_base}/wham/usage`.
     pub fn from_usage(body: &Value, now: i64) -> Option<Quota> {
         let limits = body.get("rate_limit")?;
@@ -231,6 +269,37 @@ mod tests {
         assert_eq!(q.weekly.unwrap().used_percent, 100.0);
         let other = serde_json::json!({"error": {"type": "rate_limit_exceeded"}});
         assert!(Quota::from_usage_limit(&other, None, now).is_none());
+    }
+
+    #[test]
+    fn rate_limits_event() {
+        let now = 1_795_000_000;
+        let event = serde_json::json!({"type": "codex.rate_limits", "plan_type": "plus",
+            "rate_limits": {
+                "primary": {"used_percent": 61.5, "window_minutes": 300, "reset_at": now + 600},
+                "secondary": {"used_percent": 9.0, "window_minutes": 10080, "reset_at": null}},
+            "credits": {"has_credits": false, "unlimited": false, "balance": null}});
+        let q = Quota::from_rate_limits_event(&event, now).unwrap();
+        let five = q.five_hour.unwrap();
+        assert_eq!(
+            (five.used_percent, five.window_minutes, five.resets_at),
+            (61.5, Some(300), Some(now + 600))
+        );
+        assert_eq!(q.weekly.unwrap().used_percent, 9.0);
+        assert_eq!((q.source.as_str(), q.observed_at), ("websocket", now));
+        let mut other = event.clone();
+        other["metered_limit_name"] = "codex_bengalfox".into();
+        assert!(Quota::from_rate_limits_event(&other, now).is_none());
+        other["metered_limit_name"] = "codex".into();
+        assert!(Quota::from_rate_limits_event(&other, now).is_some());
+        for bad in [
+            serde_json::json!({"type": "codex.rate_limits"}),
+            serde_json::json!({"type": "codex.rate_limits", "rate_limits": {
+                "primary": {"used_percent": "NaN"}, "secondary": {"used_percent": 1e300}}}),
+            serde_json::json!({"type": "response.created", "rate_limits": event["rate_limits"]}),
+        ] {
+            assert!(Quota::from_rate_limits_event(&bad, now).is_none(), "{bad}");
+        }
     }
 
     #[test]

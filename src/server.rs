@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::proto::{ErrorBody, ErrorCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 
 /// Limits that keep one client from holding a server.
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +23,8 @@ pub struct Limits {
 
 /// The open connections of one server.
 pub struct Connections {
-    graceful: GracefulShutdown,
+    tracker: TaskTracker,
+    stop: CancellationToken,
     limits: Limits,
     name: &'static str,
 }
@@ -32,14 +34,16 @@ type BoxError = Box<dyn Error + Send + Sync>;
 impl Connections {
     pub fn new(limits: Limits, name: &'static str) -> Connections {
         Connections {
-            graceful: GracefulShutdown::new(),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
             limits,
             name,
         }
     }
 
     /// Serves `io` with `service` on a task of its own; `guard` is dropped
-    /// when the connection ends.
+    /// when the connection ends. A connection the service upgrades (a
+    /// WebSocket) leaves hyper, and this watch, once the upgrade is done.
     pub fn serve<I, S, B>(&self, io: I, service: S, guard: impl Send + 'static)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -53,12 +57,21 @@ impl Connections {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
-            .serve_connection(TokioIo::new(io), service);
-        let connection = self.graceful.watch(connection);
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         let name = self.name;
         let open = Open::count();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("{name} connection ended: {e}");
             }
             drop(guard);
@@ -70,7 +83,9 @@ impl Connections {
     /// them, at most the grace period.
     pub async fn shutdown(self) {
         let grace = self.limits.grace;
-        if tokio::time::timeout(grace, self.graceful.shutdown())
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()
         {

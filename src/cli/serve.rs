@@ -34,6 +34,11 @@ pub struct Args {
     #[arg(long)]
     pub no_forward: bool,
 
+    /// Answer WebSocket upgrades with 426, so that clients use HTTP (SSE)
+    /// (config: websocket = false)
+    #[arg(long)]
+    pub no_websocket: bool,
+
     /// Seconds a client has to send a request's head, and then its body
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub request_timeout: u32,
@@ -44,7 +49,10 @@ pub struct Args {
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&paths.home)?;
+    let mut config = Config::load(&paths.home)?;
+    if args.no_websocket {
+        config.websocket.enabled = false;
+    }
     let limits = Limits {
         request_timeout: Duration::from_secs(args.request_timeout.max(1).into()),
         grace: Duration::from_secs(args.grace.into()),

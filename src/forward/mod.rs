@@ -4,7 +4,9 @@
 //! credentials, falling back to the next account on 401/403/429.
 
 mod body;
+mod frames;
 mod responses;
+mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -62,6 +64,8 @@ pub struct Forwarder {
     client: reqwest::Client,
     issuer: String,
     chatgpt_base: String,
+    /// Forwarded WebSocket connections; `None` when upgrades get 426.
+    websockets: Option<websocket::Sessions>,
 }
 
 impl Forwarder {
@@ -76,6 +80,7 @@ impl Forwarder {
         Forwarder {
             issuer: shared.config.issuer.clone(),
             chatgpt_base: shared.config.chatgpt_base.clone(),
+            websockets: websocket::Sessions::new(shared.config.websocket),
             shared,
             client,
         }
@@ -83,8 +88,8 @@ impl Forwarder {
 }
 
 /// Serves the forwarder on `listener` until `shutdown`, then lets requests
-/// in flight finish within the grace period. A request head must arrive
-/// within the request timeout.
+/// in flight finish within the grace period, and closes WebSocket
+/// connections. A request head must arrive within the request timeout.
 pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
@@ -118,7 +123,12 @@ pub async fn serve(
         });
         connections.serve(stream, service, ());
     }
-    connections.shutdown().await;
+    let websockets = async {
+        if let Some(sessions) = &forwarder.websockets {
+            sessions.shutdown(limits.grace).await;
+        }
+    };
+    tokio::join!(connections.shutdown(), websockets);
 }
 
 /// Whether the TCP client at `client` runs as the daemon's user or root,
@@ -404,16 +414,24 @@ impl Forwarder {
                 "the forwarder answers only requests addressed to localhost, 127.0.0.1 or [::1]",
             );
         }
-        if is_websocket(&request) {
-            return error_response(
-                StatusCode::UPGRADE_REQUIRED,
-                ErrorCode::WebsocketUnsupported,
-                "the forwarder does not forward WebSocket connections; use HTTP (SSE)",
-            );
-        }
         let method = request.method().clone();
         let by = Asker::forwarder_client(header_str(request.headers(), "user-agent"));
-        let response = if method == Method::POST && path == "/oauth/token" {
+        let response = if is_websocket(&request) {
+            match websocket::upstream_path(&path) {
+                Some(upstream) => {
+                    let url = format!("{}{upstream}{query}", self.chatgpt_base);
+                    self.websocket(request, url, &by).await
+                }
+                None => error_response(
+                    StatusCode::UPGRADE_REQUIRED,
+                    ErrorCode::WebsocketUnsupported,
+                    &format!(
+                        "the forwarder relays WebSocket connections only on /codex/responses, \
+                         not {path}; use HTTP"
+                    ),
+                ),
+            }
+        } else if method == Method::POST && path == "/oauth/token" {
             self.token_endpoint(request, &by).await
         } else if path.starts_with("/oauth/")
             || path.starts_with("/api/accounts/")

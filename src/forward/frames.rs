@@ -1,0 +1,873 @@
+//! WebSocket frames relayed between a client and the upstream (RFC 6455).
+//!
+//! Frames pass byte for byte: the client's masked frames go upstream as
+//! the client masked them, the upstream's frames go to the client as sent,
+//! compressed or not, as soon as their bytes arrive; no message is
+//! assembled to be passed on. The relay reads each frame's head to know
+//! where frames begin (so that it can add a close frame of its own at a
+//! frame boundary on shutdown or idleness) and to refuse what the protocol
+//! forbids. The upstream's text messages are inflated (permessage-deflate,
+//! RFC 7692) and handed, up to [`INSPECT_CAP`] bytes, to an observer that
+//! learns quota and limits from them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flate2::{Decompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A text message from the upstream longer than this is passed on but not
+/// looked into: the events that carry quota and errors are small.
+pub const INSPECT_CAP: usize = 256 * 1024;
+/// Bytes read at once from either side.
+const READ_CHUNK: usize = 8 * 1024;
+/// How long the other side may stay open once one side has closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a peer has to answer a close frame the relay sent.
+const CLOSE_ANSWER: Duration = Duration::from_secs(1);
+/// The tail a permessage-deflate sender strips from every message.
+const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Close codes the relay sends itself.
+pub const GOING_AWAY: u16 = 1001;
+const PROTOCOL_ERROR: u16 = 1002;
+const BAD_GATEWAY: u16 = 1014;
+
+/// Which way frames travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// From the client to the upstream: frames must be masked.
+    ToUpstream,
+    /// From the upstream to the client: frames must not be masked.
+    ToClient,
+}
+
+impl Way {
+    fn sender(self) -> &'static str {
+        match self {
+            Way::ToUpstream => "the client",
+            Way::ToClient => "the upstream",
+        }
+    }
+}
+
+/// A frame the protocol forbids.
+#[derive(Debug, thiserror::Error)]
+#[error("{sender} sent a frame the WebSocket protocol forbids: {why}")]
+pub struct ProtocolError {
+    sender: &'static str,
+    why: &'static str,
+    way: Way,
+}
+
+/// The head of one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    fin: bool,
+    rsv1: bool,
+    opcode: u8,
+    masked: bool,
+    len: u64,
+    /// Bytes the head takes, mask key included.
+    size: usize,
+}
+
+impl Head {
+    fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+/// Parses a frame head at the start of `buf`; `None` while incomplete.
+fn parse_head(buf: &[u8], way: Way) -> Result<Option<Head>, ProtocolError> {
+    let error = |why| ProtocolError {
+        sender: way.sender(),
+        why,
+        way,
+    };
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x30 != 0 {
+        return Err(error("RSV2 or RSV3 is set, and no extension that uses them was agreed"));
+    }
+    let opcode = b0 & 0x0f;
+    if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+        return Err(error("a reserved opcode"));
+    }
+    let masked = b1 & 0x80 != 0;
+    if masked != (way == Way::ToUpstream) {
+        return Err(error(if masked {
+            "a masked frame from a server"
+        } else {
+            "an unmasked frame from a client"
+        }));
+    }
+    let (len, mut size) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let len = u64::from_be_bytes(b.try_into().expect("eight bytes"));
+                if len >> 63 != 0 {
+                    return Err(error("a length with its most significant bit set"));
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    if masked {
+        size += 4;
+    }
+    if buf.len() < size {
+        return Ok(None);
+    }
+    let head = Head {
+        fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
+        opcode,
+        masked,
+        len,
+        size,
+    };
+    if head.is_control() && (!head.fin || head.len > 125) {
+        return Err(error("a fragmented or longer than 125 bytes control frame"));
+    }
+    Ok(Some(head))
+}
+
+/// A close frame with `code` and `reason`, masked with a fresh key when it
+/// goes to the upstream.
+pub fn close_frame(code: u16, reason: &str, way: Way) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    let mut frame = vec![0x80 | CLOSE, payload.len() as u8];
+    if way == Way::ToUpstream {
+        let mut key = [0u8; 4];
+        getrandom::fill(&mut key).expect("the system has randomness");
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&key);
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= key[i % 4];
+        }
+    }
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// permessage-deflate as agreed in the handshake, for the upstream's frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deflate {
+    /// The upstream starts every message with an empty window.
+    pub server_no_context_takeover: bool,
+}
+
+/// Reads the upstream's text messages for the observer.
+struct Inspector {
+    deflate: Option<Deflate>,
+    inflater: Option<Decompress>,
+    /// The message being read: text, compressed, and whether it grew past
+    /// the cap.
+    message: Option<(bool, bool, bool)>,
+    text: Vec<u8>,
+    observer: Box<dyn FnMut(&[u8]) + Send>,
+}
+
+impl Inspector {
+    fn frame_start(&mut self, head: &Head) -> Result<(), &'static str> {
+        if head.is_control() {
+            return if head.rsv1 {
+                Err("RSV1 on a control frame")
+            } else {
+                Ok(())
+            };
+        }
+        match (head.opcode, self.message.is_some()) {
+            (CONTINUATION, false) => return Err("a continuation frame outside a message"),
+            (CONTINUATION, true) if head.rsv1 => return Err("RSV1 on a continuation frame"),
+            (CONTINUATION, true) => return Ok(()),
+            (_, true) => return Err("a new message before the last one ended"),
+            _ => {}
+        }
+        if head.rsv1 && self.deflate.is_none() {
+            return Err("RSV1 without permessage-deflate agreed");
+        }
+        self.message = Some((head.opcode == TEXT, head.rsv1, false));
+        Ok(())
+    }
+
+    fn payload(&mut self, bytes: &[u8]) {
+        let Some((text, compressed, over)) = self.message.as_mut() else {
+            return;
+        };
+        if *compressed {
+            let keep = *text && !*over;
+            let inflater = self
+                .inflater
+                .get_or_insert_with(|| Decompress::new(false));
+            if !inflate(inflater, bytes, FlushDecompress::None, &mut self.text, keep) {
+                *over = true;
+            }
+        } else if *text && !*over {
+            self.text.extend_from_slice(bytes);
+        }
+        if self.text.len() > INSPECT_CAP {
+            *over = true;
+            self.text.clear();
+        }
+    }
+
+    fn message_end(&mut self) {
+        let Some((text, compressed, over)) = self.message.take() else {
+            return;
+        };
+        if compressed && let Some(inflater) = self.inflater.as_mut() {
+            let keep = text && !over;
+            let whole = inflate(inflater, &DEFLATE_TAIL, FlushDecompress::Sync, &mut self.text, keep);
+            if !whole || self.deflate.is_some_and(|d| d.server_no_context_takeover) {
+                inflater.reset(false);
+            }
+            if !whole {
+                self.text.clear();
+            }
+        }
+        if text && !over && self.text.len() <= INSPECT_CAP && !self.text.is_empty() {
+            (self.observer)(&self.text);
+        }
+        self.text.clear();
+        if self.text.capacity() > 64 * 1024 {
+            self.text = Vec::new();
+        }
+    }
+}
+
+/// Inflates `input`, appending up to [`INSPECT_CAP`] bytes of what it
+/// gives to `out` when `keep`, discarding the rest. Returns false when the
+/// stream is broken (the observer then sees nothing of the message).
+fn inflate(
+    inflater: &mut Decompress,
+    mut input: &[u8],
+    flush: FlushDecompress,
+    out: &mut Vec<u8>,
+    keep: bool,
+) -> bool {
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let (read, written) = (inflater.total_in(), inflater.total_out());
+        let status = match inflater.decompress(input, &mut chunk, flush) {
+            Ok(status) => status,
+            Err(_) => return false,
+        };
+        let used = (inflater.total_in() - read) as usize;
+        let produced = (inflater.total_out() - written) as usize;
+        input = &input[used..];
+        if keep && out.len() <= INSPECT_CAP {
+            out.extend_from_slice(&chunk[..produced]);
+        }
+        // Output can lag behind the input taken: call again until neither
+        // moves.
+        if status == Status::StreamEnd || (used == 0 && produced == 0) {
+            return true;
+        }
+    }
+}
+
+/// One way of the relay: reads frames from `from`, writes them to `to`.
+struct Pump<R, W> {
+    from: R,
+    to: W,
+    way: Way,
+    buf: Vec<u8>,
+    /// The frame being passed and the payload bytes it still has to pass.
+    current: Option<(Head, u64)>,
+    /// Whether everything written to `to` ends at a frame boundary.
+    clean: bool,
+    /// Whether a close frame went through.
+    closed: bool,
+    inspector: Option<Inspector>,
+}
+
+/// Why a pump stopped.
+#[derive(Debug)]
+enum PumpEnd {
+    /// The sender closed its connection after a whole frame.
+    Eof,
+    Io(std::io::Error),
+    Truncated,
+    Protocol(ProtocolError),
+}
+
+impl<R, W> Pump<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(from: R, to: W, way: Way, inspector: Option<Inspector>) -> Self {
+        Pump {
+            from,
+            to,
+            way,
+            buf: Vec::new(),
+            current: None,
+            clean: true,
+            closed: false,
+            inspector,
+        }
+    }
+
+    /// Passes frames until the sender stops or breaks the protocol.
+    async fn run(&mut self, activity: &Activity) -> PumpEnd {
+        loop {
+            self.buf.reserve(READ_CHUNK);
+            match self.from.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return if self.current.is_none() && self.buf.is_empty() {
+                        let _ = self.to.shutdown().await;
+                        PumpEnd::Eof
+                    } else {
+                        PumpEnd::Truncated
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return PumpEnd::Io(e),
+            }
+            activity.touch();
+            let consumed = match self.take_frames() {
+                Ok(n) => n,
+                Err(e) => return PumpEnd::Protocol(e),
+            };
+            if consumed > 0 {
+                self.clean = false;
+                let written = async {
+                    self.to.write_all(&self.buf[..consumed]).await?;
+                    self.to.flush().await
+                };
+                if let Err(e) = written.await {
+                    return PumpEnd::Io(e);
+                }
+                self.buf.drain(..consumed);
+                self.clean = self.current.is_none();
+            }
+            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Walks the frames in the buffer: returns how many bytes may be passed
+    /// on (whole frames, and the part of the last frame that arrived).
+    fn take_frames(&mut self) -> Result<usize, ProtocolError> {
+        let mut at = 0;
+        loop {
+            if let Some((head, left)) = self.current.as_mut() {
+                let n = (*left).min((self.buf.len() - at) as u64) as usize;
+                if let Some(inspector) = self.inspector.as_mut()
+                    && !head.is_control()
+                {
+                    inspector.payload(&self.buf[at..at + n]);
+                }
+                at += n;
+                *left -= n as u64;
+                if *left > 0 {
+                    return Ok(at);
+                }
+                let head = *head;
+                self.current = None;
+                self.frame_end(&head);
+                continue;
+            }
+            let Some(head) = parse_head(&self.buf[at..], self.way)? else {
+                return Ok(at);
+            };
+            if let Some(inspector) = self.inspector.as_mut() {
+                inspector.frame_start(&head).map_err(|why| ProtocolError {
+                    sender: self.way.sender(),
+                    why,
+                    way: self.way,
+                })?;
+            }
+            at += head.size;
+            self.current = Some((head, head.len));
+        }
+    }
+
+    fn frame_end(&mut self, head: &Head) {
+        if head.opcode == CLOSE {
+            self.closed = true;
+        } else if !head.is_control()
+            && head.fin
+            && let Some(inspector) = self.inspector.as_mut()
+        {
+            inspector.message_end();
+        }
+    }
+
+    /// Sends a close frame of the relay's own, where the stream is at a
+    /// frame boundary and no close frame went this way yet.
+    async fn close(&mut self, code: u16, reason: &str) {
+        if self.clean && !self.closed {
+            self.closed = true;
+            let frame = close_frame(code, reason, self.way);
+            let _ = self.to.write_all(&frame).await;
+            let _ = self.to.flush().await;
+        }
+    }
+
+    /// Waits a moment for the sender to answer a close and hang up.
+    async fn await_hang_up(&mut self) {
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(CLOSE_ANSWER, async {
+            while matches!(self.from.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        let _ = self.to.shutdown().await;
+    }
+}
+
+/// When a frame last moved, for the idle timeout.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both sides closed (or one did and the other followed).
+    Closed,
+    /// Nothing moved for the idle timeout; both sides got a close frame.
+    Idle,
+    /// The daemon is stopping; both sides got a close frame.
+    Stopped,
+    /// A side broke the protocol; it got a close frame saying so.
+    Protocol(ProtocolError),
+    /// A side's connection broke; the text says how.
+    Broken(String),
+}
+
+/// What the relay needs besides the two connections.
+pub struct Relay {
+    pub deflate: Option<Deflate>,
+    pub idle: Duration,
+    pub stop: CancellationToken,
+    /// Called with each text message of the upstream (inflated) up to
+    /// [`INSPECT_CAP`] bytes.
+    pub observer: Box<dyn FnMut(&[u8]) + Send>,
+}
+
+impl Relay {
+    /// Relays frames between `client` and `upstream` until both close,
+    /// one breaks, the connection idles or the daemon stops.
+    pub async fn run<C, U>(self, client: C, upstream: U) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Send,
+        U: AsyncRead + AsyncWrite + Send,
+    {
+        let (client_read, client_write) = tokio::io::split(client);
+        let (upstream_read, upstream_write) = tokio::io::split(upstream);
+        let inspector = Inspector {
+            deflate: self.deflate,
+            inflater: None,
+            message: None,
+            text: Vec::new(),
+            observer: self.observer,
+        };
+        let mut up = Pump::new(client_read, upstream_write, Way::ToUpstream, None);
+        let mut down = Pump::new(upstream_read, client_write, Way::ToClient, Some(inspector));
+        let activity = Activity::new();
+        let ended = {
+            let up_run = up.run(&activity);
+            let down_run = down.run(&activity);
+            tokio::pin!(up_run, down_run);
+            let (mut up_end, mut down_end) = (None, None);
+            loop {
+                let either_done = up_end.is_some() || down_end.is_some();
+                tokio::select! {
+                    end = &mut up_run, if up_end.is_none() => up_end = Some(end),
+                    end = &mut down_run, if down_end.is_none() => down_end = Some(end),
+                    _ = self.stop.cancelled() => break Ended::Stopped,
+                    _ = activity.idle(self.idle), if !either_done => break Ended::Idle,
+                    _ = tokio::time::sleep(CLOSE_WAIT), if either_done => break Ended::Closed,
+                }
+                match (up_end.take(), down_end.take()) {
+                    (Some(PumpEnd::Eof), Some(PumpEnd::Eof)) => break Ended::Closed,
+                    (Some(PumpEnd::Protocol(e)), _) | (_, Some(PumpEnd::Protocol(e))) => {
+                        break Ended::Protocol(e);
+                    }
+                    (Some(end @ (PumpEnd::Io(_) | PumpEnd::Truncated)), _) => {
+                        break Ended::Broken(format!("the client's connection broke: {end}"));
+                    }
+                    (_, Some(end @ (PumpEnd::Io(_) | PumpEnd::Truncated))) => {
+                        break Ended::Broken(format!("the upstream's connection broke: {end}"));
+                    }
+                    (up, down) => (up_end, down_end) = (up, down),
+                }
+            }
+        };
+        // Each side learns why the relay ends it, where its stream is at a
+        // frame boundary: the side that broke the protocol that it did,
+        // the other that its peer went wrong.
+        let (to_upstream, to_client) = match &ended {
+            Ended::Idle => (Some((GOING_AWAY, "idle")), Some((GOING_AWAY, "idle"))),
+            Ended::Stopped => {
+                let why = (GOING_AWAY, "codex-broker is stopping");
+                (Some(why), Some(why))
+            }
+            Ended::Protocol(e) if e.way == Way::ToUpstream => (
+                Some((GOING_AWAY, "the client broke the protocol")),
+                Some((PROTOCOL_ERROR, e.why)),
+            ),
+            Ended::Protocol(e) => (
+                Some((PROTOCOL_ERROR, e.why)),
+                Some((BAD_GATEWAY, "the upstream broke the protocol")),
+            ),
+            Ended::Closed | Ended::Broken(_) => (None, None),
+        };
+        if let (Some((up_code, up_reason)), Some((down_code, down_reason))) = (to_upstream, to_client)
+        {
+            up.close(up_code, up_reason).await;
+            down.close(down_code, down_reason).await;
+            tokio::join!(up.await_hang_up(), down.await_hang_up());
+        }
+        ended
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed => f.write_str("closed"),
+            Ended::Idle => f.write_str("closed after idling"),
+            Ended::Stopped => f.write_str("closed as the daemon stops"),
+            Ended::Protocol(e) => write!(f, "{e}"),
+            Ended::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::fmt::Display for PumpEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PumpEnd::Eof => f.write_str("closed"),
+            PumpEnd::Io(e) => write!(f, "{e}"),
+            PumpEnd::Truncated => f.write_str("closed in the middle of a frame"),
+            PumpEnd::Protocol(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use flate2::{Compress, Compression, FlushCompress};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    /// A frame as the upstream (unmasked) or a client (masked) sends it.
+    fn frame(first: u8, payload: &[u8], way: Way) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if way == Way::ToUpstream { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if way == Way::ToUpstream {
+            let key = [0x12, 0x34, 0x56, 0x78];
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    /// One message compressed as a permessage-deflate sender does.
+    fn deflated(compressor: &mut Compress, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() + 64);
+        compressor
+            .compress_vec(text.as_bytes(), &mut out, FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&DEFLATE_TAIL));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    struct Harness {
+        /// The client's end: write masked frames, read what the relay passes.
+        client: DuplexStream,
+        upstream: DuplexStream,
+        seen: Arc<Mutex<Vec<String>>>,
+        stop: CancellationToken,
+        relay: tokio::task::JoinHandle<Ended>,
+    }
+
+    fn harness(deflate: Option<Deflate>, idle: Duration) -> Harness {
+        let (client, client_side) = tokio::io::duplex(64 * 1024);
+        let (upstream, upstream_side) = tokio::io::duplex(64 * 1024);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let recorded = seen.clone();
+        let relay = Relay {
+            deflate,
+            idle,
+            stop: stop.clone(),
+            observer: Box::new(move |text| {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(text).into_owned());
+            }),
+        };
+        Harness {
+            client,
+            upstream,
+            seen,
+            stop,
+            relay: tokio::spawn(relay.run(client_side, upstream_side)),
+        }
+    }
+
+    async fn read_exactly(from: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        from.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    async fn read_to_end(from: &mut DuplexStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        from.read_to_end(&mut buf).await.unwrap();
+        buf
+    }
+
+    /// The close code and reason of a close frame (unmasking it).
+    fn close_of(bytes: &[u8]) -> (u16, String) {
+        assert_eq!(bytes[0], 0x80 | CLOSE, "{bytes:?}");
+        let len = (bytes[1] & 0x7f) as usize;
+        let mut payload = if bytes[1] & 0x80 != 0 {
+            let key = &bytes[2..6];
+            bytes[6..6 + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect::<Vec<_>>()
+        } else {
+            bytes[2..2 + len].to_vec()
+        };
+        let reason = String::from_utf8(payload.split_off(2)).unwrap();
+        (u16::from_be_bytes([payload[0], payload[1]]), reason)
+    }
+
+    #[tokio::test]
+    async fn frames_pass_byte_for_byte_both_ways_as_they_arrive() {
+        let mut h = harness(None, Duration::from_secs(60));
+        // A client message in two fragments with a ping between, written
+        // one byte at a time.
+        let mut sent = frame(TEXT, b"{\"type\":\"response.create\",", Way::ToUpstream);
+        sent.extend(frame(0x80 | PING, b"p", Way::ToUpstream));
+        sent.extend(frame(0x80 | CONTINUATION, b"\"input\":[]}", Way::ToUpstream));
+        sent.extend(frame(0x80 | BINARY, &[0u8, 1, 2, 255], Way::ToUpstream));
+        for byte in &sent {
+            h.client.write_all(&[*byte]).await.unwrap();
+        }
+        assert_eq!(read_exactly(&mut h.upstream, sent.len()).await, sent);
+
+        // Upstream events, one of them long enough for a 16-bit length,
+        // arrive whole at the client, and each text message is observed.
+        let long = format!("{{\"type\":\"response.output_text.delta\",\"delta\":\"{}\"}}", "x".repeat(70_000));
+        let mut events = frame(0x80 | TEXT, b"{\"type\":\"response.created\"}", Way::ToClient);
+        events.extend(frame(0x80 | PONG, b"p", Way::ToClient));
+        events.extend(frame(0x80 | TEXT, long.as_bytes(), Way::ToClient));
+        h.upstream.write_all(&events).await.unwrap();
+        assert_eq!(read_exactly(&mut h.client, events.len()).await, events);
+        let seen = h.seen.lock().unwrap().clone();
+        assert_eq!(seen, ["{\"type\":\"response.created\"}".to_owned(), long]);
+
+        // The upstream closes with its own code; the client answers and both
+        // hang up.
+        let close = frame(0x80 | CLOSE, b"\x0f\xa1bye", Way::ToClient);
+        h.upstream.write_all(&close).await.unwrap();
+        h.upstream.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut h.client).await, close);
+        let answer = frame(0x80 | CLOSE, b"\x0f\xa1", Way::ToUpstream);
+        h.client.write_all(&answer).await.unwrap();
+        h.client.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut h.upstream).await, answer);
+        assert!(matches!(h.relay.await.unwrap(), Ended::Closed));
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_read_with_the_shared_window() {
+        let mut h = harness(Some(Deflate::default()), Duration::from_secs(60));
+        let mut compressor = Compress::new(Compression::default(), false);
+        let rate_limits = r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.0}}}"#;
+        let first = deflated(&mut compressor, rate_limits);
+        let binary = deflated(&mut compressor, "binary");
+        // The same text again compresses to a back-reference into the
+        // window the first message left.
+        let second = deflated(&mut compressor, rate_limits);
+        assert!(second.len() < first.len() / 2);
+        let (a, b) = first.split_at(first.len() / 2);
+        let mut sent = frame(0x40 | TEXT, a, Way::ToClient);
+        sent.extend(frame(0x80 | CONTINUATION, b, Way::ToClient));
+        sent.extend(frame(0x80 | 0x40 | BINARY, &binary, Way::ToClient));
+        sent.extend(frame(0x80 | 0x40 | TEXT, &second, Way::ToClient));
+        h.upstream.write_all(&sent).await.unwrap();
+        assert_eq!(read_exactly(&mut h.client, sent.len()).await, sent);
+        assert_eq!(*h.seen.lock().unwrap(), [rate_limits, rate_limits]);
+        h.stop.cancel();
+        assert!(matches!(h.relay.await.unwrap(), Ended::Stopped));
+    }
+
+    #[tokio::test]
+    async fn without_context_takeover_every_message_starts_afresh() {
+        let deflate = Deflate {
+            server_no_context_takeover: true,
+        };
+        let mut h = harness(Some(deflate), Duration::from_secs(60));
+        let mut sent = Vec::new();
+        for text in [r#"{"type":"a"}"#, r#"{"type":"a"}"#] {
+            let mut compressor = Compress::new(Compression::default(), false);
+            sent.extend(frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, text), Way::ToClient));
+        }
+        h.upstream.write_all(&sent).await.unwrap();
+        assert_eq!(read_exactly(&mut h.client, sent.len()).await, sent);
+        assert_eq!(h.seen.lock().unwrap().len(), 2);
+        assert_eq!(h.seen.lock().unwrap()[1], r#"{"type":"a"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_message_past_the_cap_is_passed_but_not_observed() {
+        let mut h = harness(Some(Deflate::default()), Duration::from_secs(60));
+        let mut compressor = Compress::new(Compression::default(), false);
+        let huge = format!("{{\"type\":\"error\",\"pad\":\"{}\"}}", "z".repeat(INSPECT_CAP * 4));
+        let mut sent = frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, &huge), Way::ToClient);
+        sent.extend(frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, "{\"type\":\"b\"}"), Way::ToClient));
+        let mut plain = "y".repeat(INSPECT_CAP + 1).into_bytes();
+        plain.insert(0, b'"');
+        sent.extend(frame(0x80 | TEXT, &plain, Way::ToClient));
+        sent.extend(frame(0x80 | TEXT, b"{}", Way::ToClient));
+        let writer = async { h.upstream.write_all(&sent).await.unwrap() };
+        let (_, got) = tokio::join!(writer, read_exactly(&mut h.client, sent.len()));
+        assert_eq!(got, sent);
+        assert_eq!(*h.seen.lock().unwrap(), ["{\"type\":\"b\"}", "{}"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_breaking_the_protocol_is_told_and_the_upstream_let_go() {
+        let mut h = harness(None, Duration::from_secs(60));
+        // Unmasked: a client must mask every frame.
+        h.client.write_all(&frame(0x80 | TEXT, b"hi", Way::ToClient)).await.unwrap();
+        let to_client = read_to_end(&mut h.client).await;
+        assert_eq!(close_of(&to_client).0, PROTOCOL_ERROR);
+        let to_upstream = read_to_end(&mut h.upstream).await;
+        assert_eq!(to_upstream[1] & 0x80, 0x80, "the relay masks what it sends upstream");
+        assert_eq!(close_of(&to_upstream).0, GOING_AWAY);
+        assert!(matches!(h.relay.await.unwrap(), Ended::Protocol(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_breaking_the_protocol_is_a_bad_gateway_for_the_client() {
+        for bad in [
+            frame(0x80 | TEXT, b"hi", Way::ToUpstream), // masked
+            vec![0x83, 0x00],                          // reserved opcode
+            vec![0x89, 126, 0, 200],                   // long ping
+            vec![0x80 | 0x20 | TEXT, 0],               // RSV2
+            vec![0x80 | 0x40 | TEXT, 0],               // RSV1 without deflate
+            vec![0x80 | CONTINUATION, 0],              // continuation of nothing
+            [vec![0x81, 127], u64::MAX.to_be_bytes().to_vec()].concat(),
+        ] {
+            let mut h = harness(None, Duration::from_secs(60));
+            h.upstream.write_all(&bad).await.unwrap();
+            let to_client = read_to_end(&mut h.client).await;
+            assert_eq!(close_of(&to_client).0, BAD_GATEWAY, "{bad:?}");
+            let to_upstream = read_to_end(&mut h.upstream).await;
+            assert_eq!(close_of(&to_upstream).0, PROTOCOL_ERROR, "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_sends_both_sides_a_close_at_a_frame_boundary_only() {
+        let mut h = harness(None, Duration::from_secs(60));
+        // Half of a frame reached the client: no close frame can follow it.
+        let partial = frame(0x80 | TEXT, &[b'a'; 100], Way::ToClient);
+        h.upstream.write_all(&partial[..40]).await.unwrap();
+        assert_eq!(read_exactly(&mut h.client, 40).await, partial[..40]);
+        h.stop.cancel();
+        assert!(matches!(h.relay.await.unwrap(), Ended::Stopped));
+        assert!(read_to_end(&mut h.client).await.is_empty());
+        let to_upstream = read_to_end(&mut h.upstream).await;
+        assert_eq!(
+            close_of(&to_upstream),
+            (GOING_AWAY, "codex-broker is stopping".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_on_both_sides() {
+        let mut h = harness(None, Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        // Traffic keeps it open.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            h.client.write_all(&frame(0x80 | PING, b"", Way::ToUpstream)).await.unwrap();
+            read_exactly(&mut h.upstream, 6).await;
+        }
+        let to_client = read_to_end(&mut h.client).await;
+        assert_eq!(close_of(&to_client), (GOING_AWAY, "idle".to_owned()));
+        assert!(started.elapsed() >= Duration::from_secs(90));
+        assert_eq!(close_of(&read_to_end(&mut h.upstream).await).0, GOING_AWAY);
+        assert!(matches!(h.relay.await.unwrap(), Ended::Idle));
+    }
+}
