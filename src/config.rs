@@ -221,9 +221,18 @@ mod tests {
         assert_eq!(c.websocket, expected);
         for (bad, key) in [
             ("max_websockets = 0", "`max_websockets` must be from 1"),
-            ("max_websockets = 99999999999", "`max_websockets` must be from 1"),
-            ("websocket_idle_timeout = 0", "`websocket_idle_timeout` must be"),
-            ("websocket_idle_timeout = \"soon\"", "`websocket_idle_timeout` must be"),
+            (
+                "max_websockets = 99999999999",
+                "`max_websockets` must be from 1",
+            ),
+            (
+                "websocket_idle_timeout = 0",
+                "`websocket_idle_timeout` must be",
+            ),
+            (
+                "websocket_idle_timeout = \"soon\"",
+                "`websocket_idle_timeout` must be",
+            ),
             ("websocket = \"yes\"", "invalid type"),
         ] {
             std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();

@@ -98,7 +98,9 @@ fn parse_head(buf: &[u8], way: Way) -> Result<Option<Head>, ProtocolError> {
         return Ok(None);
     };
     if b0 & 0x30 != 0 {
-        return Err(error("RSV2 or RSV3 is set, and no extension that uses them was agreed"));
+        return Err(error(
+            "RSV2 or RSV3 is set, and no extension that uses them was agreed",
+        ));
     }
     let opcode = b0 & 0x0f;
     if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
@@ -219,9 +221,7 @@ impl Inspector {
         };
         if *compressed {
             let keep = *text && !*over;
-            let inflater = self
-                .inflater
-                .get_or_insert_with(|| Decompress::new(false));
+            let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
             if !inflate(inflater, bytes, FlushDecompress::None, &mut self.text, keep) {
                 *over = true;
             }
@@ -240,7 +240,13 @@ impl Inspector {
         };
         if compressed && let Some(inflater) = self.inflater.as_mut() {
             let keep = text && !over;
-            let whole = inflate(inflater, &DEFLATE_TAIL, FlushDecompress::Sync, &mut self.text, keep);
+            let whole = inflate(
+                inflater,
+                &DEFLATE_TAIL,
+                FlushDecompress::Sync,
+                &mut self.text,
+                keep,
+            );
             if !whole || self.deflate.is_some_and(|d| d.server_no_context_takeover) {
                 inflater.reset(false);
             }
@@ -566,7 +572,8 @@ impl Relay {
             ),
             Ended::Closed | Ended::Broken(_) => (None, None),
         };
-        if let (Some((up_code, up_reason)), Some((down_code, down_reason))) = (to_upstream, to_client)
+        if let (Some((up_code, up_reason)), Some((down_code, down_reason))) =
+            (to_upstream, to_client)
         {
             up.close(up_code, up_reason).await;
             down.close(down_code, down_reason).await;
@@ -716,7 +723,11 @@ mod tests {
         // one byte at a time.
         let mut sent = frame(TEXT, b"{\"type\":\"response.create\",", Way::ToUpstream);
         sent.extend(frame(0x80 | PING, b"p", Way::ToUpstream));
-        sent.extend(frame(0x80 | CONTINUATION, b"\"input\":[]}", Way::ToUpstream));
+        sent.extend(frame(
+            0x80 | CONTINUATION,
+            b"\"input\":[]}",
+            Way::ToUpstream,
+        ));
         sent.extend(frame(0x80 | BINARY, &[0u8, 1, 2, 255], Way::ToUpstream));
         for byte in &sent {
             h.client.write_all(&[*byte]).await.unwrap();
@@ -725,8 +736,15 @@ mod tests {
 
         // Upstream events, one of them long enough for a 16-bit length,
         // arrive whole at the client, and each text message is observed.
-        let long = format!("{{\"type\":\"response.output_text.delta\",\"delta\":\"{}\"}}", "x".repeat(70_000));
-        let mut events = frame(0x80 | TEXT, b"{\"type\":\"response.created\"}", Way::ToClient);
+        let long = format!(
+            "{{\"type\":\"response.output_text.delta\",\"delta\":\"{}\"}}",
+            "x".repeat(70_000)
+        );
+        let mut events = frame(
+            0x80 | TEXT,
+            b"{\"type\":\"response.created\"}",
+            Way::ToClient,
+        );
         events.extend(frame(0x80 | PONG, b"p", Way::ToClient));
         events.extend(frame(0x80 | TEXT, long.as_bytes(), Way::ToClient));
         h.upstream.write_all(&events).await.unwrap();
@@ -751,7 +769,8 @@ mod tests {
     async fn compressed_messages_are_read_with_the_shared_window() {
         let mut h = harness(Some(Deflate::default()), Duration::from_secs(60));
         let mut compressor = Compress::new(Compression::default(), false);
-        let rate_limits = r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.0}}}"#;
+        let rate_limits =
+            r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.0}}}"#;
         let first = deflated(&mut compressor, rate_limits);
         let binary = deflated(&mut compressor, "binary");
         // The same text again compresses to a back-reference into the
@@ -779,7 +798,11 @@ mod tests {
         let mut sent = Vec::new();
         for text in [r#"{"type":"a"}"#, r#"{"type":"a"}"#] {
             let mut compressor = Compress::new(Compression::default(), false);
-            sent.extend(frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, text), Way::ToClient));
+            sent.extend(frame(
+                0x80 | 0x40 | TEXT,
+                &deflated(&mut compressor, text),
+                Way::ToClient,
+            ));
         }
         h.upstream.write_all(&sent).await.unwrap();
         assert_eq!(read_exactly(&mut h.client, sent.len()).await, sent);
@@ -791,9 +814,20 @@ mod tests {
     async fn a_message_past_the_cap_is_passed_but_not_observed() {
         let mut h = harness(Some(Deflate::default()), Duration::from_secs(60));
         let mut compressor = Compress::new(Compression::default(), false);
-        let huge = format!("{{\"type\":\"error\",\"pad\":\"{}\"}}", "z".repeat(INSPECT_CAP * 4));
-        let mut sent = frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, &huge), Way::ToClient);
-        sent.extend(frame(0x80 | 0x40 | TEXT, &deflated(&mut compressor, "{\"type\":\"b\"}"), Way::ToClient));
+        let huge = format!(
+            "{{\"type\":\"error\",\"pad\":\"{}\"}}",
+            "z".repeat(INSPECT_CAP * 4)
+        );
+        let mut sent = frame(
+            0x80 | 0x40 | TEXT,
+            &deflated(&mut compressor, &huge),
+            Way::ToClient,
+        );
+        sent.extend(frame(
+            0x80 | 0x40 | TEXT,
+            &deflated(&mut compressor, "{\"type\":\"b\"}"),
+            Way::ToClient,
+        ));
         let mut plain = "y".repeat(INSPECT_CAP + 1).into_bytes();
         plain.insert(0, b'"');
         sent.extend(frame(0x80 | TEXT, &plain, Way::ToClient));
@@ -808,11 +842,18 @@ mod tests {
     async fn a_client_breaking_the_protocol_is_told_and_the_upstream_let_go() {
         let mut h = harness(None, Duration::from_secs(60));
         // Unmasked: a client must mask every frame.
-        h.client.write_all(&frame(0x80 | TEXT, b"hi", Way::ToClient)).await.unwrap();
+        h.client
+            .write_all(&frame(0x80 | TEXT, b"hi", Way::ToClient))
+            .await
+            .unwrap();
         let to_client = read_to_end(&mut h.client).await;
         assert_eq!(close_of(&to_client).0, PROTOCOL_ERROR);
         let to_upstream = read_to_end(&mut h.upstream).await;
-        assert_eq!(to_upstream[1] & 0x80, 0x80, "the relay masks what it sends upstream");
+        assert_eq!(
+            to_upstream[1] & 0x80,
+            0x80,
+            "the relay masks what it sends upstream"
+        );
         assert_eq!(close_of(&to_upstream).0, GOING_AWAY);
         assert!(matches!(h.relay.await.unwrap(), Ended::Protocol(_)));
     }
@@ -821,11 +862,11 @@ mod tests {
     async fn an_upstream_breaking_the_protocol_is_a_bad_gateway_for_the_client() {
         for bad in [
             frame(0x80 | TEXT, b"hi", Way::ToUpstream), // masked
-            vec![0x83, 0x00],                          // reserved opcode
-            vec![0x89, 126, 0, 200],                   // long ping
-            vec![0x80 | 0x20 | TEXT, 0],               // RSV2
-            vec![0x80 | 0x40 | TEXT, 0],               // RSV1 without deflate
-            vec![0x80 | CONTINUATION, 0],              // continuation of nothing
+            vec![0x83, 0x00],                           // reserved opcode
+            vec![0x89, 126, 0, 200],                    // long ping
+            vec![0x80 | 0x20 | TEXT, 0],                // RSV2
+            vec![0x80 | 0x40 | TEXT, 0],                // RSV1 without deflate
+            vec![0x80 | CONTINUATION, 0],               // continuation of nothing
             [vec![0x81, 127], u64::MAX.to_be_bytes().to_vec()].concat(),
         ] {
             let mut h = harness(None, Duration::from_secs(60));
@@ -861,7 +902,10 @@ mod tests {
         // Traffic keeps it open.
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            h.client.write_all(&frame(0x80 | PING, b"", Way::ToUpstream)).await.unwrap();
+            h.client
+                .write_all(&frame(0x80 | PING, b"", Way::ToUpstream))
+                .await
+                .unwrap();
             read_exactly(&mut h.upstream, 6).await;
         }
         let to_client = read_to_end(&mut h.client).await;

@@ -67,7 +67,8 @@ impl Sessions {
 
 /// The backend path whose upgrade is forwarded, for a forwarder path.
 pub(super) fn upstream_path(path: &str) -> Option<&'static str> {
-    matches!(path, "/codex/responses" | "/backend-api/codex/responses").then_some("/codex/responses")
+    matches!(path, "/codex/responses" | "/backend-api/codex/responses")
+        .then_some("/codex/responses")
 }
 
 /// What is wrong with a client's handshake (RFC 6455 4.2.1), if anything.
@@ -331,11 +332,15 @@ fn observe_event(engine: &Engine, account: &Account, text: &[u8], by: &Asker) {
     };
     let now = engine.refresher.now();
     if kind == "codex.rate_limits" {
-        engine.record_quota(&account.id, Quota::from_rate_limits_event(&event, now), false);
+        engine.record_quota(
+            &account.id,
+            Quota::from_rate_limits_event(&event, now),
+            false,
+        );
         return;
     }
-    let usage_limit = event.pointer("/error/type").and_then(Value::as_str)
-        == Some("usage_limit_reached");
+    let usage_limit =
+        event.pointer("/error/type").and_then(Value::as_str) == Some("usage_limit_reached");
     let status = event
         .get("status")
         .or_else(|| event.get("status_code"))

@@ -322,7 +322,7 @@ fn unknown_paths_websockets_and_bad_requests() {
     );
     let answer = send(
         "GET",
-        &format!("{base}/codex/responses"),
+        &format!("{base}/codex/models"),
         &[
             ("connection", "upgrade"),
             ("upgrade", "websocket"),

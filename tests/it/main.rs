@@ -18,3 +18,4 @@ mod login;
 mod props;
 mod refresh;
 mod service;
+mod websocket;

@@ -100,6 +100,23 @@ struct State {
     quota: HashMap<String, f64>,
     /// While set, SSE answers hold after their first event until notified.
     hold: Option<Arc<tokio::sync::Notify>>,
+    /// Accounts whose next `response.create` on an open WebSocket gets an
+    /// `error` event with 429 usage_limit_reached.
+    limited_in_stream: HashSet<String>,
+    /// Answer WebSocket upgrades with 426, as a backend without the
+    /// transport would.
+    no_websocket: bool,
+    /// What WebSocket clients sent and how their connections closed.
+    websocket: Vec<WsSeen>,
+}
+
+/// One message a WebSocket client sent the fake (`close <code> <reason>`
+/// for a close, `ping`, `binary <len>`), with the account of its
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsSeen {
+    pub account: String,
+    pub message: String,
 }
 
 /// The running fake; it stops when dropped.
@@ -202,6 +219,37 @@ impl FakeUpstream {
         hold
     }
 
+    /// Makes the next `response.create` of `account_id` on an open
+    /// WebSocket get an `error` event: 429 usage_limit_reached.
+    pub fn set_limited_in_stream(&self, account_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .limited_in_stream
+            .insert(account_id.into());
+    }
+
+    /// Answers WebSocket upgrades with 426 (HTTP only).
+    pub fn refuse_websockets(&self) {
+        self.state.lock().unwrap().no_websocket = true;
+    }
+
+    /// What WebSocket clients sent, in order.
+    pub fn websocket_seen(&self) -> Vec<WsSeen> {
+        self.state.lock().unwrap().websocket.clone()
+    }
+
+    /// Blocks until a WebSocket message satisfying `check` arrived, or
+    /// `timeout` passes; returns whether it did.
+    pub fn wait_for_websocket(&self, timeout: Duration, check: impl Fn(&WsSeen) -> bool) -> bool {
+        let state = self.state.lock().unwrap();
+        let (_state, result) = self
+            .arrived
+            .wait_timeout_while(state, timeout, |s| !s.websocket.iter().any(&check))
+            .unwrap();
+        !result.timed_out()
+    }
+
     pub fn set_refresh(&self, behaviour: Refresh) {
         self.state.lock().unwrap().refresh = behaviour;
     }
@@ -287,6 +335,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Shared) {
             let service = service_fn(move |req| handle(req, shared.clone()));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -311,9 +360,14 @@ impl std::fmt::Display for Dropped {
 impl std::error::Error for Dropped {}
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     (state, arrived): Shared,
 ) -> Result<Response<Body>, Dropped> {
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .then(|| hyper::upgrade::on(&mut req));
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -386,12 +440,7 @@ async fn handle(
                     json!({"error": {"code": "token_revoked", "message": "revoked"}}),
                 )
             } else if limited {
-                json_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    json!({"error": {"type": "usage_limit_reached",
-                        "message": "The usage limit has been reached", "plan_type": "plus",
-                        "resets_at": now() + 3600}}),
-                )
+                json_response(StatusCode::TOO_MANY_REQUESTS, usage_limit_body())
             } else {
                 sse(hold)
             };
@@ -411,9 +460,10 @@ async fn handle(
             }
             response
         }
-        ("GET", p) if p.ends_with("/responses") => {
-            json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}))
-        }
+        ("GET", p) if p.ends_with("/responses") => match upgrade {
+            Some(upgrade) => websocket_handshake(&recorded, upgrade, (state, arrived)),
+            None => json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"})),
+        },
         ("GET", "/backend-api/wham/usage") => json_response(
             StatusCode::OK,
             json!({"plan_type": "plus", "rate_limit": {"allowed": true, "limit_reached": false,
@@ -627,10 +677,173 @@ fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
     json_response(StatusCode::OK, response)
 }
 
-/// A short Responses stream: created, one assistant message, completed.
-/// The SSE events of a finished answer.
-fn sse_events() -> Vec<String> {
-    let events = [
+/// Answers a WebSocket upgrade as the Codex backend does: 429 or 401 for
+/// an account that is used up or rejected, 426 when WebSockets are off,
+/// else 101, and then serves the connection.
+fn websocket_handshake(
+    req: &Recorded,
+    upgrade: hyper::upgrade::OnUpgrade,
+    (state, arrived): Shared,
+) -> Response<Body> {
+    let account = req
+        .headers
+        .get("chatgpt-account-id")
+        .cloned()
+        .unwrap_or_default();
+    {
+        let s = state.lock().unwrap();
+        if s.no_websocket {
+            return json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}));
+        }
+        if s.rejected.contains(&account) {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"code": "token_revoked", "message": "revoked"}}),
+            );
+        }
+        if s.limited.contains(&account) {
+            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, usage_limit_body());
+            response
+                .headers_mut()
+                .insert("x-codex-primary-used-percent", "100".parse().unwrap());
+            return response;
+        }
+    }
+    let key = req
+        .headers
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or_default();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        serve_websocket(ws, account, (state, arrived)).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-accept", accept)
+        .header("x-codex-turn-state", "turn-state-from-backend")
+        .header("x-reasoning-included", "true")
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+fn usage_limit_body() -> Value {
+    json!({"error": {"type": "usage_limit_reached",
+        "message": "The usage limit has been reached", "plan_type": "plus",
+        "resets_at": now() + 3600}})
+}
+
+/// One WebSocket connection: `response.create` is answered with the
+/// events of a finished answer (a `codex.rate_limits` event first when the
+/// account has quota set); `{"type":"echo"}` texts and binary messages
+/// come back as they are; `{"type":"close","code","reason"}` closes with
+/// that code.
+async fn serve_websocket<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    account: String,
+    (state, arrived): Shared,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let record = |message: String| {
+        state.lock().unwrap().websocket.push(WsSeen {
+            account: account.clone(),
+            message,
+        });
+        arrived.notify_all();
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        let replies: Vec<Message> = match message {
+            Message::Text(text) => {
+                record(text.to_string());
+                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                match value["type"].as_str() {
+                    Some("response.create") => {
+                        let (limited, quota) = {
+                            let mut s = state.lock().unwrap();
+                            (
+                                s.limited_in_stream.remove(&account),
+                                s.quota.get(&account).copied(),
+                            )
+                        };
+                        if limited {
+                            vec![Message::text(
+                                json!({"type": "error", "status": 429,
+                                    "error": usage_limit_body()["error"],
+                                    "headers": {"x-codex-primary-used-percent": "100",
+                                        "x-codex-primary-window-minutes": 300}})
+                                .to_string(),
+                            )]
+                        } else {
+                            let rate_limits = quota.map(|percent| {
+                                json!({"type": "codex.rate_limits", "plan_type": "plus",
+                                    "rate_limits": {
+                                        "primary": {"used_percent": percent,
+                                            "window_minutes": 300, "reset_at": now() + 3600},
+                                        "secondary": {"used_percent": 12.0,
+                                            "window_minutes": 10080, "reset_at": null}},
+                                    "credits": null})
+                            });
+                            rate_limits
+                                .into_iter()
+                                .chain(response_events())
+                                .map(|e| Message::text(e.to_string()))
+                                .collect()
+                        }
+                    }
+                    Some("echo") => vec![Message::Text(text)],
+                    Some("close") => vec![Message::Close(Some(CloseFrame {
+                        code: (value["code"].as_u64().unwrap_or(1000) as u16).into(),
+                        reason: value["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                            .into(),
+                    }))],
+                    _ => Vec::new(),
+                }
+            }
+            Message::Binary(data) => {
+                record(format!("binary {}", data.len()));
+                vec![Message::Binary(data)]
+            }
+            Message::Ping(_) => {
+                record("ping".into());
+                Vec::new()
+            }
+            Message::Close(frame) => {
+                record(match frame {
+                    Some(f) => format!("close {} {}", u16::from(f.code), f.reason),
+                    None => "close".into(),
+                });
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for reply in replies {
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The events of a finished answer: created, one assistant message,
+/// completed.
+fn response_events() -> Vec<Value> {
+    vec![
         json!({"type": "response.created", "response": {"id": "resp_fake"}}),
         json!({"type": "response.output_item.done", "item": {
             "type": "message", "role": "assistant", "id": "msg_fake",
@@ -640,8 +853,12 @@ fn sse_events() -> Vec<String> {
             "input_tokens": 1, "input_tokens_details": null, "output_tokens": 1,
             "output_tokens_details": null, "total_tokens": 2
         }}}),
-    ];
-    events
+    ]
+}
+
+/// The SSE events of a finished answer.
+fn sse_events() -> Vec<String> {
+    response_events()
         .iter()
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
         .collect()
