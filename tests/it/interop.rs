@@ -216,10 +216,10 @@ fn codex_uses_the_token_the_broker_refreshed_ahead_of_time() {
 
     let out = codex_exec(&env, &upstream);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    // Inference: the WebSocket handshake (or HTTP posts).
     let inference = upstream.requests_to("/codex/responses");
-    let posted: Vec<_> = inference.iter().filter(|r| r.method == "POST").collect();
-    assert!(!posted.is_empty());
-    for r in posted {
+    assert!(!inference.is_empty());
+    for r in &inference {
         assert_eq!(r.headers["authorization"], format!("Bearer {token}"));
         assert_eq!(r.headers["chatgpt-account-id"], "acc-ahead");
     }
@@ -249,13 +249,9 @@ fn codex_never_refreshes_while_the_daemon_runs() {
     for _ in 0..3 {
         codex_exec(&env, &upstream);
     }
-    let posted: Vec<_> = upstream
-        .requests_to("/codex/responses")
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
-    assert!(posted.len() >= 3);
-    for r in &posted {
+    let inference = upstream.requests_to("/codex/responses");
+    assert!(inference.len() >= 3);
+    for r in &inference {
         assert_eq!(r.headers["authorization"], format!("Bearer {token}"));
     }
     assert_eq!(
@@ -342,22 +338,22 @@ fn codex_exec_through_the_forwarder_falls_back_on_429() {
     // Through the forwarder, on the main account.
     let out = codex_exec_at(&env, &forwarder);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
-    let posts = |account: &str| {
+    let tries = |account: &str| {
         upstream
             .requests_to("/backend-api/codex/responses")
             .iter()
-            .filter(|r| r.method == "POST" && r.headers["chatgpt-account-id"] == account)
+            .filter(|r| r.headers["chatgpt-account-id"] == account)
             .count()
     };
-    assert!(posts("acc-main") >= 1);
+    assert!(tries("acc-main") >= 1);
 
     // The main account is used up: the same command succeeds on the fallback.
     upstream.set_limited("acc-main");
-    let before = posts("acc-main");
+    let before = tries("acc-main");
     let out = codex_exec_at(&env, &forwarder);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
-    assert_eq!(posts("acc-main"), before + 1, "one try on the main account");
-    assert!(posts("acc-fallback") >= 1);
+    assert_eq!(tries("acc-main"), before + 1, "one try on the main account");
+    assert!(tries("acc-fallback") >= 1);
 
     // The quota seen on the way shows in `status`.
     let quota = || {
@@ -415,4 +411,96 @@ fn a_stale_codex_refresh_through_the_forwarder_never_spends_a_token() {
         "{}",
         daemon.log()
     );
+}
+
+/// What Codex logs when its WebSocket handshake fails and it falls back to
+/// HTTPS.
+const WEBSOCKET_FALLBACK: &str = "failed to connect to Responses WebSocket";
+
+#[test]
+fn codex_exec_through_the_forwarder_speaks_websocket() {
+    isolated!(codex_exec_through_the_forwarder_speaks_websocket);
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+
+    let out = codex_exec_at(&env, &forwarder);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert!(!stderr.contains(WEBSOCKET_FALLBACK), "{stderr}");
+    let requests = upstream.requests_to("/backend-api/codex/responses");
+    let handshake = requests.iter().find(|r| r.method == "GET").unwrap();
+    assert!(
+        handshake.headers["openai-beta"].contains("responses_websockets"),
+        "{:?}",
+        handshake.headers
+    );
+    assert_eq!(
+        handshake.headers["authorization"],
+        format!("Bearer {}", main.access_token())
+    );
+    assert!(
+        requests.iter().all(|r| r.method == "GET"),
+        "Codex never fell back to HTTP"
+    );
+    let seen = upstream.websocket_seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.account == "acc-main"
+                && s.message.starts_with("{\"type\":\"response.create\"")),
+        "the backend saw Codex's turn on the WebSocket"
+    );
+
+    // With WebSockets off, Codex falls back to HTTPS as before.
+    drop(daemon);
+    let daemon = env.start_daemon(&["--no-websocket"]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+    let handshakes = upstream.requests_to("/backend-api/codex/responses").len();
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(WEBSOCKET_FALLBACK));
+    let after = upstream.requests_to("/backend-api/codex/responses");
+    assert!(
+        after[handshakes..].iter().all(|r| r.method == "POST"),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn codex_shows_the_first_reset_when_every_account_is_used_up() {
+    isolated!(codex_shows_the_first_reset_when_every_account_is_used_up);
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    upstream.set_limited("acc-main");
+    upstream.set_limited("acc-fallback");
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+    // The first run learns it from the backend, the second from the broker
+    // alone: both times Codex says when to try again, and exits.
+    for run in 0..2 {
+        let before = upstream.requests_to("/backend-api/codex/responses").len();
+        let out = codex(&env)
+            .env(
+                "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+                format!("{forwarder}/oauth/token"),
+            )
+            .args(["exec", "--skip-git-repo-check", "say hello"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("hit your usage limit") && stderr.contains("Try again at"),
+            "{stderr}"
+        );
+        let sent = upstream.requests_to("/backend-api/codex/responses").len() - before;
+        if run == 1 {
+            assert_eq!(sent, 0, "the broker answered alone");
+        }
+    }
 }
