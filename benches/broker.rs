@@ -6,7 +6,10 @@
 //! - the forwarder: a small JSON request and a 100-event SSE stream through
 //!   the forwarder, against the same requests sent straight to the same
 //!   upstream: added latency, throughput at 32 connections, SSE event
-//!   delivery delay, and memory per idle streaming connection.
+//!   delivery delay, and memory per idle streaming connection;
+//! - the forwarder's WebSocket relay: events of a streamed answer through
+//!   the forwarder against a direct WebSocket to the same upstream (added
+//!   delay per event), and memory per idle open WebSocket.
 //!
 //! Run: `cargo bench --bench broker` (BENCH_SECONDS sets the time per run).
 
@@ -287,6 +290,7 @@ fn main() {
         run,
         quick,
     );
+    websocket::run(&runtime, &upstream, forwarder, daemon.child.id(), quick);
 }
 
 /// nginx as a reference proxy: the same upstream behind `proxy_pass`, one
@@ -434,6 +438,7 @@ mod upstream {
                         let service = hyper::service::service_fn(move |r| answer(r, held.clone()));
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
                             .await;
                     });
                 }
@@ -443,9 +448,26 @@ mod upstream {
     }
 
     async fn answer(
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         held: Arc<tokio::sync::Notify>,
     ) -> Result<Response<Body>, Infallible> {
+        if let Some(key) = request.headers().get("sec-websocket-key") {
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                if let Ok(io) = upgrade.await {
+                    websocket(TokioIo::new(io)).await;
+                }
+            });
+            return Ok(Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept)
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap());
+        }
         let path = request.uri().path().to_owned();
         let _ = request.into_body().collect().await;
         let body = match path.as_str() {
@@ -491,6 +513,144 @@ mod upstream {
             )
             .body(body)
             .unwrap())
+    }
+
+    /// A WebSocket of the Responses transport: every text message from the
+    /// client is answered with [`EVENTS`] events, [`EVENT_GAP`] apart, each
+    /// carrying the time it was sent.
+    async fn websocket<S>(io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            if !message.is_text() {
+                continue;
+            }
+            for _ in 0..EVENTS {
+                let event = format!(
+                    "{{\"type\":\"response.output_text.delta\",\"delta\":\"hi\",\"sent_us\":{}}}",
+                    now_us()
+                );
+                if ws.send(Message::text(event)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(EVENT_GAP).await;
+            }
+        }
+    }
+}
+
+/// The forwarder's WebSocket relay against a direct WebSocket to the same
+/// upstream.
+mod websocket {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    use super::rss_kib;
+    use super::upstream::{EVENTS, Upstream, now_us};
+
+    type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    async fn connect(addr: SocketAddr, path: &str) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .unwrap();
+        ws
+    }
+
+    /// `turns` answers one after another on one connection; returns each
+    /// event's delay from the upstream sending it to the client reading it,
+    /// in us.
+    async fn events(addr: SocketAddr, path: &str, turns: usize) -> Vec<u32> {
+        let mut ws = connect(addr, path).await;
+        let mut delays = Vec::new();
+        for _ in 0..turns {
+            ws.send(Message::text(r#"{"type":"response.create"}"#))
+                .await
+                .unwrap();
+            let mut events = 0;
+            while events < EVENTS {
+                let Message::Text(text) = ws.next().await.unwrap().unwrap() else {
+                    continue;
+                };
+                let arrived = now_us();
+                let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let sent = event["sent_us"].as_u64().unwrap();
+                delays.push(arrived.saturating_sub(sent) as u32);
+                events += 1;
+            }
+        }
+        delays
+    }
+
+    pub fn run(
+        runtime: &tokio::runtime::Runtime,
+        upstream: &Upstream,
+        forwarder: SocketAddr,
+        daemon_pid: u32,
+        quick: bool,
+    ) {
+        let turns = if quick { 2 } else { 20 };
+        let mut f = runtime.block_on(events(forwarder, "/codex/responses", turns));
+        let mut d = runtime.block_on(events(
+            upstream.addr,
+            "/backend-api/codex/responses",
+            turns,
+        ));
+        let p = super::forward::percentile;
+        println!();
+        println!(
+            "WebSocket: {turns} answers of {EVENTS} events, 1 ms apart: delay from upstream write to client read"
+        );
+        println!(
+            "  forwarded p50 {:.0} us, p99 {:.0} us; direct p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us, p99 {:.0} us",
+            p(&mut f, 0.5),
+            p(&mut f, 0.99),
+            p(&mut d, 0.5),
+            p(&mut d, 0.99),
+            p(&mut f, 0.5) - p(&mut d, 0.5),
+            p(&mut f, 0.99) - p(&mut d, 0.99),
+        );
+
+        let idle = if quick { 20 } else { 200 };
+        let before = rss_kib(daemon_pid);
+        let held: Vec<Ws> = runtime.block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..idle {
+                let mut ws = connect(forwarder, "/codex/responses").await;
+                // One answer: the connection is open end to end.
+                ws.send(Message::text(r#"{"type":"response.create"}"#))
+                    .await
+                    .unwrap();
+                for _ in 0..EVENTS {
+                    ws.next().await.unwrap().unwrap();
+                }
+                held.push(ws);
+            }
+            held
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let after = rss_kib(daemon_pid);
+        println!(
+            "idle WebSockets: {idle} open through the forwarder: daemon RSS {:.1} -> {:.1} MiB, {:.1} KiB per connection",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / idle as f64
+        );
+        drop(held);
     }
 }
 
@@ -581,7 +741,7 @@ mod forward {
         delays
     }
 
-    fn percentile(values: &mut [u32], q: f64) -> f64 {
+    pub fn percentile(values: &mut [u32], q: f64) -> f64 {
         values.sort_unstable();
         values[((values.len() - 1) as f64 * q) as usize] as f64
     }

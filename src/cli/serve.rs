@@ -12,7 +12,8 @@ use crate::server::Limits;
 /// Keeps every ChatGPT account fresh ahead of expiry (config `refresh_ahead`,
 /// default 30 minutes), adopts what `codex login` writes to auth.json,
 /// serves tokens over the Unix socket (see --socket), and forwards Codex
-/// traffic on --listen with the routed account's credentials, falling back
+/// traffic on --listen (HTTP, and Codex's WebSocket transport unless
+/// --no-websocket) with the routed account's credentials, falling back
 /// to the next account on 401/403/429. One daemon runs per
 /// broker home. SIGTERM or SIGINT stop it after in-flight requests finish.
 /// With NOTIFY_SOCKET set it tells systemd when it is ready (Type=notify).
