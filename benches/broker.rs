@@ -290,6 +290,12 @@ fn main() {
         run,
         quick,
     );
+    // A daemon of its own, so that memory the runs above freed is not
+    // counted as memory the WebSockets use.
+    drop(daemon);
+    let ws_home = tempfile::tempdir().unwrap();
+    let daemon = start(ws_home.path(), upstream.addr);
+    let forwarder = forwarder_addr(&runtime, &daemon.socket);
     websocket::run(&runtime, &upstream, forwarder, daemon.child.id(), quick);
 }
 
@@ -605,11 +611,7 @@ mod websocket {
     ) {
         let turns = if quick { 2 } else { 20 };
         let mut f = runtime.block_on(events(forwarder, "/codex/responses", turns));
-        let mut d = runtime.block_on(events(
-            upstream.addr,
-            "/backend-api/codex/responses",
-            turns,
-        ));
+        let mut d = runtime.block_on(events(upstream.addr, "/backend-api/codex/responses", turns));
         let p = super::forward::percentile;
         println!();
         println!(

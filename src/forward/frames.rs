@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// A text message from the upstream longer than this is passed on but not
 /// looked into: the events that carry quota and errors are small.
 pub const INSPECT_CAP: usize = 256 * 1024;
-/// Bytes read at once from either side.
+/// Bytes read at once from either side while frames keep coming.
 const READ_CHUNK: usize = 8 * 1024;
+/// Bytes read at once after a pause: a connection that waits for its next
+/// frame holds no larger buffer.
+const IDLE_CHUNK: usize = 512;
 /// How long the other side may stay open once one side has closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a peer has to answer a close frame the relay sent.
@@ -181,15 +184,25 @@ pub struct Deflate {
     pub server_no_context_takeover: bool,
 }
 
+/// Takes each text message of the upstream, inflated, up to
+/// [`INSPECT_CAP`] bytes.
+pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
+
+/// The message the inspector is reading.
+struct Reading {
+    text: bool,
+    compressed: bool,
+    /// Whether it grew past [`INSPECT_CAP`].
+    over: bool,
+}
+
 /// Reads the upstream's text messages for the observer.
 struct Inspector {
     deflate: Option<Deflate>,
     inflater: Option<Decompress>,
-    /// The message being read: text, compressed, and whether it grew past
-    /// the cap.
-    message: Option<(bool, bool, bool)>,
+    message: Option<Reading>,
     text: Vec<u8>,
-    observer: Box<dyn FnMut(&[u8]) + Send>,
+    observer: Observer,
 }
 
 impl Inspector {
@@ -211,12 +224,21 @@ impl Inspector {
         if head.rsv1 && self.deflate.is_none() {
             return Err("RSV1 without permessage-deflate agreed");
         }
-        self.message = Some((head.opcode == TEXT, head.rsv1, false));
+        self.message = Some(Reading {
+            text: head.opcode == TEXT,
+            compressed: head.rsv1,
+            over: false,
+        });
         Ok(())
     }
 
     fn payload(&mut self, bytes: &[u8]) {
-        let Some((text, compressed, over)) = self.message.as_mut() else {
+        let Some(Reading {
+            text,
+            compressed,
+            over,
+        }) = self.message.as_mut()
+        else {
             return;
         };
         if *compressed {
@@ -235,7 +257,12 @@ impl Inspector {
     }
 
     fn message_end(&mut self) {
-        let Some((text, compressed, over)) = self.message.take() else {
+        let Some(Reading {
+            text,
+            compressed,
+            over,
+        }) = self.message.take()
+        else {
             return;
         };
         if compressed && let Some(inflater) = self.inflater.as_mut() {
@@ -307,6 +334,8 @@ struct Pump<R, W> {
     clean: bool,
     /// Whether a close frame went through.
     closed: bool,
+    /// Whether the last read filled its buffer: more is likely waiting.
+    busy: bool,
     inspector: Option<Inspector>,
 }
 
@@ -334,6 +363,7 @@ where
             current: None,
             clean: true,
             closed: false,
+            busy: false,
             inspector,
         }
     }
@@ -341,8 +371,7 @@ where
     /// Passes frames until the sender stops or breaks the protocol.
     async fn run(&mut self, activity: &Activity) -> PumpEnd {
         loop {
-            self.buf.reserve(READ_CHUNK);
-            match self.from.read_buf(&mut self.buf).await {
+            match self.fill().await {
                 Ok(0) => {
                     return if self.current.is_none() && self.buf.is_empty() {
                         let _ = self.to.shutdown().await;
@@ -371,10 +400,26 @@ where
                 self.buf.drain(..consumed);
                 self.clean = self.current.is_none();
             }
-            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            if self.buf.is_empty() && !self.busy {
                 self.buf = Vec::new();
             }
         }
+    }
+
+    /// Reads what the sender has sent: into a small buffer after a pause,
+    /// in larger chunks while the reads keep filling their buffers.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.busy {
+            self.buf.reserve(READ_CHUNK);
+            let n = self.from.read_buf(&mut self.buf).await?;
+            self.busy = n >= READ_CHUNK;
+            return Ok(n);
+        }
+        let mut first = [0u8; IDLE_CHUNK];
+        let n = self.from.read(&mut first).await?;
+        self.buf.extend_from_slice(&first[..n]);
+        self.busy = n == IDLE_CHUNK;
+        Ok(n)
     }
 
     /// Walks the frames in the buffer: returns how many bytes may be passed
@@ -499,9 +544,7 @@ pub struct Relay {
     pub deflate: Option<Deflate>,
     pub idle: Duration,
     pub stop: CancellationToken,
-    /// Called with each text message of the upstream (inflated) up to
-    /// [`INSPECT_CAP`] bytes.
-    pub observer: Box<dyn FnMut(&[u8]) + Send>,
+    pub observer: Observer,
 }
 
 impl Relay {
