@@ -612,20 +612,11 @@ mod websocket {
         let turns = if quick { 2 } else { 20 };
         let mut f = runtime.block_on(events(forwarder, "/codex/responses", turns));
         let mut d = runtime.block_on(events(upstream.addr, "/backend-api/codex/responses", turns));
-        let p = super::forward::percentile;
         println!();
         println!(
             "WebSocket: {turns} answers of {EVENTS} events, 1 ms apart: delay from upstream write to client read"
         );
-        println!(
-            "  forwarded p50 {:.0} us, p99 {:.0} us; direct p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us, p99 {:.0} us",
-            p(&mut f, 0.5),
-            p(&mut f, 0.99),
-            p(&mut d, 0.5),
-            p(&mut d, 0.99),
-            p(&mut f, 0.5) - p(&mut d, 0.5),
-            p(&mut f, 0.99) - p(&mut d, 0.99),
-        );
+        println!("  {}", super::forward::delays(&mut f, &mut d));
 
         let idle = if quick { 20 } else { 200 };
         let before = rss_kib(daemon_pid);
@@ -743,7 +734,20 @@ mod forward {
         delays
     }
 
-    pub fn percentile(values: &mut [u32], q: f64) -> f64 {
+    /// Forwarded delays against direct ones: p50, p99 and what forwarding
+    /// adds.
+    pub fn delays(forwarded: &mut [u32], direct: &mut [u32]) -> String {
+        let (f50, f99) = (percentile(forwarded, 0.5), percentile(forwarded, 0.99));
+        let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
+        format!(
+            "forwarded p50 {f50:.0} us, p99 {f99:.0} us; direct p50 {d50:.0} us, p99 {d99:.0} us; \
+             added p50 {:.0} us, p99 {:.0} us",
+            f50 - d50,
+            f99 - d99
+        )
+    }
+
+    fn percentile(values: &mut [u32], q: f64) -> f64 {
         values.sort_unstable();
         values[((values.len() - 1) as f64 * q) as usize] as f64
     }
@@ -839,14 +843,7 @@ mod forward {
         println!(
             "SSE: {streams} streams of {EVENTS} events, 1 ms apart: delay from upstream write to client read"
         );
-        println!(
-            "  forwarded p50 {:.0} us, p99 {:.0} us; direct p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us",
-            percentile(&mut f, 0.5),
-            percentile(&mut f, 0.99),
-            percentile(&mut d, 0.5),
-            percentile(&mut d, 0.99),
-            percentile(&mut f, 0.5) - percentile(&mut d, 0.5)
-        );
+        println!("  {}", delays(&mut f, &mut d));
         if let Some(n) = &mut n {
             println!(
                 "  nginx p50 {:.0} us, p99 {:.0} us; added p50 {:.0} us",

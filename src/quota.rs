@@ -95,15 +95,23 @@ impl Quota {
                 now,
             )
         };
-        let five_hour = window("primary");
-        let weekly = window("secondary");
+        Quota::seen(window("primary"), window("secondary"), "headers", now)
+    }
+
+    /// A quota of the windows seen; `None` when neither was.
+    fn seen(
+        five_hour: Option<Window>,
+        weekly: Option<Window>,
+        source: &str,
+        now: i64,
+    ) -> Option<Quota> {
         if five_hour.is_none() && weekly.is_none() {
             return None;
         }
         Some(Quota {
             five_hour,
             weekly,
-            source: "headers".into(),
+            source: source.to_owned(),
             observed_at: now,
             extra: Map::new(),
         })
@@ -177,18 +185,7 @@ impl Quota {
                 now,
             )
         };
-        let five_hour = window("primary");
-        let weekly = window("secondary");
-        if five_hour.is_none() && weekly.is_none() {
-            return None;
-        }
-        Some(Quota {
-            five_hour,
-            weekly,
-            source: "websocket".into(),
-            observed_at: now,
-            extra: Map::new(),
-        })
+        Quota::seen(window("primary"), window("secondary"), "websocket", now)
     }
 
     /// Reads the body of `GET {chatgpt_base}/wham/usage`.

@@ -83,10 +83,14 @@ fn codex_exec_at(env: &TestEnv, base: &str) -> std::process::Output {
     codex_exec_in(env, &env.codex_home(), base)
 }
 
-/// `codex exec` with `codex_home` as its home, refreshing (if it must) at
-/// `{base}/oauth/token`; asserts that it succeeded.
-fn codex_exec_in(env: &TestEnv, codex_home: &std::path::Path, base: &str) -> std::process::Output {
-    let out = codex(env)
+/// `codex exec` of one prompt with `codex_home` as its home, refreshing (if
+/// it must) at `{base}/oauth/token`.
+fn codex_exec_unchecked(
+    env: &TestEnv,
+    codex_home: &std::path::Path,
+    base: &str,
+) -> std::process::Output {
+    codex(env)
         .env("CODEX_HOME", codex_home)
         .env(
             "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
@@ -95,7 +99,13 @@ fn codex_exec_in(env: &TestEnv, codex_home: &std::path::Path, base: &str) -> std
         .args(["exec", "--skip-git-repo-check", "say hello"])
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `codex exec` with `codex_home` as its home, refreshing (if it must) at
+/// `{base}/oauth/token`; asserts that it succeeded.
+fn codex_exec_in(env: &TestEnv, codex_home: &std::path::Path, base: &str) -> std::process::Output {
+    let out = codex_exec_unchecked(env, codex_home, base);
     assert!(
         out.status.success(),
         "{}",
@@ -483,15 +493,7 @@ fn codex_shows_the_first_reset_when_every_account_is_used_up() {
     // alone: both times Codex says when to try again, and exits.
     for run in 0..2 {
         let before = upstream.requests_to("/backend-api/codex/responses").len();
-        let out = codex(&env)
-            .env(
-                "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-                format!("{forwarder}/oauth/token"),
-            )
-            .args(["exec", "--skip-git-repo-check", "say hello"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = codex_exec_unchecked(&env, &env.codex_home(), &forwarder);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(
