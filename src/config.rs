@@ -37,6 +37,7 @@ struct File {
     websocket: Option<bool>,
     websocket_idle_timeout: Option<toml::Value>,
     max_websockets: Option<i64>,
+    shield: Option<bool>,
 }
 
 /// The settings in force.
@@ -50,6 +51,9 @@ pub struct Config {
     pub refresh_ahead: i64,
     /// How the forwarder treats WebSocket upgrades.
     pub websocket: WebSockets,
+    /// Publish auth.json with a stand-in refresh token, always
+    /// ([`crate::shield`]); `shield off` then refuses.
+    pub shield: bool,
 }
 
 /// The forwarder's WebSocket settings.
@@ -156,6 +160,7 @@ impl Config {
                 max_open,
                 idle_timeout,
             },
+            shield: file.shield.unwrap_or(false),
         })
     }
 }
@@ -219,6 +224,9 @@ mod tests {
             idle_timeout: 120,
         };
         assert_eq!(c.websocket, expected);
+        assert!(!c.shield);
+        std::fs::write(dir.path().join(CONFIG_FILE), "shield = true\n").unwrap();
+        assert!(Config::load(dir.path()).unwrap().shield);
         for (bad, key) in [
             ("max_websockets = 0", "`max_websockets` must be from 1"),
             (

@@ -162,6 +162,12 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     fsutil::create_dir_if_missing(&paths.codex_home)?;
     let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
         .context("cannot watch the Codex home and the broker home")?;
+    if config.shield {
+        paths.store().update(|store| {
+            store.shield = true;
+            Ok::<_, crate::store::StoreError>(())
+        })?;
+    }
     let refresher = Refresher::new(&paths, &config);
     let engine = Arc::new(Engine::new(paths, config, refresher, forward_addr));
     {

@@ -28,6 +28,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod shield;
 pub mod socket;
 pub mod store;
 pub mod view;

@@ -1,5 +1,7 @@
 //! Publishing an account to Codex's auth.json: compare-and-swap against what
 //! was read, adopting whatever Codex wrote meanwhile instead of losing it.
+//! While the store shields auth.json, the refresh token written is the
+//! account's stand-in ([`crate::shield`]).
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use crate::codex_auth::{AuthDotJson, AuthState, CodexHome, Replace, Snapshot};
 use crate::fsutil::FsError;
 use crate::journal::{Entry, Event, Journal};
 use crate::json::JsonProblem;
-use crate::store::{Account, Store, Upsert};
+use crate::store::{Account, Kind, Store, Upsert};
 
 /// How many times a publish re-reads auth.json after losing a race.
 const ATTEMPTS: usize = 5;
@@ -97,9 +99,14 @@ pub fn publish(
         {
             adopted.push(adopted_id);
         }
+        let shield = store.shield;
         let account = store
-            .get(id)
+            .get_mut(id)
             .ok_or_else(|| PublishError::Unknown(id.to_owned()))?;
+        if shield && account.kind == Kind::Chatgpt && account.stand_in.is_none() {
+            account.stand_in = Some(crate::shield::mint());
+        }
+        let account = &*account;
         let current = snapshot.valid();
         let same_account = snapshot.account_id().as_deref() == Some(id);
         let extra = match current {
@@ -109,6 +116,11 @@ pub fn publish(
         let Some(mut new) = account.to_auth(extra) else {
             return Err(PublishError::Unknown(id.to_owned()));
         };
+        if let (true, Some(stand_in), Some(tokens)) =
+            (shield, &account.stand_in, new.tokens.as_mut())
+        {
+            tokens.refresh_token = stand_in.clone();
+        }
         if let Some(auth) = current.filter(|_| same_account) {
             keep_timestamp_spelling(auth, &mut new);
         }

@@ -174,6 +174,11 @@ pub struct Account {
     /// the account so that publishing it again writes them back.
     #[serde(default, skip_serializing_if = "is_empty_secret_map")]
     pub codex_extra: Secret<Map<String, Value>>,
+    /// The stand-in refresh token published in its place while the store
+    /// shields auth.json ([`crate::shield`]); kept across refreshes, so
+    /// that a tool's copy keeps working through the forwarder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_in: Option<Secret<String>>,
     #[serde(flatten)]
     pub extra: Secret<Map<String, Value>>,
 }
@@ -199,6 +204,7 @@ impl Account {
             quota: None,
             retired_refresh_tokens: Vec::new(),
             codex_extra: auth.extra.clone(),
+            stand_in: None,
             extra: Secret::default(),
         };
         match auth.credential()? {
@@ -212,6 +218,14 @@ impl Account {
                     .tokens
                     .as_ref()
                     .expect("validated ChatGPT file has tokens");
+                if crate::shield::is_stand_in(t.refresh_token.expose()) {
+                    return Err(JsonProblem::field(
+                        "tokens.refresh_token",
+                        "a stand-in codex-broker published in shield mode, not a refresh \
+                         token: the account's real login lives in the broker that shields this \
+                         file",
+                    ));
+                }
                 account.id = account_id;
                 account.email = id_claims.email;
                 account.plan = id_claims.plan;
@@ -339,6 +353,13 @@ impl Account {
             || self.retired(refresh_token)
     }
 
+    /// Whether `token` is the stand-in this account is published with.
+    pub fn has_stand_in(&self, token: &str) -> bool {
+        self.stand_in
+            .as_ref()
+            .is_some_and(|s| fingerprint(s.expose()) == fingerprint(token))
+    }
+
     /// Whether `refresh_token` is one this account has retired.
     pub fn retired(&self, refresh_token: &str) -> bool {
         self.retired_refresh_tokens
@@ -422,6 +443,10 @@ pub struct Store {
     /// The account auth.json was last written with (or found to hold).
     #[serde(default)]
     pub published: Option<String>,
+    /// Whether auth.json is published with a stand-in refresh token
+    /// ([`crate::shield`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shield: bool,
     #[serde(default)]
     pub accounts: Vec<Account>,
     #[serde(flatten)]
@@ -435,6 +460,7 @@ impl Default for Store {
             routing: Routing::default(),
             killswitch: Killswitch::default(),
             published: None,
+            shield: false,
             accounts: Vec::new(),
             extra: Secret::default(),
         }
@@ -717,6 +743,25 @@ mod tests {
             Map::new(),
         );
         Account::from_auth(&auth).unwrap()
+    }
+
+    #[test]
+    fn a_stand_in_is_never_read_as_a_refresh_token() {
+        let mut account = chatgpt_account("acc-s", 1_795_000_000);
+        let stand_in = crate::shield::mint();
+        let mut auth = account.to_auth(Map::new()).unwrap();
+        auth.tokens.as_mut().unwrap().refresh_token = stand_in.clone();
+        let e = Account::from_auth(&auth).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.refresh_token") && e.contains("stand-in"),
+            "{e}"
+        );
+        assert!(!e.contains(stand_in.expose().as_str()), "{e}");
+        assert!(!account.has_stand_in(stand_in.expose()));
+        account.stand_in = Some(stand_in.clone());
+        assert!(account.has_stand_in(stand_in.expose()));
+        assert!(!account.owns_refresh_token(stand_in.expose()));
+        assert!(!account.has_stand_in("rt-acc-s-1795000000"));
     }
 
     /// `base` with its tokens replaced: refresh token `rt`, access token

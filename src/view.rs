@@ -25,6 +25,10 @@ pub struct AccountView<'a> {
     pub last_refresh: Option<String>,
     pub quota: Option<&'a Quota>,
     pub killswitch: Option<Limits>,
+    /// Whether a stand-in of this account's refresh token was published
+    /// (shield mode): tools may hold it, and the forwarder honours it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shielded: bool,
 }
 
 impl<'a> AccountView<'a> {
@@ -43,6 +47,7 @@ impl<'a> AccountView<'a> {
             last_refresh: account.last_refresh.map(format_timestamp),
             quota: account.quota.as_ref(),
             killswitch: store.killswitch.limits.get(&account.id).copied(),
+            shielded: account.stand_in.is_some(),
         }
     }
 }

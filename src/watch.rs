@@ -141,8 +141,10 @@ impl From<crate::fsutil::FsError> for SyncError {
 
 /// Brings the store and auth.json in line after auth.json changed (or at
 /// start): new tokens in the file are adopted (a new account is added); a
-/// file holding older tokens than the store gets the store's; a deleted
-/// file stays deleted; an invalid file is reported and left alone.
+/// file holding older tokens than the store gets the store's (with the
+/// stand-in while the store shields auth.json); a deleted file stays
+/// deleted; an invalid file is reported and left alone. A stand-in in the
+/// file is never taken for a refresh token.
 pub fn sync_codex(shared: &Engine) -> Result<(), SyncError> {
     let codex = shared.paths.codex();
     let snapshot = codex.read()?;
@@ -191,7 +193,10 @@ pub fn sync_codex(shared: &Engine) -> Result<(), SyncError> {
                     } else {
                         tracing::info!(account = %id, "adopted a new account from Codex's auth.json");
                     }
-                    return Ok(());
+                    // A login in a shielded home is shielded in turn.
+                    if !store.shield {
+                        return Ok(());
+                    }
                 }
                 if republish(&codex, store, &id, &journal)? {
                     tracing::info!(account = %id, "auth.json held older tokens; wrote the current ones");

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::config::Config;
 use crate::display::{self, Table};
 use crate::journal::{Entry, Event};
 use crate::paths::Paths;
@@ -34,6 +35,10 @@ pub enum Action {
     Switch {
         /// Account id, label or unique id prefix
         id: String,
+        /// Publish it with a stand-in refresh token (turns shield mode on;
+        /// see `codex-broker shield`)
+        #[arg(long)]
+        shield: bool,
     },
     /// Delete an account and its credentials from the store
     ///
@@ -54,7 +59,7 @@ pub enum Action {
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     match args.action {
         None => list(paths, args.json),
-        Some(Action::Switch { id }) => switch(paths, &id),
+        Some(Action::Switch { id, shield }) => switch(paths, &id, shield),
         Some(Action::Remove { id }) => remove(paths, &id),
         Some(Action::Label { id, name }) => label(paths, &id, &name),
     }
@@ -112,11 +117,13 @@ pub(super) fn token_summary(account: &Account, now: i64) -> String {
     }
 }
 
-fn switch(paths: &Paths, query: &str) -> anyhow::Result<()> {
+fn switch(paths: &Paths, query: &str, shield: bool) -> anyhow::Result<()> {
     let codex = paths.codex();
+    let shield = shield || Config::load(&paths.home)?.shield;
     let (name, state, published) = paths.store().update(|store| {
         let id = store.find(query)?.id.clone();
         store.make_main(&id);
+        store.shield |= shield;
         let published = publish(&codex, store, &id, &paths.journal())
             .context("cannot publish the account to auth.json")?;
         let account = store.get(&id).expect("found above");

@@ -66,7 +66,9 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         .tokens
         .as_ref()
         .map(|t| t.refresh_token.expose().clone());
+    let shield = crate::config::Config::load(&paths.home)?.shield;
     let (outcome, summary, published) = paths.store().update(|store| {
+        store.shield |= shield;
         let replaced = store
             .get(&id)
             .and_then(|a| a.tokens.as_ref())

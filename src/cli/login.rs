@@ -234,6 +234,7 @@ fn save_login(paths: &Paths, account: Account, label: Option<String>) -> anyhow:
     let codex = paths.codex();
     let id = account.id.clone();
     let journal = paths.journal();
+    let shield = Config::load(&paths.home)?.shield;
     let new_rt = account
         .tokens
         .as_ref()
@@ -254,6 +255,7 @@ fn save_login(paths: &Paths, account: Account, label: Option<String>) -> anyhow:
             a.label = Some(label.trim().to_owned());
         }
         let first = a.role == Role::Main && store.published.is_none();
+        store.shield |= shield;
         let published = if first {
             publish(&codex, store, &id, &journal)?.written
         } else {

@@ -20,6 +20,7 @@ mod login;
 mod routing;
 mod serve;
 mod service;
+mod shield;
 mod status;
 mod token;
 
@@ -106,6 +107,7 @@ pub enum Command {
     Service(service::Args),
     Routing(routing::Args),
     Killswitch(killswitch::Args),
+    Shield(shield::Args),
     History(history::Args),
     Completions(completions::Args),
 }
@@ -217,6 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(args) => service::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
+        Command::Shield(args) => shield::run(&paths()?, args),
         Command::History(args) => history::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }

@@ -25,7 +25,8 @@ use crate::view::AccountView;
 /// endpoint.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, accounts}
+    /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, shield,
+    /// accounts}
     #[arg(long)]
     pub json: bool,
 
@@ -40,6 +41,8 @@ struct Status<'a> {
     codex_auth: CodexAuth<'a>,
     routing: Routing,
     killswitch: &'a Killswitch,
+    /// Whether auth.json is published with stand-in refresh tokens.
+    shield: bool,
     accounts: Vec<AccountView<'a>>,
 }
 
@@ -122,6 +125,9 @@ struct CodexAuth<'a> {
     problem: Option<String>,
     /// Where Codex keeps its login: `file`, `keyring` or `auto`.
     credentials_store: CredentialsStore,
+    /// Whether its refresh token is a stand-in (shield mode); `null`
+    /// without ChatGPT tokens.
+    shielded: Option<bool>,
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
@@ -146,12 +152,14 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             _ => None,
         },
         credentials_store: paths.codex().credentials_store(),
+        shielded: super::shield::auth_holds_stand_in(&paths.codex()),
     };
     let status = Status {
         daemon: Daemon::ask(paths)?,
         codex_auth,
         routing: store.routing,
         killswitch: &store.killswitch,
+        shield: store.shield || Config::load(&paths.home)?.shield,
         accounts: store
             .accounts
             .iter()
@@ -227,6 +235,15 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
     ]);
     head.row(vec!["Routing:".into(), status.routing.to_string()]);
     head.row(vec![
+        "Shield:".into(),
+        if status.shield {
+            "on (auth.json gets stand-in refresh tokens)"
+        } else {
+            "off"
+        }
+        .into(),
+    ]);
+    head.row(vec![
         "Killswitch:".into(),
         if status.killswitch.enabled {
             "on"
@@ -276,6 +293,9 @@ fn auth_line(auth: &CodexAuth, store: &Store) -> String {
         ("invalid", _, Some(problem)) => format!("{path} is invalid: {problem}"),
         ("untrusted", _, Some(problem)) => format!("{path} is not trusted: {problem}"),
         (_, Some(id), _) => match store.get(id) {
+            Some(a) if auth.shielded == Some(true) => {
+                format!("{path} holds {} (with a stand-in refresh token)", a.name())
+            }
             Some(a) => format!("{path} holds {}", a.name()),
             None => {
                 format!("{path} holds {id}, which is not in the store (run: codex-broker import)")
@@ -295,7 +315,12 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
         Some(label) => format!("{label} ({})", a.id),
         None => a.id.clone(),
     };
-    let mut text = format!("{title}  {}  {}{published}\n", a.role, a.state);
+    let shielded = if a.stand_in.is_some() {
+        "  shielded"
+    } else {
+        ""
+    };
+    let mut text = format!("{title}  {}  {}{published}{shielded}\n", a.role, a.state);
     let mut t = Fields::default();
     t.row("email", a.email.as_deref().unwrap_or("-"));
     t.row("plan", a.plan.clone().unwrap_or_else(|| a.kind.to_string()));

@@ -29,6 +29,7 @@ use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
 use crate::quota::Quota;
 use crate::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
 use crate::routing::{self, Pick, Unavailable};
+use crate::secret::Secret;
 use crate::server::{self, Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
@@ -530,19 +531,27 @@ impl Forwarder {
         }
     }
 
-    /// The current tokens of the account owning `refresh_token`, in the
-    /// issuer's response shape; `None` for a token the broker does not own.
+    /// The current tokens of the account owning `refresh_token` (current,
+    /// retired, or its stand-in), in the issuer's response shape; `None` for
+    /// a token the broker does not own. A client that presented a stand-in,
+    /// or any client while the store shields auth.json, gets the stand-in
+    /// back in place of the refresh token.
     async fn answer_refresh(&self, refresh_token: &str, by: &Asker) -> Option<Response<Body>> {
         let store = self.shared.refresher.store().ok()?;
-        let account = store
-            .accounts
-            .iter()
-            .find(|a| a.kind == Kind::Chatgpt && a.owns_refresh_token(refresh_token))?;
+        let account = store.accounts.iter().find(|a| {
+            a.kind == Kind::Chatgpt
+                && (a.owns_refresh_token(refresh_token) || a.has_stand_in(refresh_token))
+        })?;
         let id = account.id.clone();
-        let current = account
-            .tokens
-            .as_ref()
-            .is_some_and(|t| t.refresh_token.expose() == refresh_token);
+        let stand_in = account.has_stand_in(refresh_token);
+        let shielded = (stand_in || store.shield)
+            .then(|| account.stand_in.clone())
+            .flatten();
+        let current = stand_in
+            || account
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.refresh_token.expose() == refresh_token);
         let now = self.shared.refresher.now();
         // A client holding the newest tokens asks again: they expire soon or
         // were rejected, so a new access token is due.
@@ -553,7 +562,7 @@ impl Forwarder {
         };
         tracing::info!(account = %id, current, "answered a token refresh for an account the broker owns");
         Some(match self.shared.refresher.fresh(&id, min_ttl, by).await {
-            Ok(account) => token_response(&account, now),
+            Ok(account) => token_response(&account, shielded.as_ref(), now),
             Err(e @ RefreshError::NeedsLogin { .. }) => json_response(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": {"message": format!("{e}"), "type": "invalid_request_error",
@@ -786,8 +795,13 @@ fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
         .flatten()
 }
 
-/// The issuer's answer to a refresh, made from `account`'s tokens.
-fn token_response(account: &Account, now: i64) -> Response<Body> {
+/// The issuer's answer to a refresh, made from `account`'s tokens, with
+/// `stand_in` in place of the refresh token when given.
+fn token_response(
+    account: &Account,
+    stand_in: Option<&Secret<String>>,
+    now: i64,
+) -> Response<Body> {
     let Some(tokens) = &account.tokens else {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -798,7 +812,7 @@ fn token_response(account: &Account, now: i64) -> Response<Body> {
     let mut body = json!({
         "id_token": tokens.id_token.expose(),
         "access_token": tokens.access_token.expose(),
-        "refresh_token": tokens.refresh_token.expose(),
+        "refresh_token": stand_in.unwrap_or(&tokens.refresh_token).expose(),
         "token_type": "Bearer",
         "scope": "openid profile email offline_access",
     });

@@ -9,21 +9,34 @@ use serde_json::{Value, json};
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{Daemon, TestAccount, TestEnv, wait_until};
 
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// A refresh of `token` as Codex sends it, to the forwarder at `base`.
+pub(crate) fn refresh_through(base: &str, token: &str) -> Answer {
+    send(
+        "POST",
+        &format!("{base}/oauth/token"),
+        &[("content-type", "application/json")],
+        json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token",
+            "refresh_token": token, "refresh_reason": "expired"})
+        .to_string()
+        .into_bytes(),
+    )
 }
 
 fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
@@ -257,18 +270,8 @@ fn refreshes_of_owned_tokens_are_answered_without_the_issuer() {
     // Four minutes left: the daemon refreshes it as it starts.
     let account = TestAccount::new("acc-owned").expiring_in(240);
     let daemon = env.start_daemon_refreshing(&upstream, &account);
-    let url = format!("{}/oauth/token", daemon.forwarder());
-    let refresh = |token: &str| {
-        send(
-            "POST",
-            &url,
-            &[("content-type", "application/json")],
-            json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token",
-                "refresh_token": token, "refresh_reason": "expired"})
-            .to_string()
-            .into_bytes(),
-        )
-    };
+    let base = daemon.forwarder();
+    let refresh = |token: &str| refresh_through(&base, token);
     // Codex still holds the token the daemon already spent.
     let answer = refresh("rt-acc-owned-0");
     assert_eq!(answer.status, 200, "{}", answer.text());

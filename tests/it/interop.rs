@@ -506,3 +506,64 @@ fn codex_shows_the_first_reset_when_every_account_is_used_up() {
         }
     }
 }
+
+#[test]
+fn codex_runs_on_a_shielded_auth_json_and_refreshes_through_the_forwarder() {
+    isolated!(codex_runs_on_a_shielded_auth_json_and_refreshes_through_the_forwarder);
+    let upstream = FakeUpstream::start();
+    // Four minutes left: inside Codex's own 5-minute window, and outside
+    // the daemon's 1-minute lead here, so that Codex refreshes first.
+    let mut env = TestEnv::with_backend(&upstream);
+    env.vars
+        .push(("CODEX_BROKER_REFRESH_AHEAD".into(), "60".into()));
+    let account = TestAccount::new("acc-shielded").expiring_in(240);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+
+    env.ok(&["shield", "on"]);
+    let stand_in = env.read_auth()["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stand_in.starts_with("codex-broker-stand-in."));
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert!(
+        daemon.log().contains("answered a token refresh"),
+        "Codex refreshed through the forwarder:\n{}",
+        daemon.log()
+    );
+    // Codex wrote back what the forwarder answered: the stand-in again;
+    // the one real refresh was the broker's.
+    assert_eq!(
+        env.read_auth()["tokens"]["refresh_token"],
+        stand_in.as_str()
+    );
+    assert_eq!(upstream.rotations(), 1);
+    let issuer_saw_the_stand_in = upstream
+        .requests_to("/oauth/token")
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains("codex-broker-stand-in."));
+    assert!(!issuer_saw_the_stand_in);
+    assert!(upstream.reused_tokens().is_empty());
+
+    // Off: Codex runs on the real token again.
+    env.ok(&["shield", "off"]);
+    let real = env.read_auth()["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        Some(real),
+        upstream.live_refresh_token("acc-shielded"),
+        "auth.json holds the live refresh token"
+    );
+    assert_codex_logged_in(&env, "Logged in using ChatGPT");
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert!(upstream.reused_tokens().is_empty());
+}

@@ -18,4 +18,5 @@ mod login;
 mod props;
 mod refresh;
 mod service;
+mod shield;
 mod websocket;
