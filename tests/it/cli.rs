@@ -150,6 +150,7 @@ fn status_reports_a_broken_or_missing_auth_json() {
     Daemon:      not running (no daemon at [TMP]/user/.config/codex-broker/run/broker.sock)
     auth.json:   [TMP]/user/.codex/auth.json is invalid: field `tokens.id_token`: JWT payload is not unpadded base64url
     Routing:     main-first
+    Shield:      off
     Killswitch:  off
 
     No accounts yet. Log in with: codex-broker login (or adopt Codex's login with: codex-broker import)
