@@ -14,6 +14,9 @@ pub const DEFAULT_CHATGPT_BASE: &str = "https://chatgpt.com/backend-api";
 pub const DEFAULT_REFRESH_AHEAD: i64 = 30 * 60;
 /// How long a forwarded WebSocket connection may idle by default, seconds.
 pub const DEFAULT_WEBSOCKET_IDLE: i64 = 30 * 60;
+/// How often a follower asks its leader for the account list by default,
+/// seconds.
+pub const DEFAULT_FOLLOW_INTERVAL: i64 = 30;
 /// How many forwarded WebSocket connections may be open at once by default.
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 256;
 /// The most forwarded WebSocket connections a config may allow.
@@ -38,6 +41,7 @@ struct File {
     websocket_idle_timeout: Option<toml::Value>,
     max_websockets: Option<i64>,
     shield: Option<bool>,
+    follow_interval: Option<toml::Value>,
 }
 
 /// The settings in force.
@@ -54,6 +58,8 @@ pub struct Config {
     /// Publish auth.json with a stand-in refresh token, always
     /// ([`crate::shield`]); `shield off` then refuses.
     pub shield: bool,
+    /// Seconds between a follower's rounds with its leader.
+    pub follow_interval: i64,
 }
 
 /// The forwarder's WebSocket settings.
@@ -131,6 +137,15 @@ impl Config {
                 ))
             })?,
         };
+        let follow_interval = match file.follow_interval {
+            None => DEFAULT_FOLLOW_INTERVAL,
+            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
+                invalid(format!(
+                    "`follow_interval` must be a positive number of seconds or a duration such \
+                     as \"30s\", not {value}"
+                ))
+            })?,
+        };
         let max_open = match file.max_websockets {
             None => DEFAULT_MAX_WEBSOCKETS,
             Some(n) if (1..=MAX_WEBSOCKETS_LIMIT).contains(&n) => n as usize,
@@ -161,6 +176,7 @@ impl Config {
                 idle_timeout,
             },
             shield: file.shield.unwrap_or(false),
+            follow_interval,
         })
     }
 }

@@ -19,10 +19,12 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::forward::{self, Forwarder};
 use crate::fsutil;
+use crate::leader::Leader;
 use crate::paths::Paths;
 use crate::refresh::Refresher;
 use crate::server::Limits;
 use crate::socket;
+use crate::store::Store;
 use crate::{scheduler, watch};
 
 /// The file whose lock marks the running daemon of a broker home; it holds
@@ -35,6 +37,8 @@ pub struct Options {
     pub limits: Limits,
     /// The forwarder's address; `None` runs without it.
     pub listen: Option<String>,
+    /// The leader's socket, for a follower.
+    pub follow: Option<PathBuf>,
 }
 
 /// Holds the instance lock of a broker home while the daemon runs.
@@ -150,6 +154,20 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     raise_open_file_limit();
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
+    paths.store().update(|store| {
+        store.shield |= config.shield;
+        match (&options.follow, &store.follows) {
+            (Some(leader), _) => become_follower(store, leader, &paths.home),
+            (None, Some(leader)) => anyhow::bail!(
+                "{} is the home of a follower of {}: run `codex-broker serve --follow {}`, or \
+                 give a leader a home of its own (--home DIR)",
+                paths.home.display(),
+                leader.display(),
+                leader.display()
+            ),
+            (None, None) => Ok(()),
+        }
+    })?;
     let (listener, socket_file) = socket::bind(&paths.socket)?;
     let forward_listener = match &options.listen {
         Some(addr) => Some(forward::bind(addr).await?),
@@ -162,14 +180,12 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     fsutil::create_dir_if_missing(&paths.codex_home)?;
     let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
         .context("cannot watch the Codex home and the broker home")?;
-    if config.shield {
-        paths.store().update(|store| {
-            store.shield = true;
-            Ok::<_, crate::store::StoreError>(())
-        })?;
-    }
     let refresher = Refresher::new(&paths, &config);
-    let engine = Arc::new(Engine::new(paths, config, refresher, forward_addr));
+    let mut engine = Engine::new(paths, config, refresher, forward_addr);
+    if let Some(leader) = &options.follow {
+        engine = engine.following(Leader::new(leader));
+    }
+    let engine = Arc::new(engine);
     {
         let engine = engine.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || watch::sync_codex(&engine)).await? {
@@ -181,6 +197,13 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     let tracker = TaskTracker::new();
     tracker.spawn(watcher.run(engine.clone(), shutdown.clone()));
     tracker.spawn(scheduler::run(engine.clone(), shutdown.clone()));
+    if let Some(leader) = engine.leader.clone() {
+        tracker.spawn(crate::leader::follow(
+            engine.clone(),
+            leader,
+            shutdown.clone(),
+        ));
+    }
     {
         let (engine, shutdown, limits) = (engine.clone(), shutdown.clone(), options.limits);
         tracker.spawn(socket::serve(listener, engine, limits, shutdown));
@@ -222,6 +245,28 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     Ok(())
 }
 
+/// Marks `store` as a follower's of `leader`: shielded, and holding no
+/// refresh token. A home that holds real refresh tokens (a leader's) is
+/// refused: the follower would keep them.
+fn become_follower(store: &mut Store, leader: &Path, home: &Path) -> anyhow::Result<()> {
+    let real = store.accounts.iter().any(|a| {
+        a.api_key.is_some()
+            || a.tokens
+                .as_ref()
+                .is_some_and(|t| !crate::shield::is_stand_in(t.refresh_token.expose()))
+    });
+    if real {
+        anyhow::bail!(
+            "{} holds real credentials (it is a leader's home); a follower keeps none: give the \
+             follower a broker home of its own (--home DIR)",
+            home.display()
+        );
+    }
+    store.follows = Some(leader.to_owned());
+    store.shield = true;
+    Ok(())
+}
+
 fn announce(shared: &Engine) -> anyhow::Result<()> {
     let store = shared.refresher.store()?;
     tracing::info!(
@@ -231,9 +276,10 @@ fn announce(shared: &Engine) -> anyhow::Result<()> {
         forwarder = %shared.forwarder.map_or_else(|| "off".to_owned(), |a| format!("http://{a}")),
         accounts = store.accounts.len(),
         refresh_ahead = shared.config.refresh_ahead,
+        follows = %shared.leader.as_ref().map_or_else(|| "-".to_owned(), |l| l.socket().display().to_string()),
         "codex-broker serving"
     );
-    if store.accounts.is_empty() {
+    if store.accounts.is_empty() && shared.leader.is_none() {
         tracing::warn!(
             "no accounts yet: log in with `codex-broker login`, or adopt Codex's login with \
              `codex-broker import`; the daemon picks them up at once"

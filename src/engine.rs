@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::leader::Leader;
 use crate::paths::Paths;
 use crate::proto::{ForwarderAddress, Health, Problem, ProblemCode};
 use crate::quota::Quota;
@@ -55,6 +56,11 @@ pub struct Engine {
     pub forwarder: Option<SocketAddr>,
     /// Per account: when quota was last written, and what.
     quota_written: Mutex<HashMap<String, (Instant, Quota)>>,
+    /// The leader this daemon follows, if any: quota seen here is reported
+    /// to it.
+    pub leader: Option<Leader>,
+    /// Why the leader cannot be reached, while it cannot.
+    leader_problem: Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -77,7 +83,24 @@ impl Engine {
             store_changed: Notify::new(),
             forwarder,
             quota_written: Mutex::new(HashMap::new()),
+            leader: None,
+            leader_problem: Mutex::new(None),
         }
+    }
+
+    /// This engine as a follower of `leader`.
+    pub fn following(mut self, leader: Leader) -> Engine {
+        self.leader = Some(leader);
+        self
+    }
+
+    /// Records why the leader cannot be reached (`None`: it can). Returns
+    /// whether that changed.
+    pub fn set_leader_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.leader_problem.lock().expect("leader lock");
+        let changed = *current != problem;
+        *current = problem;
+        changed
     }
 
     /// Whether `home` names the broker home this daemon serves.
@@ -103,6 +126,9 @@ impl Engine {
         }
         if let Some(message) = self.paths.codex().keyring_problem() {
             problems.push(problem(ProblemCode::CodexKeyring, message));
+        }
+        if let Some(message) = self.leader_problem.lock().expect("leader lock").clone() {
+            problems.push(problem(ProblemCode::LeaderUnreachable, message));
         }
         for message in self.refresher.unsaved() {
             problems.push(problem(ProblemCode::RotationUnsaved, message));
@@ -137,6 +163,7 @@ impl Engine {
                 address: a.to_string(),
                 port: a.port(),
             }),
+            follows: self.leader.as_ref().map(|l| l.socket().to_owned()),
             problems,
         }
     }
@@ -181,8 +208,9 @@ impl Engine {
     }
 
     /// Stores what an upstream said about an account's quota: at once when
-    /// `urgent` or when it changed, otherwise at most every few seconds.
-    /// Returns the write, when one was due.
+    /// `urgent` or when it changed, otherwise at most every few seconds
+    /// (and, on a follower, reports it to the leader as often). Returns the
+    /// write, when one was due.
     pub fn record_quota(
         &self,
         id: &str,
@@ -205,6 +233,14 @@ impl Engine {
                 return None;
             }
             written.insert(id.to_owned(), (Instant::now(), quota.clone()));
+        }
+        if let Some(leader) = self.leader.clone() {
+            let (id, headers) = (id.to_owned(), quota.headers(self.refresher.now()));
+            tokio::spawn(async move {
+                if let Err(e) = leader.report(&id, 200, headers, None).await {
+                    tracing::debug!(account = %id, "cannot report quota to the leader: {e}");
+                }
+            });
         }
         let store = self.paths.store();
         let id = id.to_owned();

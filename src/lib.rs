@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod journal;
 pub mod json;
 pub mod jwt;
+pub mod leader;
 pub mod oauth;
 pub mod paths;
 pub mod peer;

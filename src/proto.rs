@@ -112,6 +112,9 @@ pub enum ProblemCode {
     /// Codex's config.toml keeps its login in the system keyring, so Codex
     /// may not read auth.json.
     CodexKeyring,
+    /// A follower cannot reach its leader; it serves what it has while it
+    /// is valid.
+    LeaderUnreachable,
     #[serde(other)]
     Unknown,
 }
@@ -140,12 +143,16 @@ pub struct Health {
     pub accounts: usize,
     pub published: Option<String>,
     pub forwarder: Option<ForwarderAddress>,
+    /// The leader's socket, when this daemon follows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<PathBuf>,
     pub problems: Vec<Problem>,
 }
 
 /// What `/v1/token` (and `token --json`) answers: the account's credential
-/// and the headers a client sends with it. Never a refresh token. Its
-/// `Debug` shows no credential.
+/// and the headers a client sends with it, and for a ChatGPT account its
+/// id token (what a follower publishes to auth.json). Never a refresh
+/// token. Its `Debug` shows no credential.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenAnswer {
     pub account_id: String,
@@ -155,6 +162,8 @@ pub struct TokenAnswer {
     pub plan: Option<String>,
     pub email: Option<String>,
     pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 impl TokenAnswer {
@@ -177,6 +186,7 @@ impl TokenAnswer {
             plan: account.plan.clone(),
             email: account.email.clone(),
             headers,
+            id_token: account.tokens.as_ref().map(|t| t.id_token.expose().clone()),
         })
     }
 }

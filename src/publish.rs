@@ -42,13 +42,19 @@ pub struct Published {
 
 /// Takes the credentials auth.json holds into the store when they belong to
 /// an unknown account or come after the store's in the lineage (a token
-/// the store retired never does). Returns the account id when something
-/// was adopted; the journal records it.
+/// the store retired never does, nor a stand-in, nor anything in a
+/// follower's store). Returns the account id when something was adopted;
+/// the journal records it.
 pub fn adopt_from_snapshot(
     store: &mut Store,
     snapshot: &Snapshot,
     journal: &Journal,
 ) -> Option<String> {
+    // A follower keeps no refresh token: what a login on its machine
+    // wrote stays in auth.json alone.
+    if store.follows.is_some() {
+        return None;
+    }
     let auth = snapshot.valid()?;
     let account = Account::from_auth(auth).ok()?;
     let id = account.id.clone();

@@ -216,6 +216,28 @@ impl Quota {
     }
 }
 
+impl Quota {
+    /// The `x-codex-primary-*` and `x-codex-secondary-*` headers an answer
+    /// carrying this quota has ([`Quota::from_headers`] reads them back).
+    pub fn headers(&self, now: i64) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        for (name, window) in [("primary", &self.five_hour), ("secondary", &self.weekly)] {
+            let Some(window) = window else { continue };
+            let mut set = |field: &str, value: String| {
+                headers.push((format!("x-codex-{name}-{field}"), value));
+            };
+            set("used-percent", window.used_at(now).to_string());
+            if let Some(minutes) = window.window_minutes {
+                set("window-minutes", minutes.to_string());
+            }
+            if let Some(at) = window.resets_at {
+                set("reset-at", at.to_string());
+            }
+        }
+        headers
+    }
+}
+
 impl Window {
     /// The share used now: a window whose reset time has passed is empty again.
     pub fn used_at(&self, now: i64) -> f64 {
@@ -297,6 +319,30 @@ mod tests {
         ] {
             assert!(Quota::from_rate_limits_event(&bad, now).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn headers_read_back() {
+        let now = 1_795_000_000;
+        let quota = Quota {
+            five_hour: Window::checked(61.5, Some(300), Some(now + 600), now),
+            weekly: Window::checked(9.0, None, None, now),
+            source: "websocket".into(),
+            observed_at: now,
+            extra: Map::new(),
+        };
+        let headers = quota.headers(now);
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let back = Quota::from_headers(lookup, now).unwrap();
+        assert_eq!(
+            (back.five_hour, back.weekly),
+            (quota.five_hour, quota.weekly)
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::fsutil::{self, FsError};
 use crate::journal::{Entry, Event, Journal, new_flight};
 use crate::jwt;
+use crate::leader::Leader;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
 use crate::paths::Paths;
 use crate::publish::{adopt_from_snapshot, republish};
@@ -226,7 +227,7 @@ struct Inner {
     store: StoreFile,
     codex: CodexHome,
     journal: Journal,
-    oauth: OAuthClient,
+    source: Source,
     locks: PathBuf,
     clock: Clock,
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -259,18 +260,46 @@ impl FileStamp {
     }
 }
 
+/// Where new tokens come from: the issuer, or (for a follower, which
+/// holds no refresh token) the leader broker.
+enum Source {
+    Issuer(OAuthClient),
+    Leader(Leader),
+}
+
+impl Source {
+    /// Who answers a refresh, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Issuer(_) => "the issuer",
+            Source::Leader(_) => "the leader",
+        }
+    }
+}
+
 impl Refresher {
+    /// The engine of the broker home `paths`: it refreshes at the issuer,
+    /// or asks the leader when the home belongs to a follower.
     pub fn new(paths: &Paths, config: &Config) -> Self {
-        Self::with_parts(paths, OAuthClient::new(&config.issuer), system_clock())
+        let follows = paths.store().load().ok().and_then(|s| s.follows);
+        let source = match follows {
+            Some(socket) => Source::Leader(Leader::new(socket)),
+            None => Source::Issuer(OAuthClient::new(&config.issuer)),
+        };
+        Self::with_source(paths, source, system_clock())
     }
 
     pub fn with_parts(paths: &Paths, oauth: OAuthClient, clock: Clock) -> Self {
+        Self::with_source(paths, Source::Issuer(oauth), clock)
+    }
+
+    fn with_source(paths: &Paths, source: Source, clock: Clock) -> Self {
         Refresher {
             inner: Arc::new(Inner {
                 store: paths.store(),
                 codex: paths.codex(),
                 journal: paths.journal(),
-                oauth,
+                source,
                 locks: paths.home.join("locks"),
                 clock,
                 gates: Mutex::new(HashMap::new()),
@@ -472,7 +501,7 @@ impl Refresher {
             Assessment::NeedsLogin => Err(needs_login(&account)),
             Assessment::Wait { until } => serve_while_valid(account, now, until),
             Assessment::Refresh if self.inner.stop.is_cancelled() => Err(stopped()),
-            Assessment::Refresh => self.refresh_locked(account, now, by).await,
+            Assessment::Refresh => self.refresh_locked(account, now, min_ttl, by).await,
         }
     }
 
@@ -495,6 +524,7 @@ impl Refresher {
         &self,
         account: Account,
         now: i64,
+        min_ttl: i64,
         by: &Asker,
     ) -> Result<Account, RefreshError> {
         let id = account.id.clone();
@@ -521,7 +551,22 @@ impl Refresher {
             e.after_interrupted.clone_from(&after_interrupted);
             journal.record(&e);
         };
-        match self.inner.oauth.refresh(&spent).await {
+        let answer = match &self.inner.source {
+            Source::Issuer(oauth) => oauth.refresh(&spent).await,
+            Source::Leader(leader) => {
+                let current = account.tokens.as_ref().map(|t| t.access_token.expose());
+                leader.refresh(&id, min_ttl).await.and_then(|r| {
+                    if r.access_token.as_ref().map(Secret::expose) == current {
+                        Err(OAuthError::Transient(
+                            "the leader has no newer token for this account yet".into(),
+                        ))
+                    } else {
+                        Ok(r)
+                    }
+                })
+            }
+        };
+        match answer {
             Ok(response) => {
                 let rotated = rotate(&account, response, (self.inner.clock)());
                 self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted)
@@ -529,7 +574,10 @@ impl Refresher {
             Err(OAuthError::Permanent { code, message, .. }) => {
                 let own = account_secrets(&account);
                 let reason = redact(
-                    &format!("the issuer rejected its refresh token: {code}: {message}"),
+                    &format!(
+                        "{} rejected its refresh token: {code}: {message}",
+                        self.inner.source.name()
+                    ),
                     &own.iter().map(String::as_str).collect::<Vec<_>>(),
                 );
                 tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");

@@ -447,6 +447,10 @@ pub struct Store {
     /// ([`crate::shield`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shield: bool,
+    /// The leader's socket when this home belongs to a follower
+    /// ([`crate::leader`]): it holds no refresh token, only stand-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<PathBuf>,
     #[serde(default)]
     pub accounts: Vec<Account>,
     #[serde(flatten)]
@@ -461,6 +465,7 @@ impl Default for Store {
             killswitch: Killswitch::default(),
             published: None,
             shield: false,
+            follows: None,
             accounts: Vec::new(),
             extra: Secret::default(),
         }

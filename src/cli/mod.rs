@@ -209,6 +209,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         socket: cli.socket,
     };
     let paths = || Paths::resolve(overrides.clone());
+    let changes_accounts = match &cli.command {
+        Command::Login(_) | Command::Import(_) => true,
+        Command::Accounts(args) => args.action.is_some(),
+        Command::Shield(args) => args.mode.is_some(),
+        _ => false,
+    };
+    if changes_accounts && let Some(leader) = paths()?.store().load()?.follows {
+        anyhow::bail!(crate::leader::belongs_on_the_leader(&leader));
+    }
     match cli.command {
         Command::Login(args) => login::run(&paths()?, args),
         Command::Import(args) => import::run(&paths()?, args),

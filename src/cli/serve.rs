@@ -40,6 +40,13 @@ pub struct Args {
     #[arg(long)]
     pub no_websocket: bool,
 
+    /// Follow the broker whose socket API SOCKET reaches (forwarded over SSH,
+    /// or mounted into a container): keep no refresh token here, take
+    /// accounts and access tokens from it, publish them with stand-in
+    /// refresh tokens, and report quota to it. Use a broker home of its own
+    #[arg(long, value_name = "SOCKET")]
+    pub follow: Option<std::path::PathBuf>,
+
     /// Seconds a client has to send a request's head, and then its body
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub request_timeout: u32,
@@ -59,5 +66,14 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         grace: Duration::from_secs(args.grace.into()),
     };
     let listen = (!args.no_forward).then_some(args.listen);
-    daemon::run(paths.clone(), config, Options { limits, listen })
+    let follow = args.follow.map(std::path::absolute).transpose()?;
+    daemon::run(
+        paths.clone(),
+        config,
+        Options {
+            limits,
+            listen,
+            follow,
+        },
+    )
 }

@@ -26,7 +26,7 @@ use crate::view::AccountView;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the status as JSON: {daemon, codex_auth, routing, killswitch, shield,
-    /// accounts}
+    /// follows, accounts}
     #[arg(long)]
     pub json: bool,
 
@@ -43,6 +43,8 @@ struct Status<'a> {
     killswitch: &'a Killswitch,
     /// Whether auth.json is published with stand-in refresh tokens.
     shield: bool,
+    /// The leader's socket, when this home belongs to a follower.
+    follows: Option<&'a Path>,
     accounts: Vec<AccountView<'a>>,
 }
 
@@ -160,6 +162,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         routing: store.routing,
         killswitch: &store.killswitch,
         shield: store.shield || Config::load(&paths.home)?.shield,
+        follows: store.follows.as_deref(),
         accounts: store
             .accounts
             .iter()
@@ -233,6 +236,15 @@ fn render(status: &Status, store: &Store, now: i64) -> String {
         "auth.json:".into(),
         auth_line(&status.codex_auth, store),
     ]);
+    if let Some(leader) = status.follows {
+        head.row(vec![
+            "Follows:".into(),
+            format!(
+                "the leader at {} (no refresh token is kept here)",
+                leader.display()
+            ),
+        ]);
+    }
     head.row(vec!["Routing:".into(), status.routing.to_string()]);
     head.row(vec![
         "Shield:".into(),

@@ -221,23 +221,9 @@ fn usage_limit_reached(
     let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    let windows = quota.map(|q| [("primary", &q.five_hour), ("secondary", &q.weekly)]);
-    for (name, window) in windows.into_iter().flatten() {
-        let Some(window) = window else { continue };
-        let mut set = |field: &str, value: String| {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(format!("x-codex-{name}-{field}")),
-                HeaderValue::try_from(value),
-            ) {
-                headers.insert(name, value);
-            }
-        };
-        set("used-percent", window.used_at(now).to_string());
-        if let Some(minutes) = window.window_minutes {
-            set("window-minutes", minutes.to_string());
-        }
-        if let Some(at) = window.resets_at {
-            set("reset-at", at.to_string());
+    for (name, value) in quota.map(|q| q.headers(now)).unwrap_or_default() {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
         }
     }
     response

@@ -39,7 +39,7 @@ pub(crate) fn refresh_through(base: &str, token: &str) -> Answer {
     )
 }
 
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+pub(crate) fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod docs;
+mod follow;
 mod forward;
 mod hostile;
 mod interop;

@@ -1,0 +1,217 @@
+//! Follow mode: a follower broker that keeps no refresh token takes its
+//! accounts and access tokens from a leader's socket API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::forward::send;
+use crate::support::fake_upstream::FakeUpstream;
+use crate::support::{Daemon, TestEnv, wait_until};
+
+const STAND_IN: &str = "codex-broker-stand-in.";
+
+/// A leader (main and fallback account behind `upstream`) with its daemon
+/// running, and a follower's environment: its own HOME, the same backend,
+/// and an issuer that does not exist, so that a refresh it tried itself
+/// would fail.
+pub(crate) fn leader_and_follower(upstream: &FakeUpstream) -> (TestEnv, Daemon, TestEnv) {
+    let (leader, ..) = TestEnv::with_main_and_fallback(upstream);
+    let leader_daemon = leader.start_daemon(&[]);
+    let mut follower = TestEnv::new();
+    follower.vars.extend([
+        (
+            "CODEX_BROKER_ISSUER".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        (
+            "CODEX_BROKER_CHATGPT_BASE".to_owned(),
+            format!("{}/backend-api", upstream.url()),
+        ),
+    ]);
+    std::fs::create_dir_all(follower.broker_home()).unwrap();
+    std::fs::write(
+        follower.broker_home().join("config.toml"),
+        "follow_interval = 1\n",
+    )
+    .unwrap();
+    (leader, leader_daemon, follower)
+}
+
+/// Starts the follower of the leader's socket `leader` and waits until it
+/// has published the leader's account to its own auth.json.
+pub(crate) fn start_follower(follower: &TestEnv, leader: &Path) -> Daemon {
+    let daemon = follower.start_daemon(&["--follow", leader.to_str().unwrap()]);
+    let published = wait_until(Duration::from_secs(10), || {
+        std::fs::read(follower.auth_path()).is_ok_and(|b| {
+            serde_json::from_slice::<Value>(&b).is_ok_and(|auth| {
+                auth["tokens"]["account_id"] == "acc-main"
+                    && auth["tokens"]["refresh_token"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with(STAND_IN))
+            })
+        })
+    });
+    assert!(published.is_some(), "{}", daemon.log());
+    daemon
+}
+
+/// Every file below `dir` that holds a refresh token the fake issuer
+/// handed out (`rt-…`).
+pub(crate) fn files_with_refresh_tokens(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && std::fs::read(&path)
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains("\"rt-acc-"))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn token_of(daemon: &Daemon, account: &str) -> String {
+    daemon.get(&format!("/v1/token?account={account}"))["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_follower_serves_the_leaders_tokens_and_keeps_no_refresh_token() {
+    let upstream = FakeUpstream::start();
+    let (leader, leader_daemon, follower) = leader_and_follower(&upstream);
+    let follower_daemon = start_follower(&follower, &leader_daemon.socket);
+
+    // The follower's tokens are the leader's; its health names the leader.
+    assert_eq!(
+        token_of(&follower_daemon, "acc-main"),
+        token_of(&leader_daemon, "acc-main")
+    );
+    let health = follower_daemon.get("/v1/health");
+    assert_eq!(health["follows"], leader_daemon.socket.to_str().unwrap());
+    assert_eq!(health["accounts"], 2);
+    assert!(
+        health["problems"].as_array().unwrap().is_empty(),
+        "{health}"
+    );
+    let status = follower.ok(&["status"]);
+    assert!(status.contains("Follows:"), "{status}");
+
+    // Inference through the follower's forwarder goes straight to the
+    // backend with the leader's token; the quota it sees reaches the leader.
+    upstream.set_quota("acc-main", 42.5);
+    let infer = || {
+        send(
+            "POST",
+            &format!("{}/codex/responses", follower_daemon.forwarder()),
+            &[("content-type", "application/json")],
+            br#"{"model":"gpt-5.1-codex","input":[],"stream":true}"#.to_vec(),
+        )
+    };
+    assert_eq!(infer().status, 200);
+    let sent = upstream
+        .requests_to("/backend-api/codex/responses")
+        .pop()
+        .unwrap();
+    assert_eq!(
+        sent.headers["authorization"],
+        format!("Bearer {}", token_of(&leader_daemon, "acc-main"))
+    );
+    let reported = wait_until(Duration::from_secs(5), || {
+        leader_daemon.get("/v1/quota")["accounts"][0]["five_hour"]["used_percent"] == 42.5
+    });
+    assert!(reported.is_some(), "{}", leader_daemon.get("/v1/quota"));
+
+    // A 401 here is a refresh at the leader; the follower takes the new
+    // token from it.
+    let rotations = upstream.rotations();
+    upstream.set_rejected("acc-main");
+    assert_eq!(infer().status, 200, "served by the fallback");
+    let refreshed = wait_until(Duration::from_secs(10), || {
+        upstream.rotations() > rotations
+            && token_of(&follower_daemon, "acc-main") == token_of(&leader_daemon, "acc-main")
+    });
+    assert!(refreshed.is_some(), "{}", follower_daemon.log());
+    assert!(upstream.reused_tokens().is_empty());
+
+    // Nothing on the follower's side ever held a refresh token.
+    assert_eq!(
+        files_with_refresh_tokens(&follower.user_home()),
+        Vec::<String>::new()
+    );
+    assert!(!files_with_refresh_tokens(&leader.user_home()).is_empty());
+
+    // Account changes belong on the leader.
+    for args in [
+        vec!["login", "--device"],
+        vec!["import"],
+        vec!["accounts", "switch", "acc-fallback"],
+        vec!["accounts", "remove", "acc-main"],
+        vec!["shield", "off"],
+    ] {
+        let out = follower.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("belong on the leader"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A leader's home cannot become a follower (it would keep its tokens),
+    // nor a follower's serve without --follow.
+    drop((leader_daemon, follower_daemon));
+    let out = leader.run(&["serve", "--follow", "/nonexistent/leader.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("real credentials"));
+    let out = follower.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow"));
+}
+
+#[test]
+fn a_follower_serves_while_the_leader_is_away_and_recovers() {
+    let upstream = FakeUpstream::start();
+    let (leader, leader_daemon, follower) = leader_and_follower(&upstream);
+    let socket = leader_daemon.socket.clone();
+    let follower_daemon = start_follower(&follower, &socket);
+    let token = token_of(&follower_daemon, "acc-main");
+
+    assert!(leader_daemon.stop().success());
+    let problem = |daemon: &Daemon| {
+        daemon.get("/v1/health")["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["code"] == "leader_unreachable")
+    };
+    let reported = wait_until(Duration::from_secs(10), || problem(&follower_daemon));
+    assert!(reported.is_some(), "{}", follower_daemon.log());
+    // The tokens it has are still served while valid.
+    assert_eq!(token_of(&follower_daemon, "acc-main"), token);
+    let (code, _) = follower_daemon.api("GET", "/v1/token?account=acc-main", None);
+    assert_eq!(code, 200);
+    let status = follower.ok(&["status"]);
+    assert!(status.contains("leader"), "{status}");
+
+    // The leader comes back: the follower finds it again.
+    let leader_daemon = leader.start_daemon(&[]);
+    assert_eq!(leader_daemon.socket, socket);
+    let recovered = wait_until(Duration::from_secs(10), || !problem(&follower_daemon));
+    assert!(recovered.is_some(), "{}", follower_daemon.log());
+    assert!(follower_daemon.log().contains("the leader answers again"));
+}
