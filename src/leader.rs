@@ -22,6 +22,8 @@ use crate::secret::Secret;
 use crate::socket::client::{ClientError, Connection};
 use crate::store::{Account, Kind, Role, State, Store};
 
+/// How a follower names itself to the leader (its journal shows it).
+const FOLLOWER_AGENT: &str = concat!("codex-broker-follower/", env!("CARGO_PKG_VERSION"));
 /// The longest wait between two tries to reach a leader that is gone.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long one request to the leader may take.
@@ -85,7 +87,8 @@ impl Leader {
         let exchange = async {
             let mut connection = Connection::open(&self.socket).await?;
             let body = body.map(|b| b.to_string().into_bytes());
-            let (status, bytes) = connection.send(method, target, &[], body).await?;
+            let agent = [("user-agent", FOLLOWER_AGENT)];
+            let (status, bytes) = connection.send(method, target, &agent, body).await?;
             Ok::<_, LeaderError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)

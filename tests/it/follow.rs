@@ -215,3 +215,139 @@ fn a_follower_serves_while_the_leader_is_away_and_recovers() {
     assert!(recovered.is_some(), "{}", follower_daemon.log());
     assert!(follower_daemon.log().contains("the leader answers again"));
 }
+
+/// A process that is killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_ok(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_follower_reaches_its_leader_through_an_ssh_socket_forward() {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        eprintln!(
+            "skipped: sshd is not installed (apt-get install openssh-server); this test \
+             forwards the leader's socket with a real `ssh -R`"
+        );
+        return;
+    }
+    let upstream = FakeUpstream::start();
+    let (_leader, leader_daemon, follower) = leader_and_follower(&upstream);
+
+    // An sshd of the test's own on a free loopback port, with keys made now.
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    for key in ["host_key", "client_key"] {
+        run_ok(
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(file(key)),
+        );
+    }
+    std::fs::copy(file("client_key.pub"), file("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        file("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
+             AuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\n\
+             UsePAM no\nAllowStreamLocalForwarding yes\nStreamLocalBindUnlink yes\n",
+            file("host_key").display(),
+            file("sshd.pid").display(),
+            file("authorized_keys").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let _sshd = Killed(
+        std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(file("sshd_config"))
+            .stderr(std::fs::File::create(file("sshd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let listening = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(
+        listening.is_some(),
+        "{}",
+        std::fs::read_to_string(file("sshd.log")).unwrap_or_default()
+    );
+
+    // ssh -R REMOTE_SOCKET:LEADER_SOCKET, as on a remote devbox.
+    let forwarded = file("leader.sock");
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let _ssh = Killed(
+        std::process::Command::new("ssh")
+            .args([
+                "-N",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ExitOnForwardFailure=yes",
+            ])
+            .arg("-i")
+            .arg(file("client_key"))
+            .args(["-p", &port.to_string(), "-R"])
+            .arg(format!(
+                "{}:{}",
+                forwarded.display(),
+                leader_daemon.socket.display()
+            ))
+            .arg(format!("{user}@127.0.0.1"))
+            .stderr(std::fs::File::create(file("ssh.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = wait_until(Duration::from_secs(10), || forwarded.exists());
+    assert!(
+        ready.is_some(),
+        "ssh: {}\nsshd: {}",
+        std::fs::read_to_string(file("ssh.log")).unwrap_or_default(),
+        std::fs::read_to_string(file("sshd.log")).unwrap_or_default()
+    );
+
+    let follower_daemon = start_follower(&follower, &forwarded);
+    assert_eq!(
+        token_of(&follower_daemon, "acc-main"),
+        token_of(&leader_daemon, "acc-main")
+    );
+    assert_eq!(
+        follower_daemon.get("/v1/health")["follows"],
+        forwarded.to_str().unwrap()
+    );
+    assert_eq!(
+        files_with_refresh_tokens(&follower.user_home()),
+        Vec::<String>::new()
+    );
+}

@@ -567,3 +567,85 @@ fn codex_runs_on_a_shielded_auth_json_and_refreshes_through_the_forwarder() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
     assert!(upstream.reused_tokens().is_empty());
 }
+
+#[test]
+fn codex_on_a_follower_runs_on_the_leaders_tokens_and_never_refreshes_there() {
+    isolated!(codex_on_a_follower_runs_on_the_leaders_tokens_and_never_refreshes_there);
+    let upstream = FakeUpstream::start();
+    let (leader, leader_daemon, follower) = crate::follow::leader_and_follower(&upstream);
+    let follower_daemon = crate::follow::start_follower(&follower, &leader_daemon.socket);
+    let forwarder = follower_daemon.forwarder();
+    codex_config_at(&follower, &forwarder);
+
+    assert_codex_logged_in(&follower, "Logged in using ChatGPT");
+    let out = codex_exec_at(&follower, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    let leader_token = leader_daemon.get("/v1/token?account=acc-main")["access_token"].clone();
+    let inference = upstream.requests_to("/backend-api/codex/responses");
+    assert!(!inference.is_empty());
+    for r in &inference {
+        assert_eq!(
+            Some(r.headers["authorization"].as_str()),
+            leader_token
+                .as_str()
+                .map(|t| format!("Bearer {t}"))
+                .as_deref()
+        );
+    }
+
+    // A token the follower wants fresher than it is: the leader refreshes.
+    let out = follower.ok(&["token", "--account", "acc-main", "--min-ttl", "7200"]);
+    let new_token = out.trim();
+    assert_eq!(
+        leader_daemon.get("/v1/token?account=acc-main")["access_token"],
+        new_token
+    );
+    // Every refresh the issuer saw spent a real token of the leader's
+    // lineage, once; none came from the follower, which never held one.
+    let refreshes = upstream.requests_to("/oauth/token");
+    assert_eq!(refreshes.len(), 1);
+    for r in &refreshes {
+        let body = r.json();
+        assert!(
+            body["refresh_token"]
+                .as_str()
+                .unwrap()
+                .starts_with("rt-acc-main-")
+        );
+    }
+    assert!(upstream.reused_tokens().is_empty());
+    assert_eq!(
+        crate::follow::files_with_refresh_tokens(&follower.user_home()),
+        Vec::<String>::new()
+    );
+    let follower_auth = follower.read_auth();
+    assert!(
+        follower_auth["tokens"]["refresh_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("codex-broker-stand-in.")
+    );
+    // The request log: who refreshed, and what each side holds.
+    eprintln!("issuer saw {} refresh(es):", refreshes.len());
+    for r in &refreshes {
+        eprintln!(
+            "  POST /oauth/token spending {} ({})",
+            r.json()["refresh_token"],
+            r.headers.get("user-agent").map_or("-", String::as_str)
+        );
+    }
+    eprintln!("leader history:\n{}", leader.ok(&["history"]));
+    eprintln!("follower history:\n{}", follower.ok(&["history"]));
+    eprintln!(
+        "leader store holds {}; follower store holds {}; follower auth.json holds {}",
+        leader.stored_account("acc-main")["tokens"]["refresh_token"],
+        follower.stored_account("acc-main")["tokens"]["refresh_token"]
+            .as_str()
+            .map(|t| format!("{}…", &t[..30]))
+            .unwrap_or_default(),
+        follower_auth["tokens"]["refresh_token"]
+            .as_str()
+            .map(|t| format!("{}…", &t[..30]))
+            .unwrap_or_default(),
+    );
+}
