@@ -149,6 +149,20 @@ fn a_follower_serves_the_leaders_tokens_and_keeps_no_refresh_token() {
     assert!(refreshed.is_some(), "{}", follower_daemon.log());
     assert!(upstream.reused_tokens().is_empty());
 
+    // A tool's refresh with the follower's stand-in is answered by the
+    // follower's forwarder with the leader's tokens and the same stand-in.
+    let stand_in = follower.read_auth()["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = crate::forward::refresh_through(&follower_daemon.forwarder(), &stand_in);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["refresh_token"], stand_in.as_str());
+    assert_eq!(
+        answer.json()["access_token"],
+        token_of(&leader_daemon, "acc-main").as_str()
+    );
+
     // Nothing on the follower's side ever held a refresh token.
     assert_eq!(
         files_with_refresh_tokens(&follower.user_home()),
