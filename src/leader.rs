@@ -260,9 +260,25 @@ impl Mirror {
             }),
             quota: view
                 .get("quota")
-                .and_then(|q| serde_json::from_value::<Quota>(q.clone()).ok()),
+                .and_then(|q| serde_json::from_value::<Quota>(q.clone()).ok())
+                .and_then(checked_quota),
         })
     }
+}
+
+/// A quota from the leader, held to the ranges this broker believes
+/// ([`crate::quota::Window::checked`]).
+fn checked_quota(mut quota: Quota) -> Option<Quota> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let check = |w: Option<crate::quota::Window>| {
+        w.and_then(|w| {
+            crate::quota::Window::checked(w.used_percent, w.window_minutes, w.resets_at, now)
+        })
+    };
+    quota.five_hour = check(quota.five_hour.take());
+    quota.weekly = check(quota.weekly.take());
+    quota.observed_at = quota.observed_at.min(now);
+    (quota.five_hour.is_some() || quota.weekly.is_some()).then_some(quota)
 }
 
 /// One round: the leader's list into the store, tokens for accounts new
@@ -366,16 +382,23 @@ fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, TokenAnswe
             .stand_in
             .get_or_insert_with(crate::shield::mint)
             .clone();
-        let Some(id_token) = answer.id_token else {
+        // Codex rejects an auth.json whose id token is no JWT: such an
+        // answer is not taken.
+        let Some(id_token) = answer.id_token.filter(|t| crate::jwt::decode(t).is_ok()) else {
+            tracing::warn!(account = %id, "the leader's id token is not a JWT; not taken");
             continue;
         };
+        let expires_at = crate::jwt::decode(&answer.access_token)
+            .ok()
+            .and_then(|c| c.exp)
+            .or(answer.expires_at);
         account.tokens = Some(crate::store::Tokens {
             id_token: Secret::new(id_token),
             access_token: Secret::new(answer.access_token),
             refresh_token: stand_in,
             codex_extra: Secret::default(),
         });
-        account.expires_at = answer.expires_at;
+        account.expires_at = expires_at;
         account.last_refresh = Some(
             last_refresh.map_or_else(time::OffsetDateTime::now_utc, |t| {
                 t.min(time::OffsetDateTime::now_utc())

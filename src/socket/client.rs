@@ -30,7 +30,16 @@ pub enum ClientError {
     Timeout { path: String, seconds: u64 },
     #[error("the daemon at {path} answered with something that is not JSON")]
     NotJson { path: String },
+    #[error("the daemon at {path} answered with more than {limit} bytes")]
+    TooLarge { path: String, limit: usize },
+    #[error(
+        "the socket {path} is served by uid {uid}, not by you (or root): refusing to talk to it"
+    )]
+    Untrusted { path: String, uid: u32 },
 }
+
+/// The largest answer read from a daemon.
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
 /// One keep-alive HTTP/1.1 connection to the daemon.
 pub struct Connection {
@@ -47,6 +56,15 @@ impl Connection {
                 path: path.clone(),
                 source,
             })?;
+        // A socket another user serves (planted in a shared directory, say)
+        // would be handed credentials and trusted for tokens.
+        let uid = crate::peer::unix_peer_uid(&stream).map_err(|source| ClientError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        if !crate::peer::allowed(uid) {
+            return Err(ClientError::Untrusted { path, uid });
+        }
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ClientError::Http {
@@ -89,7 +107,16 @@ impl Connection {
         self.sender.ready().await.map_err(http)?;
         let response = self.sender.send_request(request).await.map_err(http)?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(http)?;
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => http(*e),
+                Err(_) => ClientError::TooLarge {
+                    path: self.path.clone(),
+                    limit: MAX_ANSWER,
+                },
+            })?;
         Ok((status, body.to_bytes()))
     }
 }

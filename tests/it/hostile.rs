@@ -295,3 +295,53 @@ fn a_zstd_bomb_is_refused_in_bounded_memory() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_follower_never_talks_to_a_socket_another_uid_serves() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    if !nix::unistd::geteuid().is_root() || !python.exists() {
+        eprintln!("skipped: needs root and /usr/bin/python3 to serve a socket as another user");
+        return;
+    }
+    // A "leader" planted by user nobody in a directory anyone can write.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("leader.sock");
+    let server = "import socket, os, sys\n\
+        s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o777)\n\
+        s.listen(8)\n\
+        body = b'{\"accounts\": []}'\n\
+        while True:\n\
+        \x20   c, _ = s.accept(); c.recv(65536)\n\
+        \x20   c.sendall(b'HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n' % len(body) + body)\n\
+        \x20   c.close()\n";
+    let mut planted = std::process::Command::new(python)
+        .args(["-c", server])
+        .arg(&socket)
+        .env_clear()
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let ready = crate::support::wait_until(Duration::from_secs(10), || socket.exists());
+    let env = TestEnv::new();
+    let daemon = ready.map(|_| env.start_daemon(&["--follow", socket.to_str().unwrap()]));
+    let refused = daemon.as_ref().and_then(|daemon| {
+        crate::support::wait_until(Duration::from_secs(10), || {
+            daemon.get("/v1/health")["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| {
+                    p["code"] == "leader_unreachable"
+                        && p["message"].as_str().unwrap().contains("uid 65534")
+                })
+        })
+    });
+    let _ = planted.kill();
+    let _ = planted.wait();
+    assert!(ready.is_some(), "the planted socket did not appear");
+    let daemon = daemon.unwrap();
+    assert!(refused.is_some(), "{}", daemon.get("/v1/health"));
+    assert_eq!(daemon.get("/v1/health")["accounts"], 0);
+}
