@@ -313,15 +313,18 @@ async fn sync(
     let engine2 = engine.clone();
     let wrote = tokio::task::spawn_blocking(move || {
         let journal = engine2.paths.journal();
+        // The accounts are saved before auth.json names one of them: a
+        // client reading auth.json finds its account here.
         engine2.paths.store().update(|store| {
             take_in(store, &mirrors, fresh);
-            match &publish_now {
-                Some(id) if store.get(id).is_some_and(|a| a.tokens.is_some()) => {
-                    let published = publish(&engine2.paths.codex(), store, id, &journal)?;
-                    Ok::<_, anyhow::Error>(Some(published.written))
-                }
-                _ => Ok(None),
+            Ok::<_, anyhow::Error>(())
+        })?;
+        engine2.paths.store().update(|store| match &publish_now {
+            Some(id) if store.get(id).is_some_and(|a| a.tokens.is_some()) => {
+                let published = publish(&engine2.paths.codex(), store, id, &journal)?;
+                Ok::<_, anyhow::Error>(Some(published.written))
             }
+            _ => Ok(None),
         })
     })
     .await

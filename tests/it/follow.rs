@@ -85,10 +85,9 @@ pub(crate) fn files_with_refresh_tokens(dir: &Path) -> Vec<String> {
 }
 
 fn token_of(daemon: &Daemon, account: &str) -> String {
-    daemon.get(&format!("/v1/token?account={account}"))["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let (status, body) = daemon.api("GET", &format!("/v1/token?account={account}"), None);
+    assert_eq!(status, 200, "{body}\n{}", daemon.log());
+    body["access_token"].as_str().unwrap().to_owned()
 }
 
 #[test]
