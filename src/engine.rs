@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -61,7 +61,14 @@ pub struct Engine {
     pub leader: Option<Leader>,
     /// Why the leader cannot be reached, while it cannot.
     leader_problem: Mutex<Option<String>>,
+    /// Quota reports to the leader under way; past the limit a report is
+    /// skipped (the next one carries newer numbers), so that a leader that
+    /// hangs cannot pile them up.
+    reports: Arc<tokio::sync::Semaphore>,
 }
+
+/// Quota reports to the leader that may be under way at once.
+const REPORTS_IN_FLIGHT: usize = 4;
 
 impl Engine {
     pub fn new(
@@ -85,6 +92,7 @@ impl Engine {
             quota_written: Mutex::new(HashMap::new()),
             leader: None,
             leader_problem: Mutex::new(None),
+            reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT)),
         }
     }
 
@@ -235,12 +243,20 @@ impl Engine {
             written.insert(id.to_owned(), (Instant::now(), quota.clone()));
         }
         if let Some(leader) = self.leader.clone() {
-            let (id, headers) = (id.to_owned(), quota.headers(self.refresher.now()));
-            tokio::spawn(async move {
-                if let Err(e) = leader.report(&id, 200, headers, None).await {
-                    tracing::debug!(account = %id, "cannot report quota to the leader: {e}");
+            match self.reports.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (id, headers) = (id.to_owned(), quota.headers(self.refresher.now()));
+                    tokio::spawn(async move {
+                        if let Err(e) = leader.report_quota(&id, headers).await {
+                            tracing::debug!(account = %id, "cannot report quota to the leader: {e}");
+                        }
+                        drop(permit);
+                    });
                 }
-            });
+                Err(_) => {
+                    tracing::debug!(account = %id, "quota reports to the leader are busy; skipped one")
+                }
+            }
         }
         let store = self.paths.store();
         let id = id.to_owned();

@@ -139,23 +139,18 @@ impl Leader {
         }
     }
 
-    /// Tells the leader what an upstream answered for `id` here
-    /// (`POST /v1/report`): the quota headers, and the body of a refusal.
-    pub async fn report(
+    /// Tells the leader the quota an upstream reported for `id` here
+    /// (`POST /v1/report` with the `x-codex-*` headers).
+    pub async fn report_quota(
         &self,
         id: &str,
-        status: u16,
         headers: Vec<(String, String)>,
-        body: Option<Value>,
     ) -> Result<(), LeaderError> {
         let headers: serde_json::Map<String, Value> = headers
             .into_iter()
             .map(|(k, v)| (k, Value::String(v)))
             .collect();
-        let mut report = json!({"account_id": id, "status": status, "headers": headers});
-        if let Some(body) = body {
-            report["body"] = body;
-        }
+        let report = json!({"account_id": id, "status": 200, "headers": headers});
         self.call(Method::POST, "/v1/report", Some(report))
             .await
             .map(|_| ())
