@@ -37,6 +37,10 @@ async fn connect(base: &str, path: &str) -> Result<(Ws, HeaderMap), WsError> {
         ("session-id", "session-1"),
         ("x-codex-turn-metadata", "{\"turn\":1}"),
         ("originator", "codex_exec"),
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits, x-webkit-deflate-frame",
+        ),
     ] {
         headers.insert(name, value.parse().unwrap());
     }
@@ -183,6 +187,11 @@ fn frames_are_relayed_both_ways_with_the_routed_accounts_credentials() {
     assert_eq!(handshake.headers["session-id"], "session-1");
     assert_eq!(handshake.headers["x-codex-turn-metadata"], "{\"turn\":1}");
     assert_eq!(handshake.headers["x-fake-query"], "client_version=0.169.0");
+    // Only the extension the relay can read is offered upstream.
+    assert_eq!(
+        handshake.headers["sec-websocket-extensions"],
+        "permessage-deflate; client_max_window_bits"
+    );
     assert!(
         !format!("{:?}", handshake.headers).contains("the-clients-own-token"),
         "{:?}",
@@ -459,4 +468,70 @@ fn a_bad_handshake_is_refused_before_anything_goes_upstream() {
             .requests_to("/backend-api/codex/responses")
             .is_empty()
     );
+}
+
+#[test]
+fn compressed_frames_pass_unchanged_and_are_read_for_quota() {
+    use std::io::{Read, Write};
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    upstream.speak_deflate();
+    upstream.set_quota("acc-main", 77.5);
+    let daemon = env.start_daemon(&[]);
+    let port = daemon.get("/v1/health")["forwarder"]["port"]
+        .as_u64()
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /codex/responses HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: upgrade\r\n\
+         upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the handshake ended early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate"),
+        "the client learns what the backend agreed to: {head}"
+    );
+    // One masked text frame from the client: {"type":"response.create"}.
+    let payload = br#"{"type":"response.create"}"#;
+    let key = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    stream.write_all(&frame).unwrap();
+    // The backend's compressed frames arrive as it sent them (RSV1 set),
+    // then its close.
+    let mut frames = received[head_end..].to_vec();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => frames.extend_from_slice(&buf[..n]),
+        }
+        if frames.windows(4).any(|w| w == [0x88, 0x02, 0x03, 0xe8]) {
+            break;
+        }
+    }
+    assert_eq!(frames[0], 0x80 | 0x40 | 0x1, "{frames:?}");
+    let second = 2 + frames[1] as usize;
+    assert_eq!(frames[second], 0x80 | 0x40 | 0x1, "{frames:?}");
+    // Read through the shared window: the event is the account's quota.
+    let quota = quota_when(&daemon, "acc-main", |q| {
+        q["five_hour"]["used_percent"] == 77.5
+    });
+    assert_eq!(quota["source"], "websocket");
 }

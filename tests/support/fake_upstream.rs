@@ -108,6 +108,9 @@ struct State {
     no_websocket: bool,
     /// What WebSocket clients sent and how their connections closed.
     websocket: Vec<WsSeen>,
+    /// Agree to permessage-deflate when offered, and answer with
+    /// compressed frames.
+    deflate: bool,
 }
 
 /// One message a WebSocket client sent the fake (`close <code> <reason>`
@@ -227,6 +230,14 @@ impl FakeUpstream {
             .unwrap()
             .limited_in_stream
             .insert(account_id.into());
+    }
+
+    /// Agrees to permessage-deflate when a client offers it: the connection
+    /// then gets, after the client's first frame, a compressed
+    /// `codex.rate_limits` event (the account's quota percent) and a
+    /// compressed `response.completed`, sharing one window, then a close.
+    pub fn speak_deflate(&self) {
+        self.state.lock().unwrap().deflate = true;
     }
 
     /// Answers WebSocket upgrades with 426 (HTTP only).
@@ -715,6 +726,28 @@ fn websocket_handshake(
         .cloned()
         .unwrap_or_default();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let offered_deflate = req
+        .headers
+        .get("sec-websocket-extensions")
+        .is_some_and(|e| e.contains("permessage-deflate"));
+    let (deflate, quota) = {
+        let s = state.lock().unwrap();
+        (s.deflate && offered_deflate, s.quota.get(&account).copied())
+    };
+    if deflate {
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            serve_deflate(TokioIo::new(upgraded), quota.unwrap_or(0.0)).await;
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", accept)
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .body(full(Bytes::new()))
+            .unwrap();
+    }
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -734,6 +767,46 @@ fn websocket_handshake(
         .header("x-reasoning-included", "true")
         .body(full(Bytes::new()))
         .unwrap()
+}
+
+/// A permessage-deflate connection, written frame by frame: waits for the
+/// client's first bytes, then sends two compressed text messages sharing
+/// one window and a close.
+async fn serve_deflate<S>(mut io: S, percent: f64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use flate2::{Compress, Compression, FlushCompress};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = [0u8; 1024];
+    if !matches!(io.read(&mut first).await, Ok(n) if n > 0) {
+        return;
+    }
+    let events = [
+        json!({"type": "codex.rate_limits", "rate_limits": {
+            "primary": {"used_percent": percent, "window_minutes": 300, "reset_at": now() + 3600},
+            "secondary": null}}),
+        json!({"type": "response.completed", "response": {"id": "resp_deflate"}}),
+    ];
+    let mut compressor = Compress::new(Compression::default(), false);
+    let mut frames = Vec::new();
+    for event in events {
+        let mut payload = Vec::with_capacity(256);
+        compressor
+            .compress_vec(
+                event.to_string().as_bytes(),
+                &mut payload,
+                FlushCompress::Sync,
+            )
+            .unwrap();
+        payload.truncate(payload.len() - 4);
+        assert!(payload.len() < 126, "a one-byte length");
+        frames.extend([0x80 | 0x40 | 0x1, payload.len() as u8]);
+        frames.extend(payload);
+    }
+    frames.extend([0x88, 0x02, 0x03, 0xe8]);
+    let _ = io.write_all(&frames).await;
+    let _ = io.flush().await;
 }
 
 fn usage_limit_body() -> Value {
