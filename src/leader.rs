@@ -54,6 +54,10 @@ pub enum LeaderError {
     Unreadable { path: String, why: String },
     #[error("the leader at {0} did not answer in time")]
     Timeout(String),
+    /// This follower's own store or auth.json could not take what the
+    /// leader said.
+    #[error("cannot keep what the leader said: {0}")]
+    Local(String),
 }
 
 /// The leader's socket API, as a follower uses it.
@@ -292,10 +296,7 @@ async fn sync(
     let store = engine
         .refresher
         .store()
-        .map_err(|e| LeaderError::Unreadable {
-            path: leader.path(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| LeaderError::Local(e.to_string()))?;
     let mut fresh = Vec::new();
     for m in &mirrors {
         let known = store.get(&m.id).is_some_and(|a| a.tokens.is_some());
@@ -324,10 +325,7 @@ async fn sync(
     })
     .await
     .expect("the store task does not panic")
-    .map_err(|e| LeaderError::Unreadable {
-        path: leader.path(),
-        why: e.to_string(),
-    })?;
+    .map_err(|e| LeaderError::Local(format!("{e:#}")))?;
     if let Some(written) = wrote {
         *mirrored = published;
         if written {
