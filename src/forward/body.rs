@@ -48,10 +48,12 @@ impl Outgoing {
     }
 
     /// The body for one more attempt; `None` once a streamed body is spent.
-    pub fn attempt(&mut self) -> Option<reqwest::Body> {
+    pub fn attempt(&mut self) -> Option<Body> {
         match self {
-            Outgoing::Buffered(bytes) => Some(reqwest::Body::from(bytes.clone())),
-            Outgoing::Streaming(chain) => chain.take().map(reqwest::Body::wrap),
+            Outgoing::Buffered(bytes) => Some(full(bytes.clone())),
+            Outgoing::Streaming(chain) => chain
+                .take()
+                .map(|chain| chain.map_err(BoxError::from).boxed()),
         }
     }
 

@@ -6,6 +6,7 @@
 mod body;
 mod frames;
 mod responses;
+mod upstream;
 mod websocket;
 
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ const HOP_BY_HOP: [&str; 9] = [
 /// The forwarder's state.
 pub struct Forwarder {
     shared: Arc<Engine>,
-    client: reqwest::Client,
+    client: upstream::Client,
     issuer: String,
     chatgpt_base: String,
     /// Forwarded WebSocket connections; `None` when upgrades get 426.
@@ -71,13 +72,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(shared: Arc<Engine>) -> Forwarder {
-        let client = crate::oauth::client_builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(300))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("the HTTP client builds");
+        let client = upstream::Client::new();
         Forwarder {
             issuer: shared.config.issuer.clone(),
             chatgpt_base: shared.config.chatgpt_base.clone(),
@@ -461,24 +456,25 @@ impl Forwarder {
         method: Method,
         url: &str,
         headers: HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response, Response<Body>> {
+        body: Body,
+    ) -> Result<upstream::Answer, Response<Body>> {
+        let uri: hyper::Uri = url.parse().map_err(|_| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "the request target does not make a valid upstream URL",
+            )
+        })?;
+        let host = uri.host().unwrap_or_default().to_owned();
         self.client
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .send()
+            .send(method, uri, headers, body)
             .await
             .map_err(|e| {
-                let host = reqwest::Url::parse(url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .unwrap_or_default();
                 tracing::warn!("upstream {host} failed: {e}");
                 error_response(
                     StatusCode::BAD_GATEWAY,
                     ErrorCode::UpstreamUnreachable,
-                    &format!("cannot reach {host}: {}", without_url(&e)),
+                    &format!("cannot reach {host}: {e}"),
                 )
             })
     }
@@ -488,7 +484,12 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let headers = forwardable(&parts.headers, &[]);
         match self
-            .send(parts.method, &url, headers, reqwest::Body::wrap(body))
+            .send(
+                parts.method,
+                &url,
+                headers,
+                body.map_err(BoxError::from).boxed(),
+            )
             .await
         {
             Ok(response) => relay(response).await,
@@ -511,7 +512,7 @@ impl Forwarder {
         }
         let url = format!("{}/oauth/token", self.issuer);
         let headers = forwardable(&parts.headers, &[]);
-        match self.send(parts.method, &url, headers, bytes.into()).await {
+        match self.send(parts.method, &url, headers, full(bytes)).await {
             Ok(response) => relay(response).await,
             Err(answer) => answer,
         }
@@ -598,7 +599,7 @@ impl Forwarder {
         headers: HeaderMap,
         mut outgoing: Outgoing,
         by: &Asker,
-    ) -> Result<(Account, reqwest::Response), Response<Body>> {
+    ) -> Result<(Account, upstream::Answer), Response<Body>> {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Response<Body>> = None;
         loop {
@@ -708,7 +709,7 @@ fn set_credentials(headers: &mut HeaderMap, account: &Account) {
 
 /// The upstream answer, streamed to the client frame by frame. An interim
 /// (1xx) answer to a request that asked for no upgrade is a 502.
-async fn relay(response: reqwest::Response) -> Response<Body> {
+async fn relay(response: upstream::Answer) -> Response<Body> {
     let status = response.status();
     if status.is_informational() {
         tracing::warn!(
@@ -721,7 +722,6 @@ async fn relay(response: reqwest::Response) -> Response<Body> {
             &format!("the upstream answered {status}, which this request did not ask for"),
         );
     }
-    let response: Response<reqwest::Body> = response.into();
     let (mut head, mut body) = response.into_parts();
     head.headers = forwardable(&head.headers, &[]);
     // The first bytes are awaited (briefly) before the head is passed on,
@@ -750,8 +750,7 @@ async fn relay(response: reqwest::Response) -> Response<Body> {
 }
 
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).
-async fn buffer(response: reqwest::Response) -> (hyper::http::response::Parts, Bytes) {
-    let response: Response<reqwest::Body> = response.into();
+async fn buffer(response: upstream::Answer) -> (hyper::http::response::Parts, Bytes) {
     let (mut head, body) = response.into_parts();
     head.headers = forwardable(&head.headers, &["content-length"]);
     let bytes = Limited::new(body, SMALL_BODY)
@@ -810,15 +809,6 @@ fn token_response(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// A reqwest error's text without the URL (which may carry a query).
-fn without_url(e: &reqwest::Error) -> String {
-    let text = e.to_string();
-    match e.url() {
-        Some(url) => text.replace(url.as_str(), "the upstream"),
-        None => text,
-    }
 }
 
 #[cfg(test)]

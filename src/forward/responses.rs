@@ -299,8 +299,7 @@ impl Forwarder {
 
 /// Reads a whole streamed answer (an SSE stream of a finished response),
 /// at most [`MAX_DECODED`] bytes of it.
-async fn collect(response: reqwest::Response) -> Result<Bytes, String> {
-    let response: Response<reqwest::Body> = response.into();
+async fn collect(response: super::upstream::Answer) -> Result<Bytes, String> {
     match Limited::new(response.into_body(), MAX_DECODED)
         .collect()
         .await

@@ -246,8 +246,8 @@ impl Forwarder {
         let mut head = forwardable(response.headers(), &["content-length"]);
         head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let upstream = match response.upgrade().await {
-            Ok(upstream) => upstream,
+        let upstream = match hyper::upgrade::on(response).await {
+            Ok(upstream) => TokioIo::new(upstream),
             Err(e) => return broken(e.to_string()),
         };
         let engine = self.shared.clone();
