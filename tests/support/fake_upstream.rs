@@ -132,9 +132,6 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub fn start() -> FakeUpstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             token_lifetime: 3600,
             ..State::default()
@@ -142,18 +139,11 @@ impl FakeUpstream {
         let arrived = Arc::new(Condvar::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = (state.clone(), arrived.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                tokio::select! {
-                    _ = stopped => {}
-                    _ = accept_loop(listener, served) => {}
-                }
-            });
+        let addr = super::serve_on_loopback(move |listener| async move {
+            tokio::select! {
+                _ = stopped => {}
+                _ = accept_loop(listener, served) => {}
+            }
         });
         FakeUpstream {
             addr,
