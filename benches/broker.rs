@@ -11,7 +11,9 @@
 //!   the forwarder against a direct WebSocket to the same upstream (added
 //!   delay per event), and memory per idle open WebSocket.
 //!
-//! Run: `cargo bench --bench broker` (BENCH_SECONDS sets the time per run).
+//! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
+//! BENCH_ONLY (`socket`, `forwarder`, `websocket`, comma-separated) runs
+//! only those parts; BENCH_CLIENTS (such as `32`) only those client counts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,19 @@ use codex_broker::socket::client::Connection;
 use hyper::Method;
 
 const CONCURRENCY: [usize; 3] = [1, 32, 256];
+
+/// Whether `part` is to run (BENCH_ONLY).
+fn wanted(part: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
+}
+
+/// The client counts to run (BENCH_CLIENTS, else [`CONCURRENCY`]).
+fn concurrency() -> Vec<usize> {
+    std::env::var("BENCH_CLIENTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| CONCURRENCY.to_vec())
+}
 
 struct Daemon {
     child: Child,
@@ -69,6 +84,11 @@ fn start(home: &Path, upstream: SocketAddr) -> Daemon {
         let mut c = Command::new(env!("CARGO_BIN_EXE_codex-broker"));
         c.env_clear()
             .env("HOME", home)
+            .envs(
+                std::env::var("TOKIO_WORKER_THREADS")
+                    .ok()
+                    .map(|v| ("TOKIO_WORKER_THREADS", v)),
+            )
             .env(
                 "CODEX_BROKER_CHATGPT_BASE",
                 format!("http://{upstream}/backend-api"),
@@ -125,11 +145,42 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Requests per second, p50 and p99 in microseconds.
+/// CPU time `pid` and the processes it started have used, in us.
+fn cpu_us(pid: u32) -> u64 {
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let own = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    let children: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .map(cpu_us)
+        .sum();
+    own * 1_000_000 / ticks_per_s + children
+}
+
+/// Requests per second, p50 and p99 in microseconds, and how many.
 struct Stats {
     rate: f64,
     p50: f64,
     p99: f64,
+    count: usize,
 }
 
 fn stats(mut latencies: Vec<u32>, elapsed: Duration) -> Stats {
@@ -139,6 +190,7 @@ fn stats(mut latencies: Vec<u32>, elapsed: Duration) -> Stats {
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.50),
         p99: pick(0.99),
+        count: latencies.len(),
     }
 }
 
@@ -241,7 +293,55 @@ fn main() {
     let idle_rss = rss_kib(daemon.child.id());
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("socket API: GET /v1/token over the Unix socket, {seconds} s per run, {cpus} CPUs");
+    println!(
+        "{seconds} s per run, {cpus} CPUs; daemon RSS idle {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    if wanted("socket") {
+        socket_table(&runtime, &daemon, home.path(), run);
+    }
+    if wanted("forwarder") {
+        let forwarder = forwarder_addr(&runtime, &daemon.socket);
+        let nginx = nginx::start(home.path(), upstream.addr);
+        forward::run(
+            &runtime,
+            &upstream,
+            forward::Proxies {
+                forwarder,
+                nginx: nginx.as_ref().map(|n| (n.addr, n.child.id())),
+            },
+            daemon.child.id(),
+            run,
+            quick,
+        );
+    }
+    drop(daemon);
+    // Memory per open stream is measured on daemons of their own, so that
+    // memory the runs above freed and the allocator kept is not counted as
+    // memory the streams use.
+    if wanted("forwarder") {
+        let (_home, daemon) = fresh_daemon(&upstream);
+        let forwarder = forwarder_addr(&runtime, &daemon.socket);
+        forward::idle_streams(&runtime, &upstream, forwarder, daemon.child.id(), quick);
+    }
+    if wanted("websocket") {
+        let (_home, daemon) = fresh_daemon(&upstream);
+        let forwarder = forwarder_addr(&runtime, &daemon.socket);
+        websocket::run(&runtime, &upstream, forwarder, daemon.child.id(), quick);
+    }
+}
+
+/// A daemon in a home of its own.
+fn fresh_daemon(upstream: &upstream::Upstream) -> (tempfile::TempDir, Daemon) {
+    let home = tempfile::tempdir().unwrap();
+    let daemon = start(home.path(), upstream.addr);
+    (home, daemon)
+}
+
+/// The socket API against reading auth.json per request.
+fn socket_table(runtime: &tokio::runtime::Runtime, daemon: &Daemon, home: &Path, run: Duration) {
+    println!();
+    println!("socket API: GET /v1/token over the Unix socket");
     println!("baseline:   read and parse auth.json from disk per request");
     println!();
     println!(
@@ -255,9 +355,9 @@ fn main() {
         "p99 us",
         "socket/file"
     );
-    for clients in CONCURRENCY {
-        let s = socket_run(&runtime, &daemon.socket, clients, run);
-        let f = file_run(&home.path().join(".codex"), clients, run);
+    for clients in concurrency() {
+        let s = socket_run(runtime, &daemon.socket, clients, run);
+        let f = file_run(&home.join(".codex"), clients, run);
         println!(
             "{clients:>7} | {:>12.0} {:>8.0} {:>8.0} | {:>12.0} {:>8.0} {:>8.0} | {:>10.2}",
             s.rate,
@@ -272,31 +372,9 @@ fn main() {
     let loaded_rss = rss_kib(daemon.child.id());
     println!();
     println!(
-        "daemon RSS: idle {:.1} MiB, after the runs {:.1} MiB",
-        idle_rss as f64 / 1024.0,
+        "daemon RSS after the runs {:.1} MiB",
         loaded_rss as f64 / 1024.0
     );
-
-    let forwarder = forwarder_addr(&runtime, &daemon.socket);
-    let nginx = nginx::start(home.path(), upstream.addr);
-    forward::run(
-        &runtime,
-        &upstream,
-        forward::Proxies {
-            forwarder,
-            nginx: nginx.as_ref().map(|n| n.addr),
-        },
-        daemon.child.id(),
-        run,
-        quick,
-    );
-    // A daemon of its own, so that memory the runs above freed is not
-    // counted as memory the WebSockets use.
-    drop(daemon);
-    let ws_home = tempfile::tempdir().unwrap();
-    let daemon = start(ws_home.path(), upstream.addr);
-    let forwarder = forwarder_addr(&runtime, &daemon.socket);
-    websocket::run(&runtime, &upstream, forwarder, daemon.child.id(), quick);
 }
 
 /// nginx as a reference proxy: the same upstream behind `proxy_pass`, one
@@ -309,7 +387,7 @@ mod nginx {
 
     pub struct Nginx {
         pub addr: SocketAddr,
-        child: Child,
+        pub child: Child,
     }
 
     impl Drop for Nginx {
@@ -659,7 +737,7 @@ mod forward {
     use hyper_util::rt::TokioIo;
 
     use super::upstream::{EVENTS, Upstream, now_us};
-    use super::{Stats, measure, rss_kib};
+    use super::{Stats, cpu_us, measure, rss_kib};
 
     const SMALL_BODY: &[u8] = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":false}"#;
 
@@ -755,8 +833,24 @@ mod forward {
     /// The proxies measured against the direct connection.
     pub struct Proxies {
         pub forwarder: SocketAddr,
-        /// nginx, where it is installed.
-        pub nginx: Option<SocketAddr>,
+        /// nginx's address and master process, where it is installed.
+        pub nginx: Option<(SocketAddr, u32)>,
+    }
+
+    /// Small requests through the proxy at `addr` (process `pid`), and the
+    /// CPU time the proxy spent per request, in us.
+    fn through(
+        runtime: &tokio::runtime::Runtime,
+        (addr, pid): (SocketAddr, u32),
+        path: &str,
+        clients: usize,
+        run: Duration,
+    ) -> (Stats, f64) {
+        let before = cpu_us(pid);
+        let stats = runtime.block_on(small(addr, path, clients, run));
+        let used = cpu_us(pid).saturating_sub(before);
+        let per_request = used as f64 / stats.count.max(1) as f64;
+        (stats, per_request)
     }
 
     fn cell(s: &Stats) -> String {
@@ -777,9 +871,11 @@ mod forward {
         println!(
             "forwarder: POST /codex/responses through the forwarder, through nginx proxy_pass (1 worker,"
         );
-        println!("upstream keepalive) and straight to the same upstream; req/s, p50 and p99 in us");
         println!(
-            "{:>7} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>8} {:>8} | {:>9} {:>9}",
+            "upstream keepalive) and straight to the same upstream; req/s, p50 and p99 in us; the CPU time\nthe proxy process used per request"
+        );
+        println!(
+            "{:>7} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>8} {:>8} | {:>9} {:>9} | {:>9} {:>9}",
             "clients",
             "fwd",
             "p50",
@@ -793,7 +889,9 @@ mod forward {
             "fwd/dir",
             "fwd/ngx",
             "fwd +p50",
-            "ngx +p50"
+            "ngx +p50",
+            "fwd cpu",
+            "ngx cpu"
         );
         // An upstream that answers at once measures the proxies' own CPU
         // cost; one that takes 2 ms, like any real backend, measures what a
@@ -803,30 +901,32 @@ mod forward {
             ("upstream answers after 2 ms", "-2ms"),
         ] {
             println!("  {label}");
-            for clients in super::CONCURRENCY {
+            for clients in super::concurrency() {
                 let path = format!("/codex/responses{suffix}");
-                let f = runtime.block_on(small(forwarder, &path, clients, run));
-                let n = nginx.map(|addr| runtime.block_on(small(addr, &path, clients, run)));
+                let (f, f_cpu) = through(runtime, (forwarder, daemon_pid), &path, clients, run);
+                let n = nginx.map(|nginx| through(runtime, nginx, &path, clients, run));
                 let d = runtime.block_on(small(
                     direct,
                     &format!("/backend-api/codex/responses{suffix}"),
                     clients,
                     run,
                 ));
-                let (n_cell, f_over_n, n_added) = match &n {
-                    Some(n) => (
+                let (n_cell, f_over_n, n_added, n_cpu) = match &n {
+                    Some((n, n_cpu)) => (
                         cell(n),
                         format!("{:>8.2}", f.rate / n.rate),
                         format!("{:>7.0}us", n.p50 - d.p50),
+                        format!("{n_cpu:>7.1}us"),
                     ),
                     None => (
                         format!("{:>9} {:>6} {:>6}", "-", "-", "-"),
                         format!("{:>8}", "-"),
                         format!("{:>9}", "-"),
+                        format!("{:>9}", "-"),
                     ),
                 };
                 println!(
-                    "{clients:>7} | {} | {n_cell} | {} | {:>8.2} {f_over_n} | {:>7.0}us {n_added}",
+                    "{clients:>7} | {} | {n_cell} | {} | {:>8.2} {f_over_n} | {:>7.0}us {n_added} | {f_cpu:>7.1}us {n_cpu}",
                     cell(&f),
                     cell(&d),
                     f.rate / d.rate,
@@ -837,7 +937,7 @@ mod forward {
 
         let streams = if quick { 2 } else { 20 };
         let mut f = runtime.block_on(sse(forwarder, "/codex/stream", streams));
-        let mut n = nginx.map(|addr| runtime.block_on(sse(addr, "/codex/stream", streams)));
+        let mut n = nginx.map(|(addr, _)| runtime.block_on(sse(addr, "/codex/stream", streams)));
         let mut d = runtime.block_on(sse(direct, "/backend-api/codex/stream", streams));
         println!();
         println!(
@@ -852,7 +952,17 @@ mod forward {
                 percentile(n, 0.5) - percentile(&mut d, 0.5)
             );
         }
+    }
 
+    /// Memory per SSE stream held open (the upstream holds its answer
+    /// after the first event), on a daemon that served nothing before.
+    pub fn idle_streams(
+        runtime: &tokio::runtime::Runtime,
+        upstream: &Upstream,
+        forwarder: SocketAddr,
+        daemon_pid: u32,
+        quick: bool,
+    ) {
         let idle = if quick { 20 } else { 500 };
         let before = rss_kib(daemon_pid);
         let held: Vec<_> = runtime.block_on(async {

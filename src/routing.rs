@@ -1,5 +1,7 @@
 //! Which account serves next: routing order, killswitch and exhaustion.
 
+use std::sync::Arc;
+
 use crate::proto::ErrorCode;
 use crate::proto::MIN_TTL;
 use crate::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
@@ -193,6 +195,31 @@ fn effective_min_ttl(
     }
 }
 
+/// An account routing picked: in the store snapshot it was read from (not
+/// copied), or as a refresh left it.
+#[derive(Clone)]
+pub enum Picked {
+    Stored { store: Arc<Store>, index: usize },
+    Refreshed(Arc<Account>),
+}
+
+impl std::ops::Deref for Picked {
+    type Target = Account;
+
+    fn deref(&self) -> &Account {
+        match self {
+            Picked::Stored { store, index } => &store.accounts[*index],
+            Picked::Refreshed(account) => account,
+        }
+    }
+}
+
+impl From<Account> for Picked {
+    fn from(account: Account) -> Picked {
+        Picked::Refreshed(Arc::new(account))
+    }
+}
+
 /// An account with a token valid for more than `min_ttl` seconds: the named
 /// one, or else the first routed account that can serve, skipping excluded
 /// ones and those whose refresh token is dead.
@@ -201,13 +228,13 @@ pub async fn fresh_account(
     pick: Pick<'_>,
     min_ttl: i64,
     by: &Asker,
-) -> Result<Account, Unavailable> {
+) -> Result<Picked, Unavailable> {
     let store = refresher.store()?;
     let now = refresher.now();
     if let Some(query) = pick.query {
         let account = store.find(query)?;
         let min_ttl = effective_min_ttl(refresher, &pick, account, min_ttl, now);
-        return Ok(refresher.fresh(&account.id, min_ttl, by).await?);
+        return Ok(refresher.fresh(&account.id, min_ttl, by).await?.into());
     }
     let exclude = pick.exclude;
     let usable: Vec<&Account> = candidates(&store, now)
@@ -215,21 +242,24 @@ pub async fn fresh_account(
         .filter(|a| !exclude.contains(&a.id.as_str()))
         .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
         .collect();
-    let ids: Vec<(String, i64)> = usable
+    // Once per account: a forced refresh it allows counts against the
+    // account's allowance.
+    let ttls: Vec<i64> = usable
         .iter()
-        .map(|a| {
-            (
-                a.id.clone(),
-                effective_min_ttl(refresher, &pick, a, min_ttl, now),
-            )
-        })
+        .map(|a| effective_min_ttl(refresher, &pick, a, min_ttl, now))
         .collect();
-    // The common case: the first choice is fresh; no lock, no reload.
-    if let (Some(first), Some((_, first_ttl))) = (usable.first(), ids.first())
+    // The common case: the first choice is fresh; no lock, no reload, no
+    // copy.
+    if let (Some(first), Some(first_ttl)) = (usable.first(), ttls.first())
         && assess(first, now, *first_ttl) == Assessment::Fresh
+        && let Some(index) = store.accounts.iter().position(|a| std::ptr::eq(a, *first))
     {
-        return Ok((*first).clone());
+        return Ok(Picked::Stored {
+            store: store.clone(),
+            index,
+        });
     }
+    let ids: Vec<(String, i64)> = usable.iter().map(|a| a.id.clone()).zip(ttls).collect();
     if ids.is_empty() {
         if store.accounts.is_empty() {
             return Err(Unavailable::NoAccounts);
@@ -273,7 +303,7 @@ pub async fn fresh_account(
     let mut last = None;
     for (id, min_ttl) in &ids {
         match refresher.fresh(id, *min_ttl, by).await {
-            Ok(account) => return Ok(account),
+            Ok(account) => return Ok(account.into()),
             Err(e @ RefreshError::NeedsLogin { .. }) => {
                 tracing::info!("skipping: {e}");
                 last = Some(e);

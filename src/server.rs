@@ -1,6 +1,7 @@
 //! What the socket API and the forwarder share: HTTP/1.1 connections with
 //! a head timeout, watched so that shutdown can wait for them.
 
+use std::convert::Infallible;
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -41,11 +42,18 @@ impl Connections {
         }
     }
 
-    /// Serves `io` with `service` on a task of its own; `guard` is dropped
-    /// when the connection ends. A connection the service upgrades (a
-    /// WebSocket) leaves hyper, and this watch, once the upgrade is done.
-    pub fn serve<I, S, B>(&self, io: I, service: S, guard: impl Send + 'static)
-    where
+    /// Serves `io` with `service` on a task of its own, which also polls
+    /// `beside` (work the service hands to the connection's task) until the
+    /// connection ends; `guard` is dropped then. A connection the service
+    /// upgrades (a WebSocket) leaves hyper, and this watch, once the upgrade
+    /// is done.
+    pub fn serve<I, S, B>(
+        &self,
+        io: I,
+        service: S,
+        beside: impl Future<Output = Infallible> + Send + 'static,
+        guard: impl Send + 'static,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -64,12 +72,21 @@ impl Connections {
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
             tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let served = async {
+                tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    _ = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
+            };
+            // `beside` first: what it finishes, the connection can use in
+            // the same turn.
+            let ended = tokio::select! {
+                biased;
+                never = beside => match never {},
+                ended = served => ended,
             };
             if let Err(e) = ended {
                 tracing::debug!("{name} connection ended: {e}");

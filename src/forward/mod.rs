@@ -29,13 +29,14 @@ use crate::peer;
 use crate::proto::{ErrorBody, ErrorCode, MIN_TTL};
 use crate::quota::Quota;
 use crate::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
-use crate::routing::{self, Pick, Unavailable};
+use crate::routing::{self, Pick, Picked, Unavailable};
 use crate::secret::Secret;
 use crate::server::{self, Connections, Limits};
 use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Chain, Outgoing, full};
 pub(crate) use responses::{assemble, rewrite};
+use upstream::Lane;
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -113,11 +114,13 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let forwarder = forwarder.clone();
+        let (lane, driver) = forwarder.client.lane();
         let service = service_fn(move |request| {
             let forwarder = forwarder.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
+            let lane = lane.clone();
+            async move { Ok::<_, Infallible>(forwarder.handle(request, &lane).await) }
         });
-        connections.serve(stream, service, ());
+        connections.serve(stream, service, driver, ());
     }
     let websockets = async {
         if let Some(sessions) = &forwarder.websockets {
@@ -224,29 +227,23 @@ fn usage_limit_reached(
     response
 }
 
-/// Copies `from` without hop-by-hop headers (and those the `connection`
-/// header names), without `host`, and with `drop` removed.
-fn forwardable(from: &HeaderMap, drop: &[&str]) -> HeaderMap {
-    let named: Vec<String> = from
+/// `headers` without hop-by-hop headers (and those the `connection` header
+/// names), without `host`, and with `drop` removed.
+fn forwardable(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || n == "host"
-            || drop.contains(&n)
-            || named.iter().any(|t| t == n)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+    for name in named {
+        headers.remove(name);
     }
-    out
+    for name in HOP_BY_HOP.iter().chain(&["host"]).chain(drop) {
+        headers.remove(*name);
+    }
+    headers
 }
 
 /// The `host` of a request addressed to something other than a loopback
@@ -378,7 +375,7 @@ fn body_error(e: impl std::fmt::Display) -> Response<Body> {
 }
 
 impl Forwarder {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, lane: &Lane) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let query = request
             .uri()
@@ -402,7 +399,7 @@ impl Forwarder {
             match websocket::upstream_path(&path) {
                 Some(upstream) => {
                     let url = format!("{}{upstream}{query}", self.chatgpt_base);
-                    self.websocket(request, url, &by).await
+                    self.websocket(request, url, &by, lane).await
                 }
                 None => error_response(
                     StatusCode::UPGRADE_REQUIRED,
@@ -414,28 +411,28 @@ impl Forwarder {
                 ),
             }
         } else if method == Method::POST && path == "/oauth/token" {
-            self.token_endpoint(request, &by).await
+            self.token_endpoint(request, &by, lane).await
         } else if path.starts_with("/oauth/")
             || path.starts_with("/api/accounts/")
             || path == "/codex/device"
             || path.starts_with("/deviceauth/")
         {
             let url = format!("{}{path}{query}", self.issuer);
-            self.to_issuer(request, url).await
+            self.to_issuer(request, url, lane).await
         } else if path.starts_with("/codex/") {
             let url = format!("{}{path}{query}", self.chatgpt_base);
-            self.to_backend(request, url, &by).await
+            self.to_backend(request, url, &by, lane).await
         } else if let Some(rest) = path.strip_prefix("/backend-api/") {
             let url = format!("{}/{rest}{query}", self.chatgpt_base);
             if rest == "wham/usage" && method == Method::GET {
-                self.usage(request, url, &by).await
+                self.usage(request, url, &by, lane).await
             } else {
-                self.to_backend(request, url, &by).await
+                self.to_backend(request, url, &by, lane).await
             }
         } else if path == "/v1/responses" && method == Method::POST {
-            self.responses(request, &by).await
+            self.responses(request, &by, lane).await
         } else if path == "/v1/models" && method == Method::GET {
-            self.models(&by).await
+            self.models(&by, lane).await
         } else {
             error_response(
                 StatusCode::NOT_FOUND,
@@ -453,6 +450,7 @@ impl Forwarder {
     /// Sends a request upstream; a connection failure becomes 502.
     async fn send(
         &self,
+        lane: &Lane,
         method: Method,
         url: &str,
         headers: HeaderMap,
@@ -467,7 +465,7 @@ impl Forwarder {
         })?;
         let host = uri.host().unwrap_or_default().to_owned();
         self.client
-            .send(method, uri, headers, body)
+            .send(lane, method, uri, headers, body)
             .await
             .map_err(|e| {
                 tracing::warn!("upstream {host} failed: {e}");
@@ -480,11 +478,17 @@ impl Forwarder {
     }
 
     /// Transparent forwarding to the issuer.
-    async fn to_issuer(&self, request: Request<Incoming>, url: String) -> Response<Body> {
+    async fn to_issuer(
+        &self,
+        request: Request<Incoming>,
+        url: String,
+        lane: &Lane,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let headers = forwardable(&parts.headers, &[]);
+        let headers = forwardable(parts.headers, &[]);
         match self
             .send(
+                lane,
                 parts.method,
                 &url,
                 headers,
@@ -499,7 +503,12 @@ impl Forwarder {
 
     /// `POST /oauth/token`: refreshes of a token the broker owns are answered
     /// here; everything else goes to the issuer.
-    async fn token_endpoint(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
+    async fn token_endpoint(
+        &self,
+        request: Request<Incoming>,
+        by: &Asker,
+        lane: &Lane,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, SMALL_BODY).collect().await {
             Ok(c) => c.to_bytes(),
@@ -511,8 +520,11 @@ impl Forwarder {
             return answer;
         }
         let url = format!("{}/oauth/token", self.issuer);
-        let headers = forwardable(&parts.headers, &[]);
-        match self.send(parts.method, &url, headers, full(bytes)).await {
+        let headers = forwardable(parts.headers, &[]);
+        match self
+            .send(lane, parts.method, &url, headers, full(bytes))
+            .await
+        {
             Ok(response) => relay(response).await,
             Err(answer) => answer,
         }
@@ -571,6 +583,7 @@ impl Forwarder {
         request: Request<Incoming>,
         url: String,
         by: &Asker,
+        lane: &Lane,
     ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let declared = declared_length(&parts.headers);
@@ -578,9 +591,9 @@ impl Forwarder {
             Ok(o) => o,
             Err(e) => return body_error(e),
         };
-        let headers = forwardable(&parts.headers, &["authorization", "chatgpt-account-id"]);
+        let headers = forwardable(parts.headers, &["authorization", "chatgpt-account-id"]);
         match self
-            .with_fallback(parts.method, &url, headers, outgoing, by)
+            .with_fallback(parts.method, &url, headers, outgoing, by, lane)
             .await
         {
             Ok((_, response)) => relay(response).await,
@@ -599,7 +612,8 @@ impl Forwarder {
         headers: HeaderMap,
         mut outgoing: Outgoing,
         by: &Asker,
-    ) -> Result<(Account, upstream::Answer), Response<Body>> {
+        lane: &Lane,
+    ) -> Result<(Picked, upstream::Answer), Response<Body>> {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Response<Body>> = None;
         loop {
@@ -620,7 +634,7 @@ impl Forwarder {
             };
             let mut headers = headers.clone();
             set_credentials(&mut headers, &account);
-            let response = self.send(method.clone(), url, headers, body).await?;
+            let response = self.send(lane, method.clone(), url, headers, body).await?;
             let status = response.status();
             if !matches!(status.as_u16(), 401 | 403 | 429) {
                 let response_headers = response.headers();
@@ -660,16 +674,22 @@ impl Forwarder {
 
     /// `GET /backend-api/wham/usage`: answered from the backend with fresh
     /// credentials; the quota it reports is stored.
-    async fn usage(&self, request: Request<Incoming>, url: String, by: &Asker) -> Response<Body> {
+    async fn usage(
+        &self,
+        request: Request<Incoming>,
+        url: String,
+        by: &Asker,
+        lane: &Lane,
+    ) -> Response<Body> {
         let (parts, _) = request.into_parts();
         // The answer is read here; it must come uncompressed.
         let headers = forwardable(
-            &parts.headers,
+            parts.headers,
             &["authorization", "chatgpt-account-id", "accept-encoding"],
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by)
+            .with_fallback(Method::GET, &url, headers, outgoing, by, lane)
             .await
         {
             Ok(r) => r,
@@ -723,7 +743,7 @@ async fn relay(response: upstream::Answer) -> Response<Body> {
         );
     }
     let (mut head, mut body) = response.into_parts();
-    head.headers = forwardable(&head.headers, &[]);
+    head.headers = forwardable(head.headers, &[]);
     // The first bytes are awaited (briefly) before the head is passed on,
     // so that an upstream whose body breaks at once is a 502, not an empty
     // answer; past that window, a break can only cut the stream.
@@ -752,7 +772,7 @@ async fn relay(response: upstream::Answer) -> Response<Body> {
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).
 async fn buffer(response: upstream::Answer) -> (hyper::http::response::Parts, Bytes) {
     let (mut head, body) = response.into_parts();
-    head.headers = forwardable(&head.headers, &["content-length"]);
+    head.headers = forwardable(head.headers, &["content-length"]);
     let bytes = Limited::new(body, SMALL_BODY)
         .collect()
         .await

@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::{Body, Outgoing, full};
+use super::upstream::Lane;
 use super::{Forwarder, RETRY_BUFFER, buffer, error_response, forwardable, json_response, relay};
 use crate::proto::ErrorCode;
 use crate::refresh::Asker;
@@ -163,7 +164,12 @@ pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
 
 impl Forwarder {
     /// `POST /v1/responses`.
-    pub(super) async fn responses(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
+    pub(super) async fn responses(
+        &self,
+        request: Request<Incoming>,
+        by: &Asker,
+        lane: &Lane,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
             Ok(c) => c.to_bytes(),
@@ -211,7 +217,7 @@ impl Forwarder {
             }
         };
         let mut headers = forwardable(
-            &parts.headers,
+            parts.headers,
             &[
                 "authorization",
                 "chatgpt-account-id",
@@ -234,7 +240,7 @@ impl Forwarder {
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         let response = match self
-            .with_fallback(Method::POST, &url, headers, outgoing, by)
+            .with_fallback(Method::POST, &url, headers, outgoing, by, lane)
             .await
         {
             Ok((_, response)) => response,
@@ -261,14 +267,14 @@ impl Forwarder {
 
     /// `GET /v1/models`: the backend's model list for Codex, in the public
     /// API's list shape.
-    pub(super) async fn models(&self, by: &Asker) -> Response<Body> {
+    pub(super) async fn models(&self, by: &Asker, lane: &Lane) -> Response<Body> {
         let url = format!(
             "{}/codex/models?client_version={CODEX_CLIENT_VERSION}",
             self.chatgpt_base
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let response = match self
-            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by)
+            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by, lane)
             .await
         {
             Ok((_, response)) => response,

@@ -1,24 +1,30 @@
-//! The forwarder's HTTP/1.1 client for its two upstreams: hyper-util's
-//! pooled client over rustls (the system's trust store), through the HTTP
-//! proxy the environment names (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
-//! `NO_PROXY`, as curl and reqwest read them; tunnelled with CONNECT),
-//! with a connect timeout and a read timeout on the answer's head and on
-//! every body frame.
+//! The forwarder's HTTP/1.1 client for its two upstreams, over rustls (the
+//! system's trust store), through the HTTP proxy the environment names
+//! (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl and
+//! reqwest read them; tunnelled with CONNECT), with a connect timeout and a
+//! read timeout on the answer's head and on every body frame.
+//!
+//! Each client connection has a [`Lane`]: the upstream connections its
+//! requests use are run by the client connection's own task (its
+//! [`Driver`]), so a request and its answer pass from one socket to the
+//! other without waking another task. When the client hangs up, the lane's
+//! idle upstream connections are parked for the next client connection.
 
+use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::header::HeaderMap;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as Pooled;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
 
@@ -27,8 +33,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream may send nothing: before its answer's head, and
 /// between two frames of its body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+/// How long a parked connection is kept.
+const PARK_IDLE: Duration = Duration::from_secs(90);
+/// Parked connections kept at most, across upstreams.
+const PARK_MAX: usize = 64;
 
 /// An upstream's answer; its body fails after [`READ_TIMEOUT`] of silence.
 pub type Answer = Response<ReadTimeout<Incoming>>;
@@ -39,7 +47,8 @@ pub type Answer = Response<ReadTimeout<Incoming>>;
 pub struct SendError(String);
 
 pub struct Client {
-    pooled: Pooled<HttpsConnector<Connector>, Body>,
+    connector: HttpsConnector<Connector>,
+    parked: Arc<Parked>,
 }
 
 /// Connects straight to an upstream, or through the proxy the environment
@@ -85,6 +94,206 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
+/// The scheme and authority a connection goes to.
+#[derive(Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Origin> {
+        Some(Origin {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+
+    /// The `host` header: the authority without the scheme's default port.
+    fn host(&self) -> HeaderValue {
+        let default = match self.scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        };
+        let host = match self.authority.port_u16() {
+            Some(port) if port != default => self.authority.as_str(),
+            _ => self.authority.host(),
+        };
+        HeaderValue::from_str(host).expect("an authority is a valid header value")
+    }
+}
+
+/// An upstream connection: the handle requests are sent on, and the future
+/// that runs it.
+struct Connection {
+    origin: Origin,
+    sender: SendRequest<Body>,
+    run: Pin<Box<dyn Future<Output = ()> + Send>>,
+    idle_since: Instant,
+}
+
+/// The upstream connections of one client connection.
+#[derive(Clone, Default)]
+pub struct Lane {
+    state: Arc<Mutex<LaneState>>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    connections: Vec<Connection>,
+    /// The driver's task, woken when a connection joins.
+    waker: Option<Waker>,
+}
+
+/// Runs a lane's connections inside the client connection's task; it never
+/// ends, and parks the idle connections when dropped.
+pub struct Driver {
+    lane: Lane,
+    parked: Arc<Parked>,
+}
+
+/// Idle connections no client connection uses, oldest first; those idle
+/// for [`PARK_IDLE`] are closed.
+#[derive(Default)]
+struct Parked {
+    state: Mutex<ParkedState>,
+}
+
+#[derive(Default)]
+struct ParkedState {
+    connections: Vec<Connection>,
+    /// A task closes expired connections while there are any.
+    reaping: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Lane {
+    /// Sends the request on an idle connection of the lane to `origin`,
+    /// if it has one (else the request stays where it is).
+    fn send_on_idle(
+        &self,
+        origin: &Origin,
+        request: &mut Option<Request<Body>>,
+    ) -> Option<impl Future<Output = Sent> + use<>> {
+        let mut state = lock(&self.state);
+        let connection = state
+            .connections
+            .iter_mut()
+            .find(|c| c.origin == *origin && c.sender.is_ready())?;
+        Some(connection.sender.try_send_request(request.take()?))
+    }
+
+    /// Sends `request` on `connection`, which the lane runs from now on.
+    fn adopt(
+        &self,
+        mut connection: Connection,
+        request: Request<Body>,
+    ) -> impl Future<Output = Sent> + use<> {
+        let sent = connection.sender.try_send_request(request);
+        let mut state = lock(&self.state);
+        state.connections.push(connection);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+        sent
+    }
+}
+
+type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
+
+impl Future for Driver {
+    type Output = Infallible;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Infallible> {
+        let mut state = lock(&self.lane.state);
+        state
+            .connections
+            .retain_mut(|c| c.run.as_mut().poll(cx).is_pending());
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let connections = std::mem::take(&mut lock(&self.lane.state).connections);
+        Parked::park(&self.parked, connections);
+    }
+}
+
+impl Parked {
+    /// Keeps the idle ones of `connections` for other client connections
+    /// (at most [`PARK_MAX`], the newest); the others close.
+    fn park(this: &Arc<Parked>, connections: Vec<Connection>) {
+        let now = Instant::now();
+        let mut state = lock(&this.state);
+        let mut parked = 0;
+        for mut connection in connections {
+            if connection.sender.is_ready() {
+                connection.idle_since = now;
+                state.connections.push(connection);
+                parked += 1;
+            }
+        }
+        let over = state.connections.len().saturating_sub(PARK_MAX);
+        state.connections.drain(..over);
+        if parked > 0 {
+            tracing::debug!(parked, "kept idle upstream connections for the next client");
+        }
+        if !state.reaping
+            && !state.connections.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            state.reaping = true;
+            runtime.spawn(Parked::reap(this.clone()));
+        }
+    }
+
+    /// Closes expired connections until none is left.
+    async fn reap(this: Arc<Parked>) {
+        loop {
+            tokio::time::sleep(PARK_IDLE).await;
+            let mut state = lock(&this.state);
+            state.expire(Instant::now());
+            if state.connections.is_empty() {
+                state.reaping = false;
+                return;
+            }
+        }
+    }
+
+    /// The newest usable parked connection to `origin`.
+    fn take(&self, origin: &Origin) -> Option<Connection> {
+        let mut state = lock(&self.state);
+        state.expire(Instant::now());
+        let at = state
+            .connections
+            .iter()
+            .rposition(|c| c.origin == *origin)?;
+        Some(state.connections.remove(at))
+    }
+}
+
+impl ParkedState {
+    /// Closes the connections idle for [`PARK_IDLE`] and those the
+    /// upstream closed.
+    fn expire(&mut self, now: Instant) {
+        self.connections
+            .retain(|c| now.duration_since(c.idle_since) < PARK_IDLE && !c.sender.is_closed());
+    }
+}
+
 impl Client {
     pub fn new() -> Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -98,54 +307,128 @@ impl Client {
             direct: http,
             proxies: Arc::new(Matcher::from_env()),
         };
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let pooled = Pooled::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(https);
-        Client { pooled }
+        Client {
+            connector,
+            parked: Arc::default(),
+        }
     }
 
-    /// Sends one request; the answer's head must come within
+    /// A lane for a new client connection, and its driver, which the client
+    /// connection's task polls beside the connection.
+    pub fn lane(&self) -> (Lane, Driver) {
+        let lane = Lane::default();
+        let driver = Driver {
+            lane: lane.clone(),
+            parked: self.parked.clone(),
+        };
+        (lane, driver)
+    }
+
+    /// Sends one request on `lane`: on an idle connection it has, else a
+    /// parked one, else a new one; the answer's head must come within
     /// [`READ_TIMEOUT`].
     pub async fn send(
         &self,
+        lane: &Lane,
         method: Method,
         uri: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
     ) -> Result<Answer, SendError> {
+        let origin = Origin::of(&uri).ok_or_else(|| SendError("not an absolute URL".into()))?;
+        headers.insert(header::HOST, origin.host());
         let mut request = Request::new(body);
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         *request.headers_mut() = headers;
-        match tokio::time::timeout(READ_TIMEOUT, self.pooled.request(request)).await {
+        let answer = async {
+            let mut request = Some(request);
+            if let Some(sent) = lane.send_on_idle(&origin, &mut request) {
+                match unsent(sent.await)? {
+                    Ok(answer) => return Ok(answer),
+                    Err(back) => request = Some(back),
+                }
+            }
+            let mut request = request.expect("a request not sent is given back");
+            while let Some(connection) = self.parked.take(&origin) {
+                match unsent(lane.adopt(connection, request).await)? {
+                    Ok(answer) => return Ok(answer),
+                    Err(back) => request = back,
+                }
+            }
+            let connection = self.connect(&origin).await?;
+            match unsent(lane.adopt(connection, request).await)? {
+                Ok(answer) => Ok(answer),
+                Err(_) => Err(SendError("the new connection closed at once".into())),
+            }
+        };
+        match tokio::time::timeout(READ_TIMEOUT, answer).await {
             Ok(Ok(response)) => Ok(response.map(ReadTimeout::new)),
-            Ok(Err(e)) => Err(SendError(describe(&e))),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(SendError(format!(
                 "no answer within {} s",
                 READ_TIMEOUT.as_secs()
             ))),
         }
     }
+
+    /// A new connection to `origin`.
+    async fn connect(&self, origin: &Origin) -> Result<Connection, SendError> {
+        let target = Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError(format!("could not connect: {e}")))?;
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, target)
+            .await
+            .map_err(|e| SendError(format!("could not connect: {}", innermost(&*e))))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError(format!("could not connect: {}", innermost(&e))))?;
+        Ok(Connection {
+            origin: origin.clone(),
+            sender,
+            run: Box::pin(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            }),
+            idle_since: Instant::now(),
+        })
+    }
 }
 
-/// A client error in words: what failed, and the innermost cause.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let what = if e.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let mut source: &dyn std::error::Error = e;
+/// A sent request's answer; `Ok(Err(request))` when the connection closed
+/// before the request went out, so that another may carry it.
+fn unsent(sent: Sent) -> Result<Result<Response<Incoming>, Request<Body>>, SendError> {
+    match sent {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(mut e) => match e.take_message() {
+            Some(request) => Ok(Err(request)),
+            None => Err(SendError(format!(
+                "request failed: {}",
+                innermost(&e.into_error())
+            ))),
+        },
+    }
+}
+
+/// The innermost cause of an error.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = e;
     while let Some(inner) = source.source() {
         source = inner;
     }
-    format!("{what}: {source}")
+    source.to_string()
 }
 
 /// A body that fails when no frame arrives for [`READ_TIMEOUT`].

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{Body, Outgoing};
 use super::frames::{Deflate, Ended, Relay};
+use super::upstream::Lane;
 use super::{Forwarder, error_response, forwardable, header_str, relay};
 use crate::config::WebSockets;
 use crate::engine::Engine;
@@ -173,6 +174,7 @@ impl Forwarder {
         mut request: Request<Incoming>,
         url: String,
         by: &Asker,
+        lane: &Lane,
     ) -> Response<Body> {
         let Some(sessions) = &self.websockets else {
             return error_response(
@@ -202,8 +204,9 @@ impl Forwarder {
         };
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
+        let offers = deflate_offers(&parts.headers);
         let mut headers = forwardable(
-            &parts.headers,
+            parts.headers,
             &[
                 "authorization",
                 "chatgpt-account-id",
@@ -212,12 +215,12 @@ impl Forwarder {
         );
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(offers) = deflate_offers(&parts.headers) {
+        if let Some(offers) = offers {
             headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, offers);
         }
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by)
+            .with_fallback(Method::GET, &url, headers, outgoing, by, lane)
             .await
         {
             Ok(answer) => answer,
@@ -243,7 +246,7 @@ impl Forwarder {
             Ok(deflate) => deflate,
             Err(why) => return broken(format!("it agreed to {why}")),
         };
-        let mut head = forwardable(response.headers(), &["content-length"]);
+        let mut head = forwardable(response.headers().clone(), &["content-length"]);
         head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let upstream = match hyper::upgrade::on(response).await {

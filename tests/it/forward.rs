@@ -199,6 +199,81 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
 }
 
 #[test]
+fn upstream_connections_carry_the_next_request_and_the_next_client() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&["-vv"]);
+    let url = format!("{}/codex/responses", daemon.forwarder());
+    // `requests` POSTs on one client connection, closed at the end;
+    // `between` runs between two of them.
+    let client_connection_with = |requests: usize, between: &dyn Fn()| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = codex_broker::oauth::http_client(Duration::from_secs(60));
+        runtime.block_on(async {
+            for n in 0..requests {
+                if n > 0 {
+                    between();
+                }
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(r#"{"model":"m","input":[]}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), 200);
+                let text = answer.text().await.unwrap();
+                assert!(text.contains("response.completed"), "{text}");
+            }
+        });
+    };
+    let client_connection = |requests: usize| client_connection_with(requests, &|| {});
+    let before = upstream.connections();
+    client_connection(5);
+    assert_eq!(
+        upstream.connections() - before,
+        1,
+        "one upstream connection carries a client connection's requests"
+    );
+    let parked = |times: usize| {
+        let log = || {
+            daemon
+                .log()
+                .matches("kept idle upstream connections")
+                .count()
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || log() >= times).is_some(),
+            "the forwarder keeps the upstream connection when its client leaves"
+        );
+    };
+    parked(1);
+    client_connection(1);
+    assert_eq!(
+        upstream.connections() - before,
+        1,
+        "the next client connection gets the idle upstream connection"
+    );
+
+    // The backend closes the idle connection while it is parked: the next
+    // request goes on a new one, sent once.
+    parked(2);
+    upstream.hang_up();
+    client_connection(1);
+    assert_eq!(upstream.connections() - before, 2);
+    assert_eq!(backend_posts(&upstream).len(), 7);
+
+    // The same while a client connection is open and idle.
+    parked(3);
+    client_connection_with(2, &|| upstream.hang_up());
+    assert_eq!(upstream.connections() - before, 3);
+    assert_eq!(backend_posts(&upstream).len(), 9);
+}
+
+#[test]
 fn a_429_is_retried_on_the_fallback_with_the_same_body() {
     let upstream = FakeUpstream::start();
     let (env, _, fallback) = TestEnv::with_main_and_fallback(&upstream);

@@ -111,6 +111,9 @@ struct State {
     /// Agree to permessage-deflate when offered, and answer with
     /// compressed frames.
     deflate: bool,
+    /// Connections accepted so far, and those still open.
+    connections: usize,
+    open: usize,
 }
 
 /// One message a WebSocket client sent the fake (`close <code> <reason>`
@@ -127,6 +130,8 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     arrived: Arc<Condvar>,
+    /// Closes every open connection when notified.
+    hang_up: Arc<tokio::sync::Notify>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -137,8 +142,9 @@ impl FakeUpstream {
             ..State::default()
         }));
         let arrived = Arc::new(Condvar::new());
+        let hang_up = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = (state.clone(), arrived.clone());
+        let served = (state.clone(), arrived.clone(), hang_up.clone());
         let addr = super::serve_on_loopback(move |listener| async move {
             tokio::select! {
                 _ = stopped => {}
@@ -149,6 +155,7 @@ impl FakeUpstream {
             addr,
             state,
             arrived,
+            hang_up,
             _stop: stop,
         }
     }
@@ -268,6 +275,23 @@ impl FakeUpstream {
         !result.timed_out()
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Closes every connection open now, as a server ending idle
+    /// keep-alive connections does, and waits until they are closed.
+    pub fn hang_up(&self) {
+        self.hang_up.notify_waiters();
+        assert!(
+            super::wait_until(Duration::from_secs(5), || self.state.lock().unwrap().open
+                == 0)
+            .is_some(),
+            "the fake's connections close"
+        );
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -326,18 +350,32 @@ impl FakeUpstream {
 
 type Shared = (Arc<Mutex<State>>, Arc<Condvar>);
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Shared) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    (state, arrived, hang_up): (Arc<Mutex<State>>, Arc<Condvar>, Arc<tokio::sync::Notify>),
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        {
+            let mut state = state.lock().unwrap();
+            state.connections += 1;
+            state.open += 1;
+        }
+        let state = state.clone();
+        let shared = (state.clone(), arrived.clone());
+        let hang_up = hang_up.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, shared.clone()));
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::select! {
+                _ = connection => {}
+                _ = hang_up.notified() => {}
+            }
+            state.lock().unwrap().open -= 1;
         });
     }
 }
