@@ -118,7 +118,10 @@ pub async fn serve(
         let service = service_fn(move |request| {
             let forwarder = forwarder.clone();
             let lane = lane.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(request, &lane).await) }
+            // Boxed: hyper keeps the room of a connection's service future
+            // for the connection's life; this way only a pointer, and the
+            // request's state only while it is handled.
+            async move { Ok::<_, Infallible>(Box::pin(forwarder.handle(request, &lane)).await) }
         });
         connections.serve(stream, service, driver, ());
     }
