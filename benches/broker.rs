@@ -13,7 +13,8 @@
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, comma-separated) runs
-//! only those parts; BENCH_CLIENTS (such as `32`) only those client counts.
+//! only those parts; BENCH_CLIENTS (such as `32`) only those client counts;
+//! TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
