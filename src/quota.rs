@@ -81,21 +81,37 @@ fn lenient_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Windo
         .filter(|w| w.used_percent.is_finite()))
 }
 
+/// The headers of the 5-hour (primary) and weekly (secondary) windows:
+/// used percent, window length in minutes, reset time.
+const WINDOW_HEADERS: [[&str; 3]; 2] = [
+    [
+        "x-codex-primary-used-percent",
+        "x-codex-primary-window-minutes",
+        "x-codex-primary-reset-at",
+    ],
+    [
+        "x-codex-secondary-used-percent",
+        "x-codex-secondary-window-minutes",
+        "x-codex-secondary-reset-at",
+    ],
+];
+
 impl Quota {
     /// Reads Codex's `x-codex-primary-*` (5-hour) and `x-codex-secondary-*`
     /// (weekly) response headers; `header` looks a header up by its
     /// lower-case name. `None` when the response carried no quota.
     pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>, now: i64) -> Option<Quota> {
-        let window = |name: &str| {
-            let get = |field: &str| header(&format!("x-codex-{name}-{field}")).map(str::trim);
+        let window = |[used, minutes, reset]: [&str; 3]| {
+            let get = |name: &str| header(name).map(str::trim);
             Window::checked(
-                get("used-percent")?.parse::<f64>().ok()?,
-                get("window-minutes").and_then(|v| v.parse().ok()),
-                get("reset-at").and_then(|v| v.parse().ok()),
+                get(used)?.parse::<f64>().ok()?,
+                get(minutes).and_then(|v| v.parse().ok()),
+                get(reset).and_then(|v| v.parse().ok()),
                 now,
             )
         };
-        Quota::seen(window("primary"), window("secondary"), "headers", now)
+        let [primary, secondary] = WINDOW_HEADERS;
+        Quota::seen(window(primary), window(secondary), "headers", now)
     }
 
     /// A quota of the windows seen; `None` when neither was.
@@ -221,17 +237,17 @@ impl Quota {
     /// carrying this quota has ([`Quota::from_headers`] reads them back).
     pub fn headers(&self, now: i64) -> Vec<(String, String)> {
         let mut headers = Vec::new();
-        for (name, window) in [("primary", &self.five_hour), ("secondary", &self.weekly)] {
+        for ([used, minutes, reset], window) in WINDOW_HEADERS
+            .into_iter()
+            .zip([&self.five_hour, &self.weekly])
+        {
             let Some(window) = window else { continue };
-            let mut set = |field: &str, value: String| {
-                headers.push((format!("x-codex-{name}-{field}"), value));
-            };
-            set("used-percent", window.used_at(now).to_string());
-            if let Some(minutes) = window.window_minutes {
-                set("window-minutes", minutes.to_string());
+            headers.push((used.to_owned(), window.used_at(now).to_string()));
+            if let Some(m) = window.window_minutes {
+                headers.push((minutes.to_owned(), m.to_string()));
             }
             if let Some(at) = window.resets_at {
-                set("reset-at", at.to_string());
+                headers.push((reset.to_owned(), at.to_string()));
             }
         }
         headers

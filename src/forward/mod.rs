@@ -49,17 +49,23 @@ const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(2);
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// and `expect`, which the forwarder answers itself.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "expect",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::EXPECT,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// Whether a browser request comes from another site.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// The account a ChatGPT backend request is for.
+const CHATGPT_ACCOUNT_ID: HeaderName = HeaderName::from_static("chatgpt-account-id");
 
 /// The forwarder's state.
 pub struct Forwarder {
@@ -69,6 +75,7 @@ pub struct Forwarder {
     chatgpt_base: String,
     /// Forwarded WebSocket connections; `None` when upgrades get 426.
     websockets: Option<websocket::Sessions>,
+    bearers: Bearers,
 }
 
 impl Forwarder {
@@ -80,6 +87,7 @@ impl Forwarder {
             websockets: websocket::Sessions::new(shared.config.websocket),
             shared,
             client,
+            bearers: Bearers::default(),
         }
     }
 }
@@ -232,7 +240,7 @@ fn usage_limit_reached(
 
 /// `headers` without hop-by-hop headers (and those the `connection` header
 /// names), without `host`, and with `drop` removed.
-fn forwardable(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
+fn forwardable(mut headers: HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -243,8 +251,8 @@ fn forwardable(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP.iter().chain(&["host"]).chain(drop) {
-        headers.remove(*name);
+    for name in HOP_BY_HOP.iter().chain([&header::HOST]).chain(drop) {
+        headers.remove(name);
     }
     headers
 }
@@ -253,7 +261,7 @@ fn forwardable(mut headers: HeaderMap, drop: &[&str]) -> HeaderMap {
 /// name: a web page that rebinds its DNS name to 127.0.0.1 must not reach
 /// the accounts through a browser.
 fn foreign_host(headers: &HeaderMap) -> Option<String> {
-    let host = header_str(headers, "host")?;
+    let host = header_str(headers, header::HOST)?;
     (!loopback_authority(host)).then(|| host.to_owned())
 }
 
@@ -288,14 +296,26 @@ fn loopback_origin(origin: &str) -> bool {
 /// or a backslash or encoded slash that some servers read as a separator:
 /// such a path could reach another upstream path than the route it names.
 fn escapes_its_route(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains('\\') || lower.contains("%5c") || lower.contains("%2f") {
-        return true;
+    let separator =
+        |code: &[u8]| code.eq_ignore_ascii_case(b"%5c") || code.eq_ignore_ascii_case(b"%2f");
+    path.contains('\\')
+        || path.as_bytes().windows(3).any(separator)
+        || path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot spelled plainly or as `%2e`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() && dots <= 2 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [a, b, c, tail @ ..] if [*a, *b, *c].eq_ignore_ascii_case(b"%2e") => tail,
+            _ => return false,
+        };
+        dots += 1;
     }
-    lower.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    rest.is_empty() && (1..=2).contains(&dots)
 }
 
 /// What is refused before any routing: CONNECT and absolute-form targets
@@ -330,7 +350,7 @@ fn refuse_before_routing(request: &Request<Incoming>) -> Option<Response<Body>> 
         .iter()
         .any(|o| !o.to_str().is_ok_and(loopback_origin));
     let cross_site = headers
-        .get_all("sec-fetch-site")
+        .get_all(SEC_FETCH_SITE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
     if foreign_origin || cross_site {
@@ -397,7 +417,7 @@ impl Forwarder {
             );
         }
         let method = request.method().clone();
-        let by = Asker::forwarder_client(header_str(request.headers(), "user-agent"));
+        let by = Asker::forwarder_client(header_str(request.headers(), header::USER_AGENT));
         let response = if is_websocket(&request) {
             match websocket::upstream_path(&path) {
                 Some(upstream) => {
@@ -594,7 +614,7 @@ impl Forwarder {
             Ok(o) => o,
             Err(e) => return body_error(e),
         };
-        let headers = forwardable(parts.headers, &["authorization", "chatgpt-account-id"]);
+        let headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
         match self
             .with_fallback(parts.method, &url, headers, outgoing, by, lane)
             .await
@@ -636,7 +656,7 @@ impl Forwarder {
                 return Err(last.expect("a streamed body is spent only by an attempt"));
             };
             let mut headers = headers.clone();
-            set_credentials(&mut headers, &account);
+            self.bearers.set_credentials(&mut headers, &account);
             let response = self.send(lane, method.clone(), url, headers, body).await?;
             let status = response.status();
             if !matches!(status.as_u16(), 401 | 403 | 429) {
@@ -688,7 +708,11 @@ impl Forwarder {
         // The answer is read here; it must come uncompressed.
         let headers = forwardable(
             parts.headers,
-            &["authorization", "chatgpt-account-id", "accept-encoding"],
+            &[
+                header::AUTHORIZATION,
+                CHATGPT_ACCOUNT_ID,
+                header::ACCEPT_ENCODING,
+            ],
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
@@ -710,23 +734,51 @@ impl Forwarder {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `authorization` and `chatgpt-account-id` of `account`.
-fn set_credentials(headers: &mut HeaderMap, account: &Account) {
-    let token = account
-        .tokens
-        .as_ref()
-        .map(|t| t.access_token.expose().as_str())
-        .unwrap_or_default();
-    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
-        value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
+/// `Bearer <access token>` header values, built once per account and
+/// token rather than once per request.
+#[derive(Default)]
+struct Bearers(std::sync::Mutex<HashMap<String, HeaderValue>>);
+
+/// Accounts whose header values are kept; past that the cache starts over.
+const BEARERS_MAX: usize = 64;
+
+impl Bearers {
+    /// `authorization` and `chatgpt-account-id` of `account`.
+    fn set_credentials(&self, headers: &mut HeaderMap, account: &Account) {
+        let token = account
+            .tokens
+            .as_ref()
+            .map(|t| t.access_token.expose().as_str())
+            .unwrap_or_default();
+        if let Some(value) = self.bearer(&account.id, token) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&account.id) {
+            headers.insert(CHATGPT_ACCOUNT_ID, value);
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&account.id) {
-        headers.insert(HeaderName::from_static("chatgpt-account-id"), value);
+
+    fn bearer(&self, id: &str, token: &str) -> Option<HeaderValue> {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(value) = cache.get(id)
+            && value.as_bytes().strip_prefix(b"Bearer ") == Some(token.as_bytes())
+        {
+            return Some(value.clone());
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        value.set_sensitive(true);
+        if cache.len() >= BEARERS_MAX {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), value.clone());
+        Some(value)
     }
 }
 
@@ -750,14 +802,10 @@ async fn relay(response: upstream::Answer) -> Response<Body> {
     // The first bytes are awaited (briefly) before the head is passed on,
     // so that an upstream whose body breaks at once is a 502, not an empty
     // answer; past that window, a break can only cut the stream.
-    let first = tokio::time::timeout(FIRST_BYTES_WINDOW, body.frame()).await;
-    let prefix = match first {
-        Err(_) | Ok(None) => Bytes::new(),
-        Ok(Some(Ok(frame))) => match frame.into_data() {
-            Ok(data) => data,
-            Err(_) => Bytes::new(),
-        },
-        Ok(Some(Err(e))) => {
+    let prefix = match body.first_frame(FIRST_BYTES_WINDOW).await {
+        None | Some(None) => Bytes::new(),
+        Some(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        Some(Some(Err(e))) => {
             tracing::warn!("the upstream's answer broke before its first byte: {e}");
             return error_response(
                 StatusCode::BAD_GATEWAY,
@@ -775,7 +823,7 @@ async fn relay(response: upstream::Answer) -> Response<Body> {
 /// Reads an upstream answer whole (up to 1 MiB; an error body is small).
 async fn buffer(response: upstream::Answer) -> (hyper::http::response::Parts, Bytes) {
     let (mut head, body) = response.into_parts();
-    head.headers = forwardable(head.headers, &["content-length"]);
+    head.headers = forwardable(head.headers, &[header::CONTENT_LENGTH]);
     let bytes = Limited::new(body, SMALL_BODY)
         .collect()
         .await
@@ -786,7 +834,7 @@ async fn buffer(response: upstream::Answer) -> (hyper::http::response::Parts, By
 
 /// The refresh token of a `grant_type=refresh_token` request, JSON or form.
 fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let form = header_str(headers, "content-type")
+    let form = header_str(headers, header::CONTENT_TYPE)
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     let fields: HashMap<String, String> = if form {
         url::form_urlencoded::parse(body).into_owned().collect()
@@ -839,6 +887,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bearer_values_follow_the_token_and_stay_sensitive() {
+        let bearers = Bearers::default();
+        let first = bearers.bearer("acc-1", "token-1").unwrap();
+        assert_eq!(first.as_bytes(), b"Bearer token-1");
+        assert!(first.is_sensitive());
+        assert_eq!(bearers.bearer("acc-1", "token-1").unwrap(), first);
+        // A rotated token replaces the kept value at once.
+        assert_eq!(
+            bearers.bearer("acc-1", "token-2").unwrap().as_bytes(),
+            b"Bearer token-2"
+        );
+        assert_eq!(
+            bearers.bearer("acc-2", "token-1").unwrap().as_bytes(),
+            b"Bearer token-1"
+        );
+        // A token that cannot be a header value gives none.
+        assert!(bearers.bearer("acc-3", "bad\ntoken").is_none());
+        // Past the bound the cache starts over, and answers stay right.
+        for i in 0..(BEARERS_MAX * 2) {
+            let value = bearers
+                .bearer(&format!("acc-{i}"), &format!("t-{i}"))
+                .unwrap();
+            assert_eq!(value.as_bytes(), format!("Bearer t-{i}").as_bytes());
+        }
+        assert!(bearers.0.lock().unwrap().len() <= BEARERS_MAX);
+    }
+
+    #[test]
     fn dot_segments_and_backslashes_are_caught_in_every_spelling() {
         for bad in [
             "/codex/../../../oauth/token",
@@ -850,6 +926,10 @@ mod tests {
             "/codex\\..\\oauth",
             "/codex/%5c..",
             "/backend-api/a%2f..%2fb",
+            "/codex/%2E",
+            "/codex/.%2E/x",
+            "/codex/%2F",
+            "/codex/%5C",
         ] {
             assert!(escapes_its_route(bad), "{bad}");
         }
@@ -858,6 +938,11 @@ mod tests {
             "/backend-api/wham/usage",
             "/a/.hidden/b..c",
             "/",
+            "/codex/...",
+            "/codex/%2e%2e%2e/x",
+            "/codex/.%2",
+            "/codex/%%2e",
+            "/codex/%2e.a",
         ] {
             assert!(!escapes_its_route(ok), "{ok}");
         }

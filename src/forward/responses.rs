@@ -6,13 +6,16 @@ use std::io::Read;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::{Body, Outgoing, full};
 use super::upstream::Lane;
-use super::{Forwarder, RETRY_BUFFER, buffer, error_response, forwardable, json_response, relay};
+use super::{
+    CHATGPT_ACCOUNT_ID, Forwarder, RETRY_BUFFER, buffer, error_response, forwardable,
+    json_response, relay,
+};
 use crate::proto::ErrorCode;
 use crate::refresh::Asker;
 
@@ -219,14 +222,14 @@ impl Forwarder {
         let mut headers = forwardable(
             parts.headers,
             &[
-                "authorization",
-                "chatgpt-account-id",
-                "content-encoding",
-                "content-length",
+                header::AUTHORIZATION,
+                CHATGPT_ACCOUNT_ID,
+                header::CONTENT_ENCODING,
+                header::CONTENT_LENGTH,
                 // The answer is read here; it must come uncompressed.
-                "accept-encoding",
-                "openai-organization",
-                "openai-project",
+                header::ACCEPT_ENCODING,
+                HeaderName::from_static("openai-organization"),
+                HeaderName::from_static("openai-project"),
             ],
         );
         headers.insert(

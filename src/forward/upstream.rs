@@ -369,10 +369,17 @@ impl Client {
                 Err(_) => Err(SendError("the new connection closed at once".into())),
             }
         };
-        match tokio::time::timeout(READ_TIMEOUT, answer).await {
-            Ok(Ok(response)) => Ok(response.map(ReadTimeout::new)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(SendError(format!(
+        // One timer per request: it bounds the wait for the head, then the
+        // silences of the body.
+        let mut silence = Box::pin(tokio::time::sleep(READ_TIMEOUT));
+        tokio::select! {
+            biased;
+            answer = answer => answer.map(|response| response.map(|body| ReadTimeout {
+                inner: body,
+                silence,
+                stale: true,
+            })),
+            () = silence.as_mut() => Err(SendError(format!(
                 "no answer within {} s",
                 READ_TIMEOUT.as_secs()
             ))),
@@ -434,12 +441,39 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 /// A body that fails when no frame arrives for [`READ_TIMEOUT`].
 pub struct ReadTimeout<B> {
     inner: B,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    silence: Pin<Box<tokio::time::Sleep>>,
+    /// A frame came since the deadline was set: the next wait starts a new
+    /// one (pushing a registered timer later costs no timer-wheel update).
+    stale: bool,
 }
 
-impl<B> ReadTimeout<B> {
-    fn new(inner: B) -> Self {
-        ReadTimeout { inner, sleep: None }
+impl<B> ReadTimeout<B>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<super::BoxError>,
+{
+    /// The first frame, or `None` if it does not come within `window`; the
+    /// body can go on being read after that.
+    pub async fn first_frame(
+        &mut self,
+        window: Duration,
+    ) -> Option<Option<Result<Frame<B::Data>, super::BoxError>>> {
+        let mut waited = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+                self.stale = true;
+                return Poll::Ready(Some(frame.map(|f| f.map_err(Into::into))));
+            }
+            if !waited {
+                waited = true;
+                self.stale = true;
+                self.silence
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + window);
+            }
+            self.silence.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 }
 
@@ -460,20 +494,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.sleep = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(READ_TIMEOUT)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Silent.into()))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.stale = true;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.stale {
+            this.stale = false;
+            this.silence
+                .as_mut()
+                .reset(tokio::time::Instant::now() + READ_TIMEOUT);
+        }
+        match this.silence.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Silent.into()))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -483,5 +516,104 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use http_body_util::channel::{Channel, Sender};
+    use hyper::body::Bytes;
+
+    use super::*;
+
+    fn silent_body() -> (Sender<Bytes>, ReadTimeout<Channel<Bytes>>) {
+        let (tx, body) = Channel::<Bytes>::new(4);
+        let body = ReadTimeout {
+            inner: body,
+            silence: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
+            stale: true,
+        };
+        (tx, body)
+    }
+
+    async fn after(wait: Duration, tx: &mut Sender<Bytes>, data: &'static [u8]) {
+        tokio::time::sleep(wait).await;
+        tx.send_data(Bytes::from_static(data)).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_frame_restarts_the_silence_and_a_long_one_fails() {
+        let (mut tx, mut body) = silent_body();
+        let started = tokio::time::Instant::now();
+        let feed = async {
+            // Three gaps just under the limit: more than the limit in all.
+            for _ in 0..3 {
+                after(READ_TIMEOUT - Duration::from_secs(1), &mut tx, b"event").await;
+            }
+            // Then silence, with the sender held open.
+            std::future::pending::<()>().await;
+        };
+        let read = async {
+            for _ in 0..3 {
+                let frame = body.frame().await.unwrap().unwrap();
+                assert_eq!(frame.into_data().unwrap(), "event");
+            }
+            let err = body.frame().await.unwrap().unwrap_err();
+            assert!(err.is::<Silent>(), "{err}");
+        };
+        tokio::select! {
+            () = feed => unreachable!(),
+            () = read => {}
+        }
+        assert_eq!(
+            started.elapsed(),
+            (READ_TIMEOUT - Duration::from_secs(1)) * 3 + READ_TIMEOUT
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_frame_window_passes_and_the_body_goes_on() {
+        let window = Duration::from_secs(2);
+        let (mut tx, mut body) = silent_body();
+        // In the window: the frame comes.
+        tx.send_data(Bytes::from_static(b"first")).await.unwrap();
+        let frame = body.first_frame(window).await.unwrap().unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+
+        let (mut tx, mut body) = silent_body();
+        let started = tokio::time::Instant::now();
+        assert!(body.first_frame(window).await.is_none());
+        assert_eq!(started.elapsed(), window);
+        // Past the window the body is read on, with the full read timeout.
+        let late = READ_TIMEOUT - Duration::from_secs(1);
+        let (_, frame) = tokio::join!(after(late, &mut tx, b"late"), body.frame());
+        assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), "late");
+        assert_eq!(started.elapsed(), window + late);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_never_answers_is_given_up_after_the_read_timeout() {
+        // The kernel accepts the connection; nobody ever reads or answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let client = Client::new();
+        let (lane, driver) = client.lane();
+        let started = tokio::time::Instant::now();
+        let sent = client.send(
+            &lane,
+            Method::GET,
+            uri,
+            HeaderMap::new(),
+            super::super::body::full(Bytes::new()),
+        );
+        let err = tokio::select! {
+            sent = sent => sent.err().expect("no answer came"),
+            never = driver => match never {},
+        };
+        assert!(err.to_string().contains("no answer within 300 s"), "{err}");
+        assert_eq!(started.elapsed(), READ_TIMEOUT);
     }
 }

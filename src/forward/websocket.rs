@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::body::{Body, Outgoing};
 use super::frames::{Deflate, Ended, Relay};
 use super::upstream::Lane;
-use super::{Forwarder, error_response, forwardable, header_str, relay};
+use super::{CHATGPT_ACCOUNT_ID, Forwarder, error_response, forwardable, header_str, relay};
 use crate::config::WebSockets;
 use crate::engine::Engine;
 use crate::proto::ErrorCode;
@@ -208,9 +208,9 @@ impl Forwarder {
         let mut headers = forwardable(
             parts.headers,
             &[
-                "authorization",
-                "chatgpt-account-id",
-                "sec-websocket-extensions",
+                header::AUTHORIZATION,
+                CHATGPT_ACCOUNT_ID,
+                header::SEC_WEBSOCKET_EXTENSIONS,
             ],
         );
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -246,7 +246,7 @@ impl Forwarder {
             Ok(deflate) => deflate,
             Err(why) => return broken(format!("it agreed to {why}")),
         };
-        let mut head = forwardable(response.headers().clone(), &["content-length"]);
+        let mut head = forwardable(response.headers().clone(), &[header::CONTENT_LENGTH]);
         head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let upstream = match hyper::upgrade::on(response).await {
