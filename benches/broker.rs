@@ -9,12 +9,15 @@
 //!   delivery delay, and memory per idle streaming connection;
 //! - the forwarder's WebSocket relay: events of a streamed answer through
 //!   the forwarder against a direct WebSocket to the same upstream (added
-//!   delay per event), and memory per idle open WebSocket.
+//!   delay per event), and memory per idle open WebSocket;
+//! - instructions per forwarded request, counted by callgrind for the
+//!   forwarder and for nginx (where valgrind is installed): unlike times,
+//!   the same on every run of a build, however busy the machine is.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
-//! BENCH_ONLY (`socket`, `forwarder`, `websocket`, comma-separated) runs
-//! only those parts; BENCH_CLIENTS (such as `32`) only those client counts;
-//! TOKIO_WORKER_THREADS is passed to the daemon.
+//! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`,
+//! comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,10 +60,33 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// A program on PATH or in an sbin directory.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `program`, run under `wrap` (a command and its arguments) unless that is
+/// empty.
+fn wrapped(program: &Path, wrap: &[String]) -> Command {
+    match wrap {
+        [] => Command::new(program),
+        [wrapper, options @ ..] => {
+            let mut c = Command::new(wrapper);
+            c.args(options).arg(program);
+            c
+        }
+    }
+}
+
 /// A user with one account whose token stays valid for a day, imported
 /// into the broker, and a daemon serving it; its forwarder (on a free
-/// port) talks to `upstream`.
-fn start(home: &Path, upstream: SocketAddr) -> Daemon {
+/// port) talks to `upstream`. The daemon runs under `wrap` (a command and
+/// its arguments) when that is not empty.
+fn start(home: &Path, upstream: SocketAddr, wrap: &[String]) -> Daemon {
     let codex_home = home.join(".codex");
     std::fs::create_dir_all(&codex_home).unwrap();
     let token = encode_unsigned(&chatgpt_claims(
@@ -81,8 +107,8 @@ fn start(home: &Path, upstream: SocketAddr) -> Daemon {
         serde_json::to_vec_pretty(&auth).unwrap(),
     )
     .unwrap();
-    let cmd = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_codex-broker"));
+    let cmd = |wrap: &[String], args: &[&str]| {
+        let mut c = wrapped(env!("CARGO_BIN_EXE_codex-broker").as_ref(), wrap);
         c.env_clear()
             .env("HOME", home)
             .envs(
@@ -98,7 +124,7 @@ fn start(home: &Path, upstream: SocketAddr) -> Daemon {
         c
     };
     assert!(
-        cmd(&["import"])
+        cmd(&[], &["import"])
             .stdout(Stdio::null())
             .status()
             .unwrap()
@@ -107,9 +133,13 @@ fn start(home: &Path, upstream: SocketAddr) -> Daemon {
     let notify_path = home.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(Duration::from_secs(if wrap.is_empty() {
+            30
+        } else {
+            300
+        })))
         .unwrap();
-    let child = cmd(&["serve", "--listen", "127.0.0.1:0"])
+    let child = cmd(wrap, &["serve", "--listen", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::null())
         .spawn()
@@ -283,7 +313,7 @@ fn main() {
     let run = Duration::from_secs_f64(seconds);
     let home = tempfile::tempdir().unwrap();
     let upstream = upstream::start();
-    let daemon = start(home.path(), upstream.addr);
+    let daemon = start(home.path(), upstream.addr, &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -303,7 +333,7 @@ fn main() {
     }
     if wanted("forwarder") {
         let forwarder = forwarder_addr(&runtime, &daemon.socket);
-        let nginx = nginx::start(home.path(), upstream.addr);
+        let nginx = nginx::start(home.path(), upstream.addr, &[]);
         forward::run(
             &runtime,
             &upstream,
@@ -330,12 +360,15 @@ fn main() {
         let forwarder = forwarder_addr(&runtime, &daemon.socket);
         websocket::run(&runtime, &upstream, forwarder, daemon.child.id(), quick);
     }
+    if wanted("instructions") {
+        forward::instructions(&runtime, &upstream, quick);
+    }
 }
 
 /// A daemon in a home of its own.
 fn fresh_daemon(upstream: &upstream::Upstream) -> (tempfile::TempDir, Daemon) {
     let home = tempfile::tempdir().unwrap();
-    let daemon = start(home.path(), upstream.addr);
+    let daemon = start(home.path(), upstream.addr, &[]);
     (home, daemon)
 }
 
@@ -382,8 +415,8 @@ fn socket_table(runtime: &tokio::runtime::Runtime, daemon: &Daemon, home: &Path,
 /// worker, upstream keepalive, no buffering (SSE passes as it comes).
 mod nginx {
     use std::net::SocketAddr;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::path::Path;
+    use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
 
     pub struct Nginx {
@@ -400,24 +433,22 @@ mod nginx {
         }
     }
 
-    fn find() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-            .map(|dir| dir.join("nginx"))
-            .find(|p| p.is_file())
-    }
-
-    /// Starts nginx in `home` in front of `upstream`, where it is installed.
-    pub fn start(home: &Path, upstream: SocketAddr) -> Option<Nginx> {
-        let Some(bin) = find() else {
+    /// Starts nginx in `home` in front of `upstream`, where it is installed;
+    /// under `wrap` (a command and its arguments) when that is not empty,
+    /// and then as one process (no master).
+    pub fn start(home: &Path, upstream: SocketAddr, wrap: &[String]) -> Option<Nginx> {
+        let Some(bin) = super::find_program("nginx") else {
             println!();
             println!(
                 "nginx: not installed, so no nginx column (Debian/Ubuntu: apt-get install nginx; macOS: brew install nginx)"
             );
             return None;
         };
-        let dir = home.join("nginx");
+        let dir = home.join(if wrap.is_empty() {
+            "nginx"
+        } else {
+            "nginx-wrapped"
+        });
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -425,8 +456,13 @@ mod nginx {
             .unwrap()
             .port();
         let d = dir.display();
+        let master = if wrap.is_empty() {
+            ""
+        } else {
+            "master_process off;\n"
+        };
         let config = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "worker_processes 1;\ndaemon off;\n{master}pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
@@ -438,7 +474,7 @@ mod nginx {
         );
         let config_path = dir.join("nginx.conf");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(&bin)
+        let child = super::wrapped(&bin, wrap)
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -455,8 +491,9 @@ mod nginx {
             child,
         };
         let started = Instant::now();
+        let patience = Duration::from_secs(if wrap.is_empty() { 10 } else { 300 });
         while std::net::TcpStream::connect(nginx.addr).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
+            if started.elapsed() > patience {
                 println!(
                     "nginx: did not start; see {}",
                     dir.join("error.log").display()
@@ -738,7 +775,7 @@ mod forward {
     use hyper_util::rt::TokioIo;
 
     use super::upstream::{EVENTS, Upstream, now_us};
-    use super::{Stats, cpu_us, measure, rss_kib};
+    use super::{Stats, cpu_us, find_program, forwarder_addr, measure, nginx, rss_kib, start};
 
     const SMALL_BODY: &[u8] = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":false}"#;
 
@@ -990,5 +1027,117 @@ mod forward {
         );
         upstream.release.notify_waiters();
         drop(held);
+    }
+
+    /// Small requests on one connection, one after another, each answered
+    /// in full before the next.
+    async fn one_by_one(sender: &mut SendRequest<Full<Bytes>>, requests: usize) {
+        for _ in 0..requests {
+            sender.ready().await.unwrap();
+            let response = sender
+                .send_request(request("/codex/responses", SMALL_BODY))
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.into_body().collect().await.unwrap();
+        }
+    }
+
+    /// Instructions the process `pid` (run by callgrind, its counting off)
+    /// executes per small request sent to `addr`, counted over `requests`
+    /// after a warm-up; `out` is the process's callgrind output file.
+    fn count(
+        runtime: &tokio::runtime::Runtime,
+        control: &std::path::Path,
+        (pid, addr): (u32, SocketAddr),
+        out: &std::path::Path,
+        requests: usize,
+    ) -> u64 {
+        let callgrind = |command: &[&str]| {
+            let status = std::process::Command::new(control)
+                .args(command)
+                .arg(pid.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "callgrind_control {command:?} {pid}");
+        };
+        runtime.block_on(async {
+            let mut sender = connect(addr).await;
+            one_by_one(&mut sender, 50).await;
+            callgrind(&["-i", "on"]);
+            one_by_one(&mut sender, requests).await;
+            callgrind(&["-i", "off"]);
+        });
+        callgrind(&["-d"]);
+        // The dump is the output file's first part; its `totals:` line
+        // holds the count (its `summary:` line reads 0 in a dump made on
+        // request).
+        let mut dump = out.as_os_str().to_owned();
+        dump.push(".1");
+        let text = std::fs::read_to_string(&dump).unwrap();
+        let total: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total in {}", dump.to_string_lossy()));
+        total / requests as u64
+    }
+
+    /// Instructions per small request through the forwarder and through
+    /// nginx, each run by callgrind: a count that stays the same from run
+    /// to run of a build, where times vary with the machine's load.
+    pub fn instructions(runtime: &tokio::runtime::Runtime, upstream: &Upstream, quick: bool) {
+        println!();
+        let (Some(valgrind), Some(control)) =
+            (find_program("valgrind"), find_program("callgrind_control"))
+        else {
+            println!(
+                "instructions: valgrind is not installed, so no count (Debian/Ubuntu: apt-get install valgrind)"
+            );
+            return;
+        };
+        let requests = if quick { 20 } else { 2000 };
+        let dir = tempfile::tempdir().unwrap();
+        let out = |name: &str| dir.path().join(format!("{name}.callgrind"));
+        let wrap = |out: &std::path::Path| {
+            vec![
+                valgrind.display().to_string(),
+                "--tool=callgrind".to_owned(),
+                "--instr-atstart=no".to_owned(),
+                format!("--callgrind-out-file={}", out.display()),
+            ]
+        };
+        let home = tempfile::tempdir().unwrap();
+        let daemon = start(home.path(), upstream.addr, &wrap(&out("forwarder")));
+        let forwarder = forwarder_addr(runtime, &daemon.socket);
+        let f = count(
+            runtime,
+            &control,
+            (daemon.child.id(), forwarder),
+            &out("forwarder"),
+            requests,
+        );
+        drop(daemon);
+        let n = nginx::start(home.path(), upstream.addr, &wrap(&out("nginx"))).map(|nginx| {
+            count(
+                runtime,
+                &control,
+                (nginx.child.id(), nginx.addr),
+                &out("nginx"),
+                requests,
+            )
+        });
+        println!(
+            "instructions per small request (callgrind, {requests} requests on one connection, instant upstream):"
+        );
+        match n {
+            Some(n) => println!(
+                "  forwarder {f}, nginx {n}: forwarder/nginx {:.2}",
+                f as f64 / n as f64
+            ),
+            None => println!("  forwarder {f}; nginx not installed, so no nginx count"),
+        }
     }
 }
