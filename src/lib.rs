@@ -32,5 +32,6 @@ pub mod service;
 pub mod shield;
 pub mod socket;
 pub mod store;
+pub mod timer;
 pub mod view;
 pub mod watch;

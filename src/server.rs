@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proto::{ErrorBody, ErrorCode};
+use crate::timer::Timers;
 
 /// Limits that keep one client from holding a server.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +29,8 @@ pub struct Connections {
     stop: CancellationToken,
     limits: Limits,
     name: &'static str,
+    /// The connections' head timeouts.
+    timers: Timers,
 }
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -39,6 +42,7 @@ impl Connections {
             stop: CancellationToken::new(),
             limits,
             name,
+            timers: Timers::default(),
         }
     }
 
@@ -63,7 +67,7 @@ impl Connections {
         B::Error: Into<BoxError>,
     {
         let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
+            .timer(self.timers.clone())
             .header_read_timeout(self.limits.request_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();

@@ -239,7 +239,8 @@ fn usage_limit_reached(
 }
 
 /// `headers` without hop-by-hop headers (and those the `connection` header
-/// names), without `host`, and with `drop` removed.
+/// names), without `host`, and with `drop` removed. One pass over the names
+/// present: a map with nothing to remove is passed on as it is.
 fn forwardable(mut headers: HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -248,10 +249,17 @@ fn forwardable(mut headers: HeaderMap, drop: &[HeaderName]) -> HeaderMap {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP.iter().chain([&header::HOST]).chain(drop) {
+    let unwanted: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || **name == header::HOST
+                || drop.contains(name)
+                || named.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in unwanted {
         headers.remove(name);
     }
     headers
@@ -486,11 +494,12 @@ impl Forwarder {
                 "the request target does not make a valid upstream URL",
             )
         })?;
-        let host = uri.host().unwrap_or_default().to_owned();
+        let authority = uri.authority().cloned();
         self.client
             .send(lane, method, uri, headers, body)
             .await
             .map_err(|e| {
+                let host = authority.as_ref().map_or("", |a| a.host());
                 tracing::warn!("upstream {host} failed: {e}");
                 error_response(
                     StatusCode::BAD_GATEWAY,
@@ -912,6 +921,48 @@ mod tests {
             assert_eq!(value.as_bytes(), format!("Bearer t-{i}").as_bytes());
         }
         assert!(bearers.0.lock().unwrap().len() <= BEARERS_MAX);
+    }
+
+    #[test]
+    fn forwardable_drops_every_value_of_each_unwanted_name_and_keeps_the_rest() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Per-Hop"),
+            ("connection", "te"),
+            ("x-per-hop", "1"),
+            ("x-per-hop", "2"),
+            ("te", "trailers"),
+            ("host", "127.0.0.1:1456"),
+            ("keep-alive", "timeout=5"),
+            ("authorization", "Bearer client"),
+            ("accept", "text/event-stream"),
+            ("x-kept", "a"),
+            ("x-kept", "b"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = forwardable(headers, &[header::AUTHORIZATION]);
+        // Names may come in another order; values of one name keep theirs.
+        let mut kept: Vec<(&str, &str)> = out
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        kept.sort_by_key(|(name, _)| *name);
+        assert_eq!(
+            kept,
+            [
+                ("accept", "text/event-stream"),
+                ("x-kept", "a"),
+                ("x-kept", "b")
+            ]
+        );
+        let plain: HeaderMap = [(header::ACCEPT, HeaderValue::from_static("*/*"))]
+            .into_iter()
+            .collect();
+        assert_eq!(forwardable(plain.clone(), &[header::AUTHORIZATION]), plain);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 
 use super::body::Body;
+use crate::timer::{Timer, Timers};
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +50,8 @@ pub struct SendError(String);
 pub struct Client {
     connector: HttpsConnector<Connector>,
     parked: Arc<Parked>,
+    /// The answers' read timeouts.
+    timers: Timers,
 }
 
 /// Connects straight to an upstream, or through the proxy the environment
@@ -315,6 +318,7 @@ impl Client {
         Client {
             connector,
             parked: Arc::default(),
+            timers: Timers::default(),
         }
     }
 
@@ -371,7 +375,7 @@ impl Client {
         };
         // One timer per request: it bounds the wait for the head, then the
         // silences of the body.
-        let mut silence = Box::pin(tokio::time::sleep(READ_TIMEOUT));
+        let mut silence = self.timers.sleep(READ_TIMEOUT);
         tokio::select! {
             biased;
             answer = answer => answer.map(|response| response.map(|body| ReadTimeout {
@@ -379,7 +383,7 @@ impl Client {
                 silence,
                 stale: true,
             })),
-            () = silence.as_mut() => Err(SendError(format!(
+            () = &mut silence => Err(SendError(format!(
                 "no answer within {} s",
                 READ_TIMEOUT.as_secs()
             ))),
@@ -441,7 +445,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 /// A body that fails when no frame arrives for [`READ_TIMEOUT`].
 pub struct ReadTimeout<B> {
     inner: B,
-    silence: Pin<Box<tokio::time::Sleep>>,
+    silence: Timer,
     /// A frame came since the deadline was set: the next wait starts a new
     /// one (pushing a registered timer later costs no timer-wheel update).
     stale: bool,
@@ -467,11 +471,9 @@ where
             if !waited {
                 waited = true;
                 self.stale = true;
-                self.silence
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + window);
+                self.silence.reset(tokio::time::Instant::now() + window);
             }
-            self.silence.as_mut().poll(cx).map(|()| None)
+            Pin::new(&mut self.silence).poll(cx).map(|()| None)
         })
         .await
     }
@@ -501,10 +503,9 @@ where
         if this.stale {
             this.stale = false;
             this.silence
-                .as_mut()
                 .reset(tokio::time::Instant::now() + READ_TIMEOUT);
         }
-        match this.silence.as_mut().poll(cx) {
+        match Pin::new(&mut this.silence).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Silent.into()))),
             Poll::Pending => Poll::Pending,
         }
@@ -531,7 +532,7 @@ mod tests {
         let (tx, body) = Channel::<Bytes>::new(4);
         let body = ReadTimeout {
             inner: body,
-            silence: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
+            silence: Timers::default().sleep(READ_TIMEOUT),
             stale: true,
         };
         (tx, body)
