@@ -341,10 +341,10 @@ impl Refresher {
 
     fn store_on_disk(&self) -> Result<Arc<Store>, RefreshError> {
         let path = self.inner.store.path();
-        let stamp = match std::fs::metadata(&path) {
+        let stamp = match std::fs::metadata(path) {
             Ok(meta) => Some(FileStamp::of(&meta)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(FsError::new("cannot inspect", &path, e).into()),
+            Err(e) => return Err(FsError::new("cannot inspect", path, e).into()),
         };
         let mut cache = self.inner.cache.lock().expect("store cache lock");
         if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref())

@@ -620,15 +620,20 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct StoreFile {
     home: PathBuf,
+    /// `home`/accounts.json, joined once: the forwarder checks it on every
+    /// request.
+    path: PathBuf,
 }
 
 impl StoreFile {
     pub fn new(home: impl Into<PathBuf>) -> Self {
-        StoreFile { home: home.into() }
+        let home = home.into();
+        let path = home.join(STORE_FILE);
+        StoreFile { home, path }
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.home.join(STORE_FILE)
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn lock_path(&self) -> PathBuf {
@@ -639,9 +644,9 @@ impl StoreFile {
     /// renames, so no lock is needed to read a consistent store.
     pub fn load(&self) -> Result<Store, StoreError> {
         let path = self.path();
-        match fsutil::read_optional(&path)? {
+        match fsutil::read_optional(path)? {
             None => Ok(Store::default()),
-            Some(bytes) => parse_store(&path, &bytes),
+            Some(bytes) => parse_store(path, &bytes),
         }
     }
 
@@ -666,7 +671,7 @@ impl StoreFile {
     fn save_locked(&self, store: &Store) -> Result<(), StoreError> {
         let mut bytes = serde_json::to_vec_pretty(store).expect("the store always serializes");
         bytes.push(b'\n');
-        fsutil::write_atomic(&self.path(), &bytes)?;
+        fsutil::write_atomic(self.path(), &bytes)?;
         Ok(())
     }
 }

@@ -265,6 +265,18 @@ fn forwardable(mut headers: HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     headers
 }
 
+/// `base` + `path` + `?query`.
+fn upstream_url(base: &str, path: &str, query: Option<&str>) -> String {
+    let mut url = String::with_capacity(base.len() + path.len() + 1 + query.map_or(0, str::len));
+    url.push_str(base);
+    url.push_str(path);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
 /// The `host` of a request addressed to something other than a loopback
 /// name: a web page that rebinds its DNS name to 127.0.0.1 must not reach
 /// the accounts through a browser.
@@ -407,12 +419,9 @@ fn body_error(e: impl std::fmt::Display) -> Response<Body> {
 
 impl Forwarder {
     async fn handle(&self, request: Request<Incoming>, lane: &Lane) -> Response<Body> {
-        let path = request.uri().path().to_owned();
-        let query = request
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
+        let target = request.uri().clone();
+        let path = target.path();
+        let url = |base: &str, path: &str| upstream_url(base, path, target.query());
         if let Some(refused) = refuse_before_routing(&request) {
             return refused;
         }
@@ -427,9 +436,9 @@ impl Forwarder {
         let method = request.method().clone();
         let by = Asker::forwarder_client(header_str(request.headers(), header::USER_AGENT));
         let response = if is_websocket(&request) {
-            match websocket::upstream_path(&path) {
+            match websocket::upstream_path(path) {
                 Some(upstream) => {
-                    let url = format!("{}{upstream}{query}", self.chatgpt_base);
+                    let url = url(&self.chatgpt_base, upstream);
                     self.websocket(request, url, &by, lane).await
                 }
                 None => error_response(
@@ -448,13 +457,13 @@ impl Forwarder {
             || path == "/codex/device"
             || path.starts_with("/deviceauth/")
         {
-            let url = format!("{}{path}{query}", self.issuer);
+            let url = url(&self.issuer, path);
             self.to_issuer(request, url, lane).await
         } else if path.starts_with("/codex/") {
-            let url = format!("{}{path}{query}", self.chatgpt_base);
+            let url = url(&self.chatgpt_base, path);
             self.to_backend(request, url, &by, lane).await
         } else if let Some(rest) = path.strip_prefix("/backend-api/") {
-            let url = format!("{}/{rest}{query}", self.chatgpt_base);
+            let url = url(&self.chatgpt_base, &path["/backend-api".len()..]);
             if rest == "wham/usage" && method == Method::GET {
                 self.usage(request, url, &by, lane).await
             } else {
@@ -963,6 +972,23 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(forwardable(plain.clone(), &[header::AUTHORIZATION]), plain);
+    }
+
+    #[test]
+    fn upstream_urls_keep_the_query_as_it_came() {
+        let base = "https://chatgpt.com/backend-api";
+        assert_eq!(
+            upstream_url(base, "/codex/models", Some("client_version=0.169.0&x=%20")),
+            "https://chatgpt.com/backend-api/codex/models?client_version=0.169.0&x=%20"
+        );
+        assert_eq!(
+            upstream_url(base, "/codex/responses", None),
+            "https://chatgpt.com/backend-api/codex/responses"
+        );
+        assert_eq!(
+            upstream_url(base, "/codex/responses", Some("")),
+            "https://chatgpt.com/backend-api/codex/responses?"
+        );
     }
 
     #[test]
