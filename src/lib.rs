@@ -33,5 +33,6 @@ pub mod shield;
 pub mod socket;
 pub mod store;
 pub mod timer;
+pub mod together;
 pub mod view;
 pub mod watch;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::proto::{ErrorBody, ErrorCode};
 use crate::timer::Timers;
+use crate::together::together;
 
 /// Limits that keep one client from holding a server.
 #[derive(Debug, Clone, Copy)]
@@ -85,13 +86,7 @@ impl Connections {
                     }
                 }
             };
-            // `beside` first: what it finishes, the connection can use in
-            // the same turn.
-            let ended = tokio::select! {
-                biased;
-                never = beside => match never {},
-                ended = served => ended,
-            };
+            let ended = together(served, beside).await;
             if let Err(e) = ended {
                 tracing::debug!("{name} connection ended: {e}");
             }
