@@ -18,12 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
 /// Spares kept at most; more timers in use at once are made and dropped.
 const SPARES_MAX: usize = 256;
 
-type Spares = Arc<Mutex<Vec<Pin<Box<Sleep>>>>>;
+type Spares = Arc<Mutex<Vec<Spare>>>;
+
+/// A timer not in use, and the runtime it belongs to.
+struct Spare {
+    runtime: Id,
+    sleep: Pin<Box<Sleep>>,
+}
 
 /// A pool of spare timers; clones share it.
 #[derive(Clone, Default)]
@@ -35,15 +42,19 @@ impl Timers {
     /// A timer that fires at `deadline`.
     pub fn sleep_until(&self, deadline: Instant) -> Timer {
         let spare = self.spares.lock().expect("timer spares lock").pop();
-        let sleep = match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
+        let Spare { runtime, sleep } = match spare {
+            Some(mut spare) => {
+                spare.sleep.as_mut().reset(deadline);
+                spare
             }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
+            None => Spare {
+                runtime: Handle::current().id(),
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            },
         };
         Timer {
             sleep: Some(sleep),
+            runtime,
             spares: self.spares.clone(),
         }
     }
@@ -58,6 +69,7 @@ impl Timers {
 pub struct Timer {
     /// Always `Some` until the timer is dropped.
     sleep: Option<Pin<Box<Sleep>>>,
+    runtime: Id,
     spares: Spares,
 }
 
@@ -90,10 +102,10 @@ impl Drop for Timer {
         };
         // The timer keeps the waker of the task that polled it last, and
         // with it that task's memory: a spare gets a waker that holds
-        // nothing. Polling needs the runtime still running, which it is
-        // while it drops its tasks; a timer dropped anywhere else is not
-        // kept.
-        if tokio::runtime::Handle::try_current().is_err() {
+        // nothing. Polling needs the timer's runtime still running, which
+        // it is while it drops its tasks; a timer dropped anywhere else
+        // (outside it, or in another runtime) is not kept.
+        if !Handle::try_current().is_ok_and(|current| current.id() == self.runtime) {
             return;
         }
         let mut noop = Context::from_waker(Waker::noop());
@@ -103,7 +115,10 @@ impl Drop for Timer {
             Err(_) => return,
         };
         if spares.len() < SPARES_MAX {
-            spares.push(sleep);
+            spares.push(Spare {
+                runtime: self.runtime,
+                sleep,
+            });
         }
     }
 }
@@ -198,6 +213,25 @@ mod tests {
         };
         drop(runtime);
         drop(timer);
+        assert!(timers.spares.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_timer_dropped_in_another_runtime_is_not_kept() {
+        let runtime = |_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let (first, second) = (runtime(1), runtime(2));
+        let timers = Timers::default();
+        let timer = {
+            let _inside = first.enter();
+            timers.sleep(Duration::from_secs(1))
+        };
+        drop(first);
+        second.block_on(async move { drop(timer) });
         assert!(timers.spares.lock().unwrap().is_empty());
     }
 

@@ -152,19 +152,48 @@ mod tests {
 
     use super::*;
 
-    /// A task waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
+    /// A task waker that counts its wake-ups and signals each on a channel.
+    struct Counting {
+        wakes: AtomicUsize,
+        signal: Mutex<std::sync::mpsc::Sender<()>>,
+    }
 
     impl Wake for Counting {
         fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            let _ = self.signal.lock().unwrap().send(());
         }
     }
 
-    fn task_waker() -> (Arc<Counting>, Waker) {
-        let counting = Arc::new(Counting::default());
-        (counting.clone(), Waker::from(counting))
+    impl Counting {
+        fn wakes(&self) -> usize {
+            self.wakes.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A task waker, and the channel its wake-ups are signalled on.
+    fn task_waker() -> (Arc<Counting>, Waker, std::sync::mpsc::Receiver<()>) {
+        let (signal, woken) = std::sync::mpsc::channel();
+        let counting = Arc::new(Counting {
+            wakes: AtomicUsize::new(0),
+            signal: Mutex::new(signal),
+        });
+        (counting.clone(), Waker::from(counting), woken)
+    }
+
+    /// A future that is never ready and counts its polls; one that
+    /// `wakes_itself` wakes its waker on every poll.
+    fn never_ready<T>(wakes_itself: bool) -> (Arc<AtomicUsize>, impl Future<Output = T>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = polls.clone();
+        let future = std::future::poll_fn(move |cx| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if wakes_itself {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        });
+        (polls, future)
     }
 
     /// `main` waits for `beside` to take a job and answer it, as a request
@@ -189,30 +218,25 @@ mod tests {
             sum
         };
         let mut both = std::pin::pin!(together(main, beside));
-        let (counting, waker) = task_waker();
+        let (counting, waker, _) = task_waker();
         let polled = both.as_mut().poll(&mut Context::from_waker(&waker));
         assert_eq!(polled, Poll::Ready(12));
-        assert_eq!(counting.0.load(Ordering::SeqCst), 0);
+        assert_eq!(counting.wakes(), 0);
     }
 
     /// A wake-up from outside, while the task is not polling, wakes it;
     /// only the future it is for is polled.
     #[test]
     fn a_wake_up_from_outside_wakes_the_task_and_polls_only_its_future() {
-        let beside_polls = Arc::new(AtomicUsize::new(0));
-        let polls = beside_polls.clone();
-        let beside = std::future::poll_fn(move |_| {
-            polls.fetch_add(1, Ordering::SeqCst);
-            Poll::<std::convert::Infallible>::Pending
-        });
+        let (beside_polls, beside) = never_ready::<std::convert::Infallible>(false);
         let (tx, rx) = tokio::sync::oneshot::channel::<&str>();
         let mut both = std::pin::pin!(together(rx, beside));
-        let (counting, waker) = task_waker();
+        let (counting, waker, _) = task_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(both.as_mut().poll(&mut cx).is_pending());
         assert_eq!(beside_polls.load(Ordering::SeqCst), 1);
         tx.send("answer").unwrap();
-        assert_eq!(counting.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.wakes(), 1);
         assert_eq!(both.as_mut().poll(&mut cx), Poll::Ready(Ok("answer")));
         assert_eq!(
             beside_polls.load(Ordering::SeqCst),
@@ -225,23 +249,17 @@ mod tests {
     /// then the task yields (wakes itself) so that others get their turn.
     #[test]
     fn a_future_that_always_wakes_itself_does_not_hold_the_thread() {
-        let main_polls = Arc::new(AtomicUsize::new(0));
-        let polls = main_polls.clone();
-        let main = std::future::poll_fn(move |cx| {
-            polls.fetch_add(1, Ordering::SeqCst);
-            cx.waker().wake_by_ref();
-            Poll::<()>::Pending
-        });
+        let (main_polls, main) = never_ready::<()>(true);
         let beside = std::future::pending::<std::convert::Infallible>();
         let mut both = std::pin::pin!(together(main, beside));
-        let (counting, waker) = task_waker();
+        let (counting, waker, _) = task_waker();
         assert!(
             both.as_mut()
                 .poll(&mut Context::from_waker(&waker))
                 .is_pending()
         );
         assert_eq!(main_polls.load(Ordering::SeqCst), ROUNDS);
-        assert_eq!(counting.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.wakes(), 1);
     }
 
     /// Wake-ups from another thread while the task polls are never lost:
@@ -266,8 +284,7 @@ mod tests {
                     std::thread::yield_now();
                 }
             });
-            let (woken_tx, woken) = std::sync::mpsc::channel();
-            let waker = Waker::from(Arc::new(Signal(Mutex::new(woken_tx))));
+            let (_, waker, woken) = task_waker();
             let mut cx = Context::from_waker(&waker);
             let got = loop {
                 match both.as_mut().poll(&mut cx) {
@@ -279,15 +296,6 @@ mod tests {
             };
             assert_eq!(got, 50);
             sender.join().unwrap();
-        }
-    }
-
-    /// A task waker that signals a channel.
-    struct Signal(Mutex<std::sync::mpsc::Sender<()>>);
-
-    impl Wake for Signal {
-        fn wake(self: Arc<Self>) {
-            let _ = self.0.lock().unwrap().send(());
         }
     }
 }
