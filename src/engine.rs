@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::leader::Leader;
@@ -50,8 +49,9 @@ pub struct Engine {
     pub refresher: Refresher,
     /// Why auth.json cannot be used, while it cannot.
     auth_problem: Mutex<Option<(ProblemCode, String)>>,
-    /// Signalled when the account store changed on disk.
-    pub store_changed: Notify,
+    /// Signalled when the account store changed on disk; every task that
+    /// cares holds a receiver of its own.
+    pub store_changed: tokio::sync::watch::Sender<()>,
     /// Where the forwarder listens, when it runs.
     pub forwarder: Option<SocketAddr>,
     /// Per account: when quota was last written, and what.
@@ -87,7 +87,7 @@ impl Engine {
             config,
             refresher,
             auth_problem: Mutex::new(None),
-            store_changed: Notify::new(),
+            store_changed: tokio::sync::watch::Sender::new(()),
             forwarder,
             quota_written: Mutex::new(HashMap::new()),
             leader: None,

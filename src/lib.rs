@@ -32,7 +32,5 @@ pub mod service;
 pub mod shield;
 pub mod socket;
 pub mod store;
-pub mod timer;
-pub mod together;
 pub mod view;
 pub mod watch;

@@ -69,6 +69,7 @@ pub async fn run(shared: Arc<Engine>, shutdown: CancellationToken) {
     let refresh_ahead = shared.config.refresh_ahead;
     let by = Asker::scheduler();
     let mut attempted: HashMap<String, i64> = HashMap::new();
+    let mut store_changed = shared.store_changed.subscribe();
     loop {
         let now = shared.refresher.now();
         let next = match shared.refresher.store() {
@@ -119,7 +120,7 @@ pub async fn run(shared: Arc<Engine>, shutdown: CancellationToken) {
         tracing::debug!(seconds = wait.as_secs(), "next scheduled refresh check");
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = shared.store_changed.notified() => {}
+            _ = store_changed.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

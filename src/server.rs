@@ -1,19 +1,16 @@
 //! What the socket API and the forwarder share: HTTP/1.1 connections with
 //! a head timeout, watched so that shutdown can wait for them.
 
-use std::convert::Infallible;
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proto::{ErrorBody, ErrorCode};
-use crate::timer::Timers;
-use crate::together::together;
 
 /// Limits that keep one client from holding a server.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +27,6 @@ pub struct Connections {
     stop: CancellationToken,
     limits: Limits,
     name: &'static str,
-    /// The connections' head timeouts.
-    timers: Timers,
 }
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -43,22 +38,15 @@ impl Connections {
             stop: CancellationToken::new(),
             limits,
             name,
-            timers: Timers::default(),
         }
     }
 
-    /// Serves `io` with `service` on a task of its own, which also polls
-    /// `beside` (work the service hands to the connection's task) until the
-    /// connection ends; `guard` is dropped then. A connection the service
+    /// Serves `io` with `service` on a task of its own until the connection
+    /// ends; `guard` is dropped then. A connection the service
     /// upgrades (a WebSocket) leaves hyper, and this watch, once the upgrade
     /// is done.
-    pub fn serve<I, S, B>(
-        &self,
-        io: I,
-        service: S,
-        beside: impl Future<Output = Infallible> + Send + 'static,
-        guard: impl Send + 'static,
-    ) where
+    pub fn serve<I, S, B>(&self, io: I, service: S, guard: impl Send + 'static)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
         S::Future: Send + 'static,
@@ -68,7 +56,7 @@ impl Connections {
         B::Error: Into<BoxError>,
     {
         let connection = hyper::server::conn::http1::Builder::new()
-            .timer(self.timers.clone())
+            .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
@@ -77,16 +65,13 @@ impl Connections {
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
             tokio::pin!(connection);
-            let served = async {
-                tokio::select! {
-                    ended = connection.as_mut() => ended,
-                    _ = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
             };
-            let ended = together(served, beside).await;
             if let Err(e) = ended {
                 tracing::debug!("{name} connection ended: {e}");
             }

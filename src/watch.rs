@@ -99,7 +99,7 @@ impl HomeWatcher {
                 }
             }
             if store {
-                shared.store_changed.notify_one();
+                shared.store_changed.send_replace(());
             }
         }
     }

@@ -7,6 +7,7 @@ mod body;
 mod frames;
 mod responses;
 mod upstream;
+mod warm;
 mod websocket;
 
 use std::collections::HashMap;
@@ -36,7 +37,6 @@ use crate::store::{Account, Kind};
 pub use body::{Body, BoxError};
 use body::{Chain, Outgoing, full};
 pub(crate) use responses::{assemble, rewrite};
-use upstream::Lane;
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -80,7 +80,8 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(shared: Arc<Engine>) -> Forwarder {
-        let client = upstream::Client::new();
+        let config = &shared.config;
+        let client = upstream::Client::new([config.issuer.as_str(), config.chatgpt_base.as_str()]);
         Forwarder {
             issuer: shared.config.issuer.clone(),
             chatgpt_base: shared.config.chatgpt_base.clone(),
@@ -88,6 +89,23 @@ impl Forwarder {
             shared,
             client,
             bearers: Bearers::default(),
+        }
+    }
+
+    /// Keeps a warm connection to each upstream while the store has an
+    /// account, until `stop`.
+    fn keep_warm(self: &Arc<Self>, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
+        let this = self.clone();
+        async move {
+            let engine = &this.shared;
+            let has_accounts = || {
+                engine
+                    .refresher
+                    .store()
+                    .is_ok_and(|s| !s.accounts.is_empty())
+            };
+            let changed = engine.store_changed.subscribe();
+            this.client.warm().keep(has_accounts, changed, stop).await;
         }
     }
 }
@@ -102,6 +120,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = Connections::new(limits, "forwarder");
+    let warm = tokio::spawn(forwarder.keep_warm(shutdown.clone()));
     loop {
         let (stream, client) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,16 +141,14 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let forwarder = forwarder.clone();
-        let (lane, driver) = forwarder.client.lane();
         let service = service_fn(move |request| {
             let forwarder = forwarder.clone();
-            let lane = lane.clone();
             // Boxed: hyper keeps the room of a connection's service future
             // for the connection's life; this way only a pointer, and the
             // request's state only while it is handled.
-            async move { Ok::<_, Infallible>(Box::pin(forwarder.handle(request, &lane)).await) }
+            async move { Ok::<_, Infallible>(Box::pin(forwarder.handle(request)).await) }
         });
-        connections.serve(stream, service, driver, ());
+        connections.serve(stream, service, ());
     }
     let websockets = async {
         if let Some(sessions) = &forwarder.websockets {
@@ -139,6 +156,7 @@ pub async fn serve(
         }
     };
     tokio::join!(connections.shutdown(), websockets);
+    let _ = warm.await;
 }
 
 /// Whether the TCP client at `client` runs as the daemon's user or root,
@@ -418,7 +436,7 @@ fn body_error(e: impl std::fmt::Display) -> Response<Body> {
 }
 
 impl Forwarder {
-    async fn handle(&self, request: Request<Incoming>, lane: &Lane) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let target = request.uri().clone();
         let path = target.path();
         let url = |base: &str, path: &str| upstream_url(base, path, target.query());
@@ -439,7 +457,7 @@ impl Forwarder {
             match websocket::upstream_path(path) {
                 Some(upstream) => {
                     let url = url(&self.chatgpt_base, upstream);
-                    self.websocket(request, url, &by, lane).await
+                    self.websocket(request, url, &by).await
                 }
                 None => error_response(
                     StatusCode::UPGRADE_REQUIRED,
@@ -451,28 +469,28 @@ impl Forwarder {
                 ),
             }
         } else if method == Method::POST && path == "/oauth/token" {
-            self.token_endpoint(request, &by, lane).await
+            self.token_endpoint(request, &by).await
         } else if path.starts_with("/oauth/")
             || path.starts_with("/api/accounts/")
             || path == "/codex/device"
             || path.starts_with("/deviceauth/")
         {
             let url = url(&self.issuer, path);
-            self.to_issuer(request, url, lane).await
+            self.to_issuer(request, url).await
         } else if path.starts_with("/codex/") {
             let url = url(&self.chatgpt_base, path);
-            self.to_backend(request, url, &by, lane).await
+            self.to_backend(request, url, &by).await
         } else if let Some(rest) = path.strip_prefix("/backend-api/") {
             let url = url(&self.chatgpt_base, &path["/backend-api".len()..]);
             if rest == "wham/usage" && method == Method::GET {
-                self.usage(request, url, &by, lane).await
+                self.usage(request, url, &by).await
             } else {
-                self.to_backend(request, url, &by, lane).await
+                self.to_backend(request, url, &by).await
             }
         } else if path == "/v1/responses" && method == Method::POST {
-            self.responses(request, &by, lane).await
+            self.responses(request, &by).await
         } else if path == "/v1/models" && method == Method::GET {
-            self.models(&by, lane).await
+            self.models(&by).await
         } else {
             error_response(
                 StatusCode::NOT_FOUND,
@@ -490,7 +508,6 @@ impl Forwarder {
     /// Sends a request upstream; a connection failure becomes 502.
     async fn send(
         &self,
-        lane: &Lane,
         method: Method,
         url: &str,
         headers: HeaderMap,
@@ -505,7 +522,7 @@ impl Forwarder {
         })?;
         let authority = uri.authority().cloned();
         self.client
-            .send(lane, method, uri, headers, body)
+            .send(method, uri, headers, body)
             .await
             .map_err(|e| {
                 let host = authority.as_ref().map_or("", |a| a.host());
@@ -519,17 +536,11 @@ impl Forwarder {
     }
 
     /// Transparent forwarding to the issuer.
-    async fn to_issuer(
-        &self,
-        request: Request<Incoming>,
-        url: String,
-        lane: &Lane,
-    ) -> Response<Body> {
+    async fn to_issuer(&self, request: Request<Incoming>, url: String) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let headers = forwardable(parts.headers, &[]);
         match self
             .send(
-                lane,
                 parts.method,
                 &url,
                 headers,
@@ -544,12 +555,7 @@ impl Forwarder {
 
     /// `POST /oauth/token`: refreshes of a token the broker owns are answered
     /// here; everything else goes to the issuer.
-    async fn token_endpoint(
-        &self,
-        request: Request<Incoming>,
-        by: &Asker,
-        lane: &Lane,
-    ) -> Response<Body> {
+    async fn token_endpoint(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, SMALL_BODY).collect().await {
             Ok(c) => c.to_bytes(),
@@ -562,10 +568,7 @@ impl Forwarder {
         }
         let url = format!("{}/oauth/token", self.issuer);
         let headers = forwardable(parts.headers, &[]);
-        match self
-            .send(lane, parts.method, &url, headers, full(bytes))
-            .await
-        {
+        match self.send(parts.method, &url, headers, full(bytes)).await {
             Ok(response) => relay(response).await,
             Err(answer) => answer,
         }
@@ -624,7 +627,6 @@ impl Forwarder {
         request: Request<Incoming>,
         url: String,
         by: &Asker,
-        lane: &Lane,
     ) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let declared = declared_length(&parts.headers);
@@ -634,7 +636,7 @@ impl Forwarder {
         };
         let headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
         match self
-            .with_fallback(parts.method, &url, headers, outgoing, by, lane)
+            .with_fallback(parts.method, &url, headers, outgoing, by)
             .await
         {
             Ok((_, response)) => relay(response).await,
@@ -653,7 +655,6 @@ impl Forwarder {
         headers: HeaderMap,
         mut outgoing: Outgoing,
         by: &Asker,
-        lane: &Lane,
     ) -> Result<(Picked, upstream::Answer), Response<Body>> {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Response<Body>> = None;
@@ -675,7 +676,7 @@ impl Forwarder {
             };
             let mut headers = headers.clone();
             self.bearers.set_credentials(&mut headers, &account);
-            let response = self.send(lane, method.clone(), url, headers, body).await?;
+            let response = self.send(method.clone(), url, headers, body).await?;
             let status = response.status();
             if !matches!(status.as_u16(), 401 | 403 | 429) {
                 let response_headers = response.headers();
@@ -715,13 +716,7 @@ impl Forwarder {
 
     /// `GET /backend-api/wham/usage`: answered from the backend with fresh
     /// credentials; the quota it reports is stored.
-    async fn usage(
-        &self,
-        request: Request<Incoming>,
-        url: String,
-        by: &Asker,
-        lane: &Lane,
-    ) -> Response<Body> {
+    async fn usage(&self, request: Request<Incoming>, url: String, by: &Asker) -> Response<Body> {
         let (parts, _) = request.into_parts();
         // The answer is read here; it must come uncompressed.
         let headers = forwardable(
@@ -734,7 +729,7 @@ impl Forwarder {
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by, lane)
+            .with_fallback(Method::GET, &url, headers, outgoing, by)
             .await
         {
             Ok(r) => r,

@@ -11,7 +11,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::{Body, Outgoing, full};
-use super::upstream::Lane;
 use super::{
     CHATGPT_ACCOUNT_ID, Forwarder, RETRY_BUFFER, buffer, error_response, forwardable,
     json_response, relay,
@@ -167,12 +166,7 @@ pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
 
 impl Forwarder {
     /// `POST /v1/responses`.
-    pub(super) async fn responses(
-        &self,
-        request: Request<Incoming>,
-        by: &Asker,
-        lane: &Lane,
-    ) -> Response<Body> {
+    pub(super) async fn responses(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
             Ok(c) => c.to_bytes(),
@@ -243,7 +237,7 @@ impl Forwarder {
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         let response = match self
-            .with_fallback(Method::POST, &url, headers, outgoing, by, lane)
+            .with_fallback(Method::POST, &url, headers, outgoing, by)
             .await
         {
             Ok((_, response)) => response,
@@ -270,14 +264,14 @@ impl Forwarder {
 
     /// `GET /v1/models`: the backend's model list for Codex, in the public
     /// API's list shape.
-    pub(super) async fn models(&self, by: &Asker, lane: &Lane) -> Response<Body> {
+    pub(super) async fn models(&self, by: &Asker) -> Response<Body> {
         let url = format!(
             "{}/codex/models?client_version={CODEX_CLIENT_VERSION}",
             self.chatgpt_base
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let response = match self
-            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by, lane)
+            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by)
             .await
         {
             Ok((_, response)) => response,

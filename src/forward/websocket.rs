@@ -22,7 +22,6 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{Body, Outgoing};
 use super::frames::{Deflate, Ended, Relay};
-use super::upstream::Lane;
 use super::{CHATGPT_ACCOUNT_ID, Forwarder, error_response, forwardable, header_str, relay};
 use crate::config::WebSockets;
 use crate::engine::Engine;
@@ -174,7 +173,6 @@ impl Forwarder {
         mut request: Request<Incoming>,
         url: String,
         by: &Asker,
-        lane: &Lane,
     ) -> Response<Body> {
         let Some(sessions) = &self.websockets else {
             return error_response(
@@ -220,7 +218,7 @@ impl Forwarder {
         }
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by, lane)
+            .with_fallback(Method::GET, &url, headers, outgoing, by)
             .await
         {
             Ok(answer) => answer,

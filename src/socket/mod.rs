@@ -197,7 +197,7 @@ pub async fn serve(
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(&shared, request, limits).await) }
         });
-        connections.serve(stream, service, std::future::pending(), permit);
+        connections.serve(stream, service, permit);
     }
     connections.shutdown().await;
 }

@@ -199,24 +199,20 @@ fn sse_events_arrive_while_the_upstream_still_streams() {
 }
 
 #[test]
-fn upstream_connections_carry_the_next_request_and_the_next_client() {
+fn a_warm_upstream_connection_carries_fresh_clients_and_is_dialled_again_when_closed() {
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&["-vv"]);
     let url = format!("{}/codex/responses", daemon.forwarder());
-    // `requests` POSTs on one client connection, closed at the end;
-    // `between` runs between two of them.
-    let client_connection_with = |requests: usize, between: &dyn Fn()| {
+    // `requests` POSTs on one client connection, closed at the end.
+    let client_connection = |requests: usize| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let client = codex_broker::oauth::http_client(Duration::from_secs(60));
         runtime.block_on(async {
-            for n in 0..requests {
-                if n > 0 {
-                    between();
-                }
+            for _ in 0..requests {
                 let answer = client
                     .post(&url)
                     .header("content-type", "application/json")
@@ -230,47 +226,59 @@ fn upstream_connections_carry_the_next_request_and_the_next_client() {
             }
         });
     };
-    let client_connection = |requests: usize| client_connection_with(requests, &|| {});
-    let before = upstream.connections();
-    client_connection(5);
-    assert_eq!(
-        upstream.connections() - before,
-        1,
-        "one upstream connection carries a client connection's requests"
-    );
-    let parked = |times: usize| {
-        let log = || {
-            daemon
-                .log()
-                .matches("kept idle upstream connections")
-                .count()
-        };
+    // The issuer and the backend are one origin here: one warm connection,
+    // opened before any request.
+    let opened = |n: usize| {
         assert!(
-            wait_until(Duration::from_secs(5), || log() >= times).is_some(),
-            "the forwarder keeps the upstream connection when its client leaves"
+            wait_until(Duration::from_secs(10), || upstream.connections() >= n).is_some(),
+            "the forwarder opens a warm upstream connection"
         );
+        assert_eq!(upstream.connections(), n);
     };
-    parked(1);
+    opened(1);
+    assert!(backend_posts(&upstream).is_empty());
+    client_connection(5);
+    client_connection(1);
     client_connection(1);
     assert_eq!(
-        upstream.connections() - before,
+        upstream.connections(),
         1,
-        "the next client connection gets the idle upstream connection"
+        "the warm connection carries each fresh client's requests"
     );
 
-    // The backend closes the idle connection while it is parked: the next
-    // request goes on a new one, sent once.
-    parked(2);
+    // The backend closes it, as a server ending idle connections does: a
+    // new one is dialled with no request waiting, and carries the next.
     upstream.hang_up();
-    client_connection(1);
-    assert_eq!(upstream.connections() - before, 2);
+    opened(2);
     assert_eq!(backend_posts(&upstream).len(), 7);
+    client_connection(2);
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(backend_posts(&upstream).len(), 9, "each request sent once");
+    assert_eq!(upstream.open_connections(), 1);
+}
 
-    // The same while a client connection is open and idle.
-    parked(3);
-    client_connection_with(2, &|| upstream.hang_up());
-    assert_eq!(upstream.connections() - before, 3);
-    assert_eq!(backend_posts(&upstream).len(), 9);
+#[test]
+fn no_warm_connection_is_kept_while_the_store_has_no_account() {
+    let upstream = FakeUpstream::start();
+    let env = TestEnv::with_backend(&upstream);
+    let daemon = env.start_daemon(&["-vv"]);
+    let answer = post_responses(&daemon, br#"{"model":"m","input":[]}"#);
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(upstream.connections(), 0);
+    // An account arrives: the daemon opens a warm connection for it.
+    let account = TestAccount::new("acc-late");
+    upstream.add_account(&account);
+    env.import_account(&account);
+    assert!(
+        wait_until(Duration::from_secs(10), || upstream.connections() == 1).is_some(),
+        "a warm connection once the store has an account"
+    );
+    // It goes away again with the last account.
+    env.ok(&["accounts", "remove", "acc-late"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || upstream.open_connections() == 0).is_some(),
+        "no warm connection once the store is empty"
+    );
 }
 
 #[test]

@@ -111,9 +111,9 @@ struct State {
     /// Agree to permessage-deflate when offered, and answer with
     /// compressed frames.
     deflate: bool,
-    /// Connections accepted so far, and those still open.
+    /// Connections accepted so far, and those closed since.
     connections: usize,
-    open: usize,
+    closed: usize,
 }
 
 /// One message a WebSocket client sent the fake (`close <code> <reason>`
@@ -130,8 +130,8 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     arrived: Arc<Condvar>,
-    /// Closes every open connection when notified.
-    hang_up: Arc<tokio::sync::Notify>,
+    /// Closes every open connection when sent to.
+    hang_up: Arc<tokio::sync::watch::Sender<()>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -142,7 +142,7 @@ impl FakeUpstream {
             ..State::default()
         }));
         let arrived = Arc::new(Condvar::new());
-        let hang_up = Arc::new(tokio::sync::Notify::new());
+        let hang_up = Arc::new(tokio::sync::watch::Sender::new(()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = (state.clone(), arrived.clone(), hang_up.clone());
         let addr = super::serve_on_loopback(move |listener| async move {
@@ -283,13 +283,20 @@ impl FakeUpstream {
     /// Closes every connection open now, as a server ending idle
     /// keep-alive connections does, and waits until they are closed.
     pub fn hang_up(&self) {
-        self.hang_up.notify_waiters();
+        let accepted = self.state.lock().unwrap().connections;
+        self.hang_up.send_replace(());
         assert!(
-            super::wait_until(Duration::from_secs(5), || self.state.lock().unwrap().open
-                == 0)
+            super::wait_until(Duration::from_secs(5), || self.state.lock().unwrap().closed
+                >= accepted)
             .is_some(),
             "the fake's connections close"
         );
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.connections - state.closed
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -352,20 +359,22 @@ type Shared = (Arc<Mutex<State>>, Arc<Condvar>);
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    (state, arrived, hang_up): (Arc<Mutex<State>>, Arc<Condvar>, Arc<tokio::sync::Notify>),
+    (state, arrived, hang_up): (
+        Arc<Mutex<State>>,
+        Arc<Condvar>,
+        Arc<tokio::sync::watch::Sender<()>>,
+    ),
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        {
-            let mut state = state.lock().unwrap();
-            state.connections += 1;
-            state.open += 1;
-        }
+        // Subscribed before the connection is counted: a hang-up after
+        // that reaches it.
+        let mut hang_up = hang_up.subscribe();
+        state.lock().unwrap().connections += 1;
         let state = state.clone();
         let shared = (state.clone(), arrived.clone());
-        let hang_up = hang_up.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, shared.clone()));
             let connection = http1::Builder::new()
@@ -373,9 +382,9 @@ async fn accept_loop(
                 .with_upgrades();
             tokio::select! {
                 _ = connection => {}
-                _ = hang_up.notified() => {}
+                _ = hang_up.changed() => {}
             }
-            state.lock().unwrap().open -= 1;
+            state.lock().unwrap().closed += 1;
         });
     }
 }
