@@ -4,6 +4,8 @@
 //! The binary is a thin layer over this library: [`cli`] parses arguments and
 //! calls into the modules below, each of which is testable on its own.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod codex_auth;
 pub mod config;

@@ -129,8 +129,10 @@ impl Drop for Open {
             && PEAK
                 .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            release_free_memory();
+            // A walk of the whole heap: not on a runtime worker.
+            runtime.spawn_blocking(release_free_memory);
         }
     }
 }
@@ -138,8 +140,10 @@ impl Drop for Open {
 /// Hands freed heap memory back to the system, where the allocator keeps it.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)] // The one call into C outside a crate: glibc's malloc_trim.
     {
-        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        // SAFETY: malloc_trim takes no pointer and only walks the
+        // allocator's own free lists, under the allocator's lock.
         let released = unsafe { nix::libc::malloc_trim(0) };
         tracing::debug!(
             released,

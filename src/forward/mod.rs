@@ -49,10 +49,11 @@ const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(2);
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// and `expect`, which the forwarder answers itself.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     header::EXPECT,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -938,6 +939,7 @@ mod tests {
             ("te", "trailers"),
             ("host", "127.0.0.1:1456"),
             ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
             ("authorization", "Bearer client"),
             ("accept", "text/event-stream"),
             ("x-kept", "a"),
