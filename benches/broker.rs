@@ -10,12 +10,16 @@
 //! - the forwarder's WebSocket relay: events of a streamed answer through
 //!   the forwarder against a direct WebSocket to the same upstream (added
 //!   delay per event), and memory per idle open WebSocket;
+//! - a fresh client's first byte against a TLS upstream one emulated round
+//!   trip away, through the forwarder against straight to the upstream,
+//!   right after another request and after 100 s idle (the upstream closes
+//!   connections idle for 60 s);
 //! - instructions per forwarded request, counted by callgrind for the
 //!   forwarder and for nginx (where valgrind is installed): unlike times,
 //!   the same on every run of a build, however busy the machine is.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
-//! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`,
+//! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
 //! comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
@@ -23,6 +27,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "broker/first_byte.rs"]
+mod first_byte;
 
 use codex_broker::codex_auth::CodexHome;
 use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
@@ -87,6 +94,12 @@ fn wrapped(program: &Path, wrap: &[String]) -> Command {
 /// port) talks to `upstream`. The daemon runs under `wrap` (a command and
 /// its arguments) when that is not empty.
 fn start(home: &Path, upstream: SocketAddr, wrap: &[String]) -> Daemon {
+    start_at(home, &format!("http://{upstream}"), &[], wrap)
+}
+
+/// [`start`] with the upstreams at `base` and `env` in the daemon's
+/// environment.
+fn start_at(home: &Path, base: &str, env: &[(&str, &str)], wrap: &[String]) -> Daemon {
     let codex_home = home.join(".codex");
     std::fs::create_dir_all(&codex_home).unwrap();
     let token = encode_unsigned(&chatgpt_claims(
@@ -116,10 +129,9 @@ fn start(home: &Path, upstream: SocketAddr, wrap: &[String]) -> Daemon {
                     .ok()
                     .map(|v| ("TOKIO_WORKER_THREADS", v)),
             )
-            .env(
-                "CODEX_BROKER_CHATGPT_BASE",
-                format!("http://{upstream}/backend-api"),
-            )
+            .env("CODEX_BROKER_CHATGPT_BASE", format!("{base}/backend-api"))
+            .env("CODEX_BROKER_ISSUER", base)
+            .envs(env.iter().copied())
             .args(args);
         c
     };
@@ -363,6 +375,23 @@ fn main() {
     if wanted("instructions") {
         forward::instructions(&runtime, &upstream, quick);
     }
+    if wanted("first_byte") {
+        first_byte_table(&runtime, quick);
+    }
+}
+
+/// A daemon whose upstreams are a TLS server one emulated round trip away.
+fn first_byte_table(runtime: &tokio::runtime::Runtime, quick: bool) {
+    let setting = first_byte::Setting::new(quick);
+    let upstream = first_byte::start(setting.idle_close);
+    let home = tempfile::tempdir().unwrap();
+    let cert = home.path().join("upstream.pem");
+    std::fs::write(&cert, &upstream.cert_pem).unwrap();
+    let base = format!("https://{}", upstream.addr);
+    let env = [("SSL_CERT_FILE", cert.to_str().unwrap())];
+    let daemon = start_at(home.path(), &base, &env, &[]);
+    let forwarder = forwarder_addr(runtime, &daemon.socket);
+    first_byte::run(runtime, &upstream, forwarder, &setting);
 }
 
 /// A daemon in a home of its own.

@@ -48,9 +48,18 @@ impl TestEnv {
             .tempdir()
             .unwrap();
         std::fs::create_dir(dir.path().join("user")).unwrap();
+        // Until a test names its upstreams, they are a loopback port that
+        // refuses: nothing a daemon dials ever leaves the machine.
+        let nowhere = "http://127.0.0.1:9".to_owned();
         TestEnv {
             dir,
-            vars: Vec::new(),
+            vars: vec![
+                ("CODEX_BROKER_ISSUER".into(), nowhere.clone()),
+                (
+                    "CODEX_BROKER_CHATGPT_BASE".into(),
+                    format!("{nowhere}/backend-api"),
+                ),
+            ],
         }
     }
 
