@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 #[path = "broker/first_byte.rs"]
 mod first_byte;
 
-use codex_broker::codex_auth::CodexHome;
-use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
+use codex_broker::codex::auth::CodexHome;
 use codex_broker::socket::client::Connection;
+use codex_broker::wire::jwt::{chatgpt_claims, encode_unsigned};
 use hyper::Method;
 
 const CONCURRENCY: [usize; 3] = [1, 32, 256];
@@ -113,7 +113,7 @@ fn start_at(home: &Path, base: &str, env: &[(&str, &str)], wrap: &[String]) -> D
         "OPENAI_API_KEY": null,
         "tokens": {"id_token": token, "access_token": token, "refresh_token": "rt-bench",
                    "account_id": "acc-bench"},
-        "last_refresh": codex_broker::codex_auth::format_timestamp(time::OffsetDateTime::now_utc()),
+        "last_refresh": codex_broker::codex::auth::format_timestamp(time::OffsetDateTime::now_utc()),
     });
     std::fs::write(
         codex_home.join("auth.json"),

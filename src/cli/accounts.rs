@@ -3,13 +3,13 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::config::Config;
-use crate::display::{self, Table};
-use crate::journal::{Entry, Event};
-use crate::paths::Paths;
-use crate::publish::publish;
-use crate::store::{Account, Role, State, Store};
-use crate::view::AccountList;
+use crate::base::display::{self, Table};
+use crate::base::paths::Paths;
+use crate::codex::publish::publish;
+use crate::engine::config::Config;
+use crate::engine::journal::{Entry, Event};
+use crate::engine::store::{Account, Role, State, Store};
+use crate::wire::view::AccountList;
 
 /// List the accounts, or switch, remove or label one
 ///

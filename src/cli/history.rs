@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
-use crate::display::{self, Table};
-use crate::journal::{Entry, Interrupted};
-use crate::paths::Paths;
+use crate::base::display::{self, Table};
+use crate::base::paths::Paths;
+use crate::engine::journal::{Entry, Interrupted};
 
 /// Show the refresh journal: who spent which refresh token, and when
 ///

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::codex_auth::{AuthDotJson, AuthFileError, AuthState};
-use crate::fsutil::{read_with_metadata, resolve_symlinks, untrusted};
-use crate::journal::{Entry, Event};
-use crate::paths::Paths;
-use crate::publish::publish;
-use crate::store::{Account, Upsert};
+use crate::base::fsutil::{read_with_metadata, resolve_symlinks, untrusted};
+use crate::base::paths::Paths;
+use crate::codex::auth::{AuthDotJson, AuthFileError, AuthState};
+use crate::codex::publish::publish;
+use crate::engine::journal::{Entry, Event};
+use crate::engine::store::{Account, Upsert};
 
 /// Adopt an existing Codex auth.json into the account store
 ///
@@ -66,7 +66,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
         .tokens
         .as_ref()
         .map(|t| t.refresh_token.expose().clone());
-    let shield = crate::config::Config::load(&paths.home)?.shield;
+    let shield = crate::engine::config::Config::load(&paths.home)?.shield;
     let (outcome, summary, published) = paths.store().update(|store| {
         store.shield |= shield;
         let replaced = store

@@ -4,9 +4,9 @@ use std::str::FromStr;
 
 use clap::Subcommand;
 
-use crate::display::Table;
-use crate::paths::Paths;
-use crate::store::{Limits, Store};
+use crate::base::display::Table;
+use crate::base::paths::Paths;
+use crate::engine::store::{Limits, Store};
 
 /// Show or set the killswitch that blocks accounts near their limits
 ///

@@ -8,18 +8,18 @@ use anyhow::Context;
 use serde_json::Map;
 use time::OffsetDateTime;
 
-use crate::codex_auth::{AuthDotJson, TokenData};
-use crate::config::Config;
-use crate::display;
-use crate::journal::{Entry, Event};
-use crate::jwt;
+use crate::base::display;
+use crate::base::paths::Paths;
+use crate::base::secret::Secret;
+use crate::codex::auth::{AuthDotJson, TokenData};
+use crate::codex::publish::{publish, republish};
+use crate::engine::config::Config;
+use crate::engine::journal::{Entry, Event};
+use crate::engine::store::{Account, Role, Upsert};
 use crate::oauth::browser::{BrowserError, DEFAULT_PORT, PendingLogin};
 use crate::oauth::device::CODE_LIFETIME;
 use crate::oauth::{OAuthClient, TokenResponse};
-use crate::paths::Paths;
-use crate::publish::{publish, republish};
-use crate::secret::Secret;
-use crate::store::{Account, Role, Upsert};
+use crate::wire::jwt;
 
 /// Exit status: the login callback port is in use.
 const EXIT_PORT_IN_USE: u8 = 13;

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::paths::{Overrides, Paths};
-use crate::refresh::Refresher;
+use crate::base::paths::{Overrides, Paths};
+use crate::engine::refresh::Refresher;
 
 mod accounts;
 mod completions;
@@ -216,7 +216,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         _ => false,
     };
     if changes_accounts && let Some(leader) = paths()?.store().load()?.follows {
-        anyhow::bail!(crate::leader::belongs_on_the_leader(&leader));
+        anyhow::bail!(crate::follow::leader::belongs_on_the_leader(&leader));
     }
     match cli.command {
         Command::Login(args) => login::run(&paths()?, args),

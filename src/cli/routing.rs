@@ -2,8 +2,8 @@
 
 use clap::ValueEnum;
 
-use crate::paths::Paths;
-use crate::store::{Routing, StoreError};
+use crate::base::paths::Paths;
+use crate::engine::store::{Routing, StoreError};
 
 /// Show or set the order in which accounts serve requests
 ///

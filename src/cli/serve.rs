@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::base::paths::Paths;
+use crate::base::server::Limits;
 use crate::daemon::{self, Options};
-use crate::paths::Paths;
-use crate::server::Limits;
+use crate::engine::config::Config;
 
 /// Run the daemon: refresh scheduler, Codex-home watcher, socket API, forwarder
 ///

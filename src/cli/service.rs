@@ -5,9 +5,9 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use crate::fsutil;
-use crate::paths::Paths;
-use crate::service::{LAUNCHD_LABEL, Manager, SYSTEMD_UNIT, Spec, unit_path};
+use crate::base::fsutil;
+use crate::base::paths::Paths;
+use crate::daemon::service::{LAUNCHD_LABEL, Manager, SYSTEMD_UNIT, Spec, unit_path};
 
 /// Install, remove or print a user service that runs `serve`
 ///

@@ -2,10 +2,10 @@
 
 use clap::ValueEnum;
 
-use crate::config::{CONFIG_FILE, Config};
-use crate::paths::Paths;
-use crate::publish::republish;
-use crate::shield::is_stand_in;
+use crate::base::paths::Paths;
+use crate::codex::publish::republish;
+use crate::engine::config::{CONFIG_FILE, Config};
+use crate::engine::shield::is_stand_in;
 
 /// Publish auth.json with a stand-in refresh token, or the real one again
 ///
@@ -80,13 +80,13 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 }
 
 /// Whether auth.json holds a stand-in, as `shield` and `status` say it.
-pub fn auth_holds_stand_in(codex: &crate::codex_auth::CodexHome) -> Option<bool> {
+pub fn auth_holds_stand_in(codex: &crate::codex::auth::CodexHome) -> Option<bool> {
     let snapshot = codex.read().ok()?;
     let tokens = snapshot.valid()?.tokens.as_ref()?;
     Some(is_stand_in(tokens.refresh_token.expose()))
 }
 
-fn describe(on: bool, codex: &crate::codex_auth::CodexHome) -> String {
+fn describe(on: bool, codex: &crate::codex::auth::CodexHome) -> String {
     let file = match auth_holds_stand_in(codex) {
         Some(true) => "holds a stand-in refresh token",
         Some(false) => "holds a real refresh token",

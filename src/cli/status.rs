@@ -5,16 +5,16 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::codex_auth::{AuthState, CredentialsStore};
-use crate::config::Config;
-use crate::display::{self, Table};
-use crate::paths::Paths;
-use crate::proto::{Health, MIN_TTL, Problem, ProblemCode};
-use crate::quota::{Quota, Window};
-use crate::refresh::{Asker, Refresher};
+use crate::base::display::{self, Table};
+use crate::base::paths::Paths;
+use crate::codex::auth::{AuthState, CredentialsStore};
+use crate::engine::config::Config;
+use crate::engine::quota::{Quota, Window};
+use crate::engine::refresh::{Asker, Refresher};
+use crate::engine::store::{Account, Killswitch, Kind, Routing, State, Store};
 use crate::socket::client::{self, Answer};
-use crate::store::{Account, Killswitch, Kind, Routing, State, Store};
-use crate::view::AccountView;
+use crate::wire::proto::{Health, MIN_TTL, Problem, ProblemCode};
+use crate::wire::view::AccountView;
 
 /// Show every account's state, token expiry and quota
 ///

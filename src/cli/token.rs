@@ -2,12 +2,12 @@
 
 use std::sync::OnceLock;
 
-use crate::config::Config;
-use crate::paths::Paths;
-use crate::proto::{ErrorCode, MIN_TTL, TokenAnswer};
-use crate::refresh::{Asker, Refresher};
-use crate::routing;
+use crate::base::paths::Paths;
+use crate::engine::config::Config;
+use crate::engine::refresh::{Asker, Refresher};
+use crate::engine::routing;
 use crate::socket::client::{self, Answer};
+use crate::wire::proto::{ErrorCode, MIN_TTL, TokenAnswer};
 
 /// Print a valid access token, refreshing it first when needed
 ///

@@ -20,15 +20,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Forwarder;
+use super::answer::error_response;
 use super::body::{Body, Outgoing};
 use super::frames::{Deflate, Ended, Relay};
-use super::{CHATGPT_ACCOUNT_ID, Forwarder, error_response, forwardable, header_str, relay};
-use crate::config::WebSockets;
+use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
+use super::relay::relay;
 use crate::engine::Engine;
-use crate::proto::ErrorCode;
-use crate::quota::Quota;
-use crate::refresh::Asker;
-use crate::store::Account;
+use crate::engine::config::WebSockets;
+use crate::engine::quota::Quota;
+use crate::engine::refresh::Asker;
+use crate::engine::store::Account;
+use crate::wire::proto::ErrorCode;
 
 /// The forwarded WebSocket connections of one forwarder.
 pub(super) struct Sessions {

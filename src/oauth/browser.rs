@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::pkce::{Pkce, random_token};
 use super::{CLIENT_ID, SCOPE};
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 
 pub const DEFAULT_PORT: u16 = 1455;
 pub const CALLBACK_PATH: &str = "/auth/callback";

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{CLIENT_ID, OAuthClient, describe_transport_error};
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 
 /// How long a device code is valid.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(15 * 60);

@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 
 /// `n` random bytes as unpadded base64url.
 pub fn random_token(n: usize) -> String {

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
-use crate::paths::Paths;
-use crate::proto::{ErrorBody, ErrorCode};
+use crate::base::paths::Paths;
+use crate::wire::proto::{ErrorBody, ErrorCode};
 
 /// The header naming the broker home a client works on; a daemon serving
 /// another home answers `wrong_home`.
@@ -58,11 +58,12 @@ impl Connection {
             })?;
         // A socket another user serves (planted in a shared directory, say)
         // would be handed credentials and trusted for tokens.
-        let uid = crate::peer::unix_peer_uid(&stream).map_err(|source| ClientError::Connect {
-            path: path.clone(),
-            source,
-        })?;
-        if !crate::peer::allowed(uid) {
+        let uid =
+            crate::base::peer::unix_peer_uid(&stream).map_err(|source| ClientError::Connect {
+                path: path.clone(),
+                source,
+            })?;
+        if !crate::base::peer::allowed(uid) {
             return Err(ClientError::Untrusted { path, uid });
         }
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

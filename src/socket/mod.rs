@@ -22,14 +22,14 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::base::peer;
+use crate::base::server::{self, Connections, Limits};
 use crate::engine::Engine;
-use crate::peer;
-use crate::proto::{ErrorBody, ErrorCode, MIN_TTL, TokenAnswer};
-use crate::refresh::{Asker, RefreshError};
-use crate::routing::{self, Pick, Unavailable};
-use crate::server::{self, Connections, Limits};
-use crate::store::{Account, StoreError};
-use crate::view::AccountList;
+use crate::engine::refresh::{Asker, RefreshError};
+use crate::engine::routing::{self, Pick, Unavailable};
+use crate::engine::store::{Account, StoreError};
+use crate::wire::proto::{ErrorBody, ErrorCode, MIN_TTL, TokenAnswer};
+use crate::wire::view::AccountList;
 
 /// Requests with a larger body get 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -204,7 +204,7 @@ pub async fn serve(
 
 /// An API error: HTTP status, stable code and a sentence.
 #[derive(Debug)]
-pub(crate) struct ApiError {
+pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
@@ -360,13 +360,13 @@ async fn route(
     }
 }
 
-pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
         .collect()
 }
 
-pub(crate) fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+pub fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("min_ttl") {
         None => Ok(MIN_TTL.into()),
         Some(text) => text.parse::<u32>().map(i64::from).map_err(|_| {
@@ -440,18 +440,18 @@ fn quota_json(accounts: &[Account]) -> Value {
 /// so it has no `Debug`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Report {
+pub struct Report {
     account_id: String,
     status: u16,
     #[serde(default)]
-    pub(crate) headers: HashMap<String, String>,
+    pub headers: HashMap<String, String>,
     #[serde(default)]
-    pub(crate) body: Value,
+    pub body: Value,
 }
 
 /// Reads a `/v1/report` body.
-pub(crate) fn parse_report(body: &[u8]) -> Result<Report, ApiError> {
-    crate::json::parse(body)
+pub fn parse_report(body: &[u8]) -> Result<Report, ApiError> {
+    crate::base::json::parse(body)
         .map_err(|problem| ApiError::bad_request(format!("invalid report: {problem}")))
 }
 

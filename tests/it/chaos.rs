@@ -305,18 +305,18 @@ fn chaos_never_loses_or_forks_the_refresh_lineage() {
 
     let env = &chaos.env;
     let store = env.read_store();
-    let entries = codex_broker::journal::Journal::new(env.broker_home())
+    let entries = codex_broker::engine::journal::Journal::new(env.broker_home())
         .entries()
         .unwrap();
     let journal_rotations = entries
         .iter()
-        .filter(|e| e.event == codex_broker::journal::Event::Rotated)
+        .filter(|e| e.event == codex_broker::engine::journal::Event::Rotated)
         .count();
     // A long run outgrows the bounded journal; its count is then exact only
     // for what it still holds.
     let whole_journal = entries
         .first()
-        .is_some_and(|e| e.event == codex_broker::journal::Event::Import);
+        .is_some_and(|e| e.event == codex_broker::engine::journal::Event::Import);
     let reused = upstream.reused_tokens();
     let report = format!(
         "chaos ({seconds} s, seed {seed}): {} token runs ({} signalled), {} socket requests \

@@ -361,7 +361,7 @@ fn history_tells_who_spent_each_refresh_token() {
     let rotated = &entries[2];
     assert_eq!(rotated["event"], "rotated");
     assert_eq!(rotated["flight"], entries[1]["flight"]);
-    let print = |t: &str| codex_broker::journal::short_fingerprint(t);
+    let print = |t: &str| codex_broker::engine::journal::short_fingerprint(t);
     assert_eq!(rotated["spent"], print("rt-acc-hist-0"));
     assert_eq!(rotated["new"], print("rt-acc-hist-1"));
     let journal = std::fs::read_to_string(env.broker_home().join("journal.jsonl")).unwrap();

@@ -1,16 +1,19 @@
 //! Property tests for every parser of outside input, and the replay of the
 //! seed corpus the fuzz harness starts from. Each input goes through the
-//! same entry point as the harness (`codex_broker::fuzz`), which checks that
+//! same entry point as the harness (`examples/fuzz/targets.rs`), which checks that
 //! nothing panics and that what is accepted round-trips through a save and
 //! a load; the properties below add what each parser promises on its own.
 
 use std::collections::HashMap;
 
-use codex_broker::fuzz::{TARGETS, target};
-use codex_broker::jwt;
-use codex_broker::quota::Quota;
+#[path = "../../examples/fuzz/targets.rs"]
+mod targets;
+
+use codex_broker::engine::quota::Quota;
+use codex_broker::wire::jwt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use targets::{TARGETS, target};
 
 fn run(name: &str, input: &[u8]) {
     (target(name).expect("a target of that name").run)(input);

@@ -273,9 +273,9 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
 
+    use codex_broker::base::paths::{Overrides, Paths};
+    use codex_broker::engine::refresh::{Asker, RefreshError, Refresher};
     use codex_broker::oauth::OAuthClient;
-    use codex_broker::paths::{Overrides, Paths};
-    use codex_broker::refresh::{Asker, RefreshError, Refresher};
 
     let upstream = FakeUpstream::start();
     let account = TestAccount::new("acc-slow").expiring_in(120);
@@ -342,7 +342,7 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
     let refreshed = runtime
         .block_on(engine.fresh("acc-slow", 300, &by))
         .unwrap();
-    assert_eq!(refreshed.state, codex_broker::store::State::Ok);
+    assert_eq!(refreshed.state, codex_broker::engine::store::State::Ok);
     assert_eq!(
         refreshed.tokens.unwrap().refresh_token.expose(),
         "rt-acc-slow-1"

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use codex_broker::service::{Manager, Spec};
+use codex_broker::daemon::service::{Manager, Spec};
 
 use crate::support::TestEnv;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use codex_broker::jwt::{chatgpt_claims, encode_unsigned};
+use codex_broker::wire::jwt::{chatgpt_claims, encode_unsigned};
 use tempfile::TempDir;
 
 /// Seconds since the epoch.
@@ -297,7 +297,7 @@ impl TestAccount {
                 "refresh_token": self.refresh_token,
                 "account_id": self.id,
             },
-            "last_refresh": codex_broker::codex_auth::format_timestamp(
+            "last_refresh": codex_broker::codex::auth::format_timestamp(
                 time::OffsetDateTime::from_unix_timestamp(self.refreshed_at).unwrap()
             ),
         }))

@@ -1,0 +1,204 @@
+//! The parsers of outside input, each behind one entry point that takes
+//! arbitrary bytes and checks what must hold for any input: no panic, and a
+//! value that is accepted survives being written and read back unchanged.
+//! The property tests and the corpus harness (`cargo run --release
+//! --example fuzz`) drive the same targets.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use codex_broker::codex::auth::AuthDotJson;
+use codex_broker::engine::quota::Quota;
+
+/// One parser under test.
+pub struct Target {
+    /// Also the name of its corpus directory under `fixtures/fuzz/`.
+    pub name: &'static str,
+    /// Runs the parser on `input`; panics when an invariant breaks.
+    pub run: fn(&[u8]),
+}
+
+/// Every target, in the order the harness runs them.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "auth_json",
+        run: auth_json,
+    },
+    Target {
+        name: "accounts_json",
+        run: accounts_json,
+    },
+    Target {
+        name: "config_toml",
+        run: config_toml,
+    },
+    Target {
+        name: "jwt",
+        run: jwt,
+    },
+    Target {
+        name: "quota_headers",
+        run: quota_headers,
+    },
+    Target {
+        name: "usage_bodies",
+        run: usage_bodies,
+    },
+    Target {
+        name: "sse",
+        run: sse,
+    },
+    Target {
+        name: "responses_rewrite",
+        run: responses_rewrite,
+    },
+    Target {
+        name: "socket_request",
+        run: socket_request,
+    },
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<&'static Target> {
+    TARGETS.iter().find(|t| t.name == name)
+}
+
+/// A fixed clock for the targets, so that a failure replays exactly.
+const NOW: i64 = 1_800_000_000;
+
+/// auth.json: accepted files round-trip, and their account reads back.
+fn auth_json(input: &[u8]) {
+    let Ok(auth) = AuthDotJson::parse(input) else {
+        return;
+    };
+    let written = auth.to_bytes();
+    let again = AuthDotJson::parse(&written).expect("a written auth.json parses");
+    assert_eq!(again.to_bytes(), written, "auth.json round-trip");
+    if let Ok(account) = codex_broker::engine::store::Account::from_auth(&auth) {
+        let back = account.to_auth(serde_json::Map::new());
+        if let Some(back) = back {
+            AuthDotJson::parse(&back.to_bytes()).expect("an account's auth.json parses");
+        }
+    }
+}
+
+/// accounts.json: accepted stores save and load to the same bytes.
+fn accounts_json(input: &[u8]) {
+    let path = Path::new("accounts.json");
+    let Ok(store) = codex_broker::engine::store::parse_store(path, input) else {
+        return;
+    };
+    let written = serde_json::to_vec_pretty(&store).expect("a store serializes");
+    let again =
+        codex_broker::engine::store::parse_store(path, &written).expect("a written store parses");
+    let rewritten = serde_json::to_vec_pretty(&again).expect("a store serializes");
+    assert_eq!(rewritten, written, "accounts.json round-trip");
+}
+
+/// config.toml: any file gives a config or an error, never a panic.
+fn config_toml(input: &[u8]) {
+    let _ = codex_broker::engine::config::Config::parse(Path::new("config.toml"), input);
+}
+
+/// JWT claims: decoding never panics and dates stay in range.
+fn jwt(input: &[u8]) {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    if let Ok(claims) = codex_broker::wire::jwt::decode(text) {
+        for date in [claims.exp, claims.iat].into_iter().flatten() {
+            assert!(date.unsigned_abs() <= 253_402_300_799, "date {date}");
+        }
+    }
+}
+
+/// A quota that the store takes must be one it can read back.
+fn assert_storable(quota: &Quota) {
+    let written = serde_json::to_vec(quota).expect("a quota serializes");
+    let again: Quota = serde_json::from_slice(&written).expect("a written quota parses");
+    assert_eq!(&again, quota, "quota round-trip");
+}
+
+/// Quota headers, one `name: value` per line.
+fn quota_headers(input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let headers: HashMap<String, &str> = text
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value))
+        .collect();
+    if let Some(quota) = Quota::from_headers(|name| headers.get(name).copied(), NOW) {
+        assert_storable(&quota);
+    }
+}
+
+/// 429 `usage_limit_reached` bodies and `/wham/usage` answers.
+fn usage_bodies(input: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<Value>(input) else {
+        return;
+    };
+    let usage = Quota::from_usage(&body, NOW);
+    if let Some(quota) = &usage {
+        assert_storable(quota);
+    }
+    for previous in [None, usage.as_ref()] {
+        if let Some(quota) = Quota::from_usage_limit(&body, previous, NOW) {
+            assert_storable(&quota);
+        }
+    }
+}
+
+/// SSE framing, as assembled into a `stream:false` answer.
+fn sse(input: &[u8]) {
+    match codex_broker::wire::responses::assemble(input) {
+        Ok(answer) => {
+            serde_json::to_vec(&answer).expect("an assembled answer serializes");
+        }
+        Err((status, body)) => {
+            assert!(status.is_client_error() || status.is_server_error());
+            assert!(body.get("error").is_some(), "{body}");
+        }
+    }
+}
+
+/// The `/v1/responses` rewrite into the Codex shape.
+fn responses_rewrite(input: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<Value>(input) else {
+        return;
+    };
+    if let Ok((rewritten, _stream)) = codex_broker::wire::responses::rewrite(body) {
+        let written = serde_json::to_vec(&rewritten).expect("a rewritten body serializes");
+        let again: Value = serde_json::from_slice(&written).expect("it parses back");
+        let (twice, _) =
+            codex_broker::wire::responses::rewrite(again.clone()).expect("a rewrite is accepted");
+        assert_eq!(twice, again, "the rewrite is idempotent");
+    }
+}
+
+/// A socket API request: the query on the first line, the body after it.
+fn socket_request(input: &[u8]) {
+    let (query, body) = match input.iter().position(|b| *b == b'\n') {
+        Some(i) => (&input[..i], &input[i + 1..]),
+        None => (input, &[][..]),
+    };
+    let query = String::from_utf8_lossy(query);
+    if let Ok(ttl) = codex_broker::socket::min_ttl(&codex_broker::socket::parse_query(Some(&query)))
+    {
+        assert!((0..=i64::from(u32::MAX)).contains(&ttl), "min_ttl {ttl}");
+    }
+    if let Ok(report) = codex_broker::socket::parse_report(body) {
+        let headers: HashMap<String, &str> = report
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+            .collect();
+        if let Some(quota) = Quota::from_headers(|name| headers.get(name).copied(), NOW) {
+            assert_storable(&quota);
+        }
+        if let Some(quota) = Quota::from_usage_limit(&report.body, None, NOW) {
+            assert_storable(&quota);
+        }
+    }
+}

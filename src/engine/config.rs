@@ -1,0 +1,284 @@
+//! Settings: `<home>/config.toml`, overridden by the environment.
+//! Precedence: flag > environment > config.toml > default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::base::fsutil::{self, FsError};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
+pub const DEFAULT_CHATGPT_BASE: &str = "https://chatgpt.com/backend-api";
+/// How long before expiry a token is refreshed by default, seconds.
+pub const DEFAULT_REFRESH_AHEAD: i64 = 30 * 60;
+/// How long a forwarded WebSocket connection may idle by default, seconds.
+pub const DEFAULT_WEBSOCKET_IDLE: i64 = 30 * 60;
+/// How often a follower asks its leader for the account list by default,
+/// seconds.
+pub const DEFAULT_FOLLOW_INTERVAL: i64 = 30;
+/// How many forwarded WebSocket connections may be open at once by default.
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 256;
+/// The most forwarded WebSocket connections a config may allow.
+const MAX_WEBSOCKETS_LIMIT: i64 = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The file as written by the user; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    issuer: Option<String>,
+    chatgpt_base: Option<String>,
+    refresh_ahead: Option<toml::Value>,
+    websocket: Option<bool>,
+    websocket_idle_timeout: Option<toml::Value>,
+    max_websockets: Option<i64>,
+    shield: Option<bool>,
+    follow_interval: Option<toml::Value>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The OAuth issuer, without a trailing slash.
+    pub issuer: String,
+    /// The ChatGPT backend, without a trailing slash.
+    pub chatgpt_base: String,
+    /// Refresh a token once less than this many seconds of it remain.
+    pub refresh_ahead: i64,
+    /// How the forwarder treats WebSocket upgrades.
+    pub websocket: WebSockets,
+    /// Publish auth.json with a stand-in refresh token, always
+    /// ([`crate::engine::shield`]); `shield off` then refuses.
+    pub shield: bool,
+    /// Seconds between a follower's rounds with its leader.
+    pub follow_interval: i64,
+}
+
+/// The forwarder's WebSocket settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSockets {
+    /// Forward upgrades of `/codex/responses`; when false they get 426 and
+    /// clients use HTTP (SSE).
+    pub enabled: bool,
+    /// Connections open at once; more get 426.
+    pub max_open: usize,
+    /// Seconds a connection may pass no frame before both sides get a close.
+    pub idle_timeout: i64,
+}
+
+impl Default for WebSockets {
+    fn default() -> Self {
+        WebSockets {
+            enabled: true,
+            max_open: DEFAULT_MAX_WEBSOCKETS,
+            idle_timeout: DEFAULT_WEBSOCKET_IDLE,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `<home>/config.toml` (absent is fine) and applies the
+    /// `CODEX_BROKER_ISSUER`, `CODEX_BROKER_CHATGPT_BASE` and
+    /// `CODEX_BROKER_REFRESH_AHEAD` variables.
+    pub fn load(home: &Path) -> Result<Config, ConfigError> {
+        let path = home.join(CONFIG_FILE);
+        match fsutil::read_optional(&path)? {
+            None => Config::parse(&path, b""),
+            Some(bytes) => Config::parse(&path, &bytes),
+        }
+    }
+
+    /// Makes the config from the bytes of `path` (empty: no file) and the
+    /// environment.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
+        let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = |value: String, key: &str| -> Result<String, ConfigError> {
+            let trimmed = value.trim().trim_end_matches('/').to_owned();
+            if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+                Ok(trimmed)
+            } else {
+                Err(invalid(format!("`{key}` must be an http(s) URL")))
+            }
+        };
+        let refresh_ahead = match env("CODEX_BROKER_REFRESH_AHEAD") {
+            Some(text) => parse_duration(&text).ok_or_else(|| ConfigError::Invalid {
+                path: "CODEX_BROKER_REFRESH_AHEAD".into(),
+                message: format!("`{text}` is not a duration such as 1800, \"30m\" or \"1h\""),
+            })?,
+            None => match file.refresh_ahead {
+                None => DEFAULT_REFRESH_AHEAD,
+                Some(value) => duration_value(&value).ok_or_else(|| {
+                    invalid(format!(
+                        "`refresh_ahead` must be seconds or a duration such as \"30m\", not {value}"
+                    ))
+                })?,
+            },
+        };
+        let idle_timeout = match file.websocket_idle_timeout {
+            None => DEFAULT_WEBSOCKET_IDLE,
+            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
+                invalid(format!(
+                    "`websocket_idle_timeout` must be a positive number of seconds or a duration \
+                     such as \"30m\", not {value}"
+                ))
+            })?,
+        };
+        let follow_interval = match file.follow_interval {
+            None => DEFAULT_FOLLOW_INTERVAL,
+            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
+                invalid(format!(
+                    "`follow_interval` must be a positive number of seconds or a duration such \
+                     as \"30s\", not {value}"
+                ))
+            })?,
+        };
+        let max_open = match file.max_websockets {
+            None => DEFAULT_MAX_WEBSOCKETS,
+            Some(n) if (1..=MAX_WEBSOCKETS_LIMIT).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(format!(
+                    "`max_websockets` must be from 1 to {MAX_WEBSOCKETS_LIMIT}, not {n} (to \
+                     answer every upgrade with 426, set websocket = false)"
+                )));
+            }
+        };
+        Ok(Config {
+            issuer: url(
+                env("CODEX_BROKER_ISSUER")
+                    .or(file.issuer)
+                    .unwrap_or_else(|| DEFAULT_ISSUER.into()),
+                "issuer",
+            )?,
+            chatgpt_base: url(
+                env("CODEX_BROKER_CHATGPT_BASE")
+                    .or(file.chatgpt_base)
+                    .unwrap_or_else(|| DEFAULT_CHATGPT_BASE.into()),
+                "chatgpt_base",
+            )?,
+            refresh_ahead,
+            websocket: WebSockets {
+                enabled: file.websocket.unwrap_or(true),
+                max_open,
+                idle_timeout,
+            },
+            shield: file.shield.unwrap_or(false),
+            follow_interval,
+        })
+    }
+}
+
+fn duration_value(value: &toml::Value) -> Option<i64> {
+    match value {
+        toml::Value::Integer(secs) if *secs >= 0 => Some(*secs),
+        toml::Value::String(text) => parse_duration(text),
+        _ => None,
+    }
+}
+
+/// `90`, `90s`, `30m`, `1h`: a non-negative number of seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    digits.parse::<i64>().ok()?.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.issuer, DEFAULT_ISSUER);
+        assert_eq!(c.refresh_ahead, DEFAULT_REFRESH_AHEAD);
+        assert_eq!(c.chatgpt_base, DEFAULT_CHATGPT_BASE);
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "issuer = \"http://127.0.0.1:9/\"\nrefresh_ahead = \"45m\"\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.issuer, "http://127.0.0.1:9");
+        assert_eq!(c.refresh_ahead, 45 * 60);
+        std::fs::write(dir.path().join(CONFIG_FILE), "refresh_ahead = -3\n").unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("`refresh_ahead` must be"), "{e}");
+        assert_eq!(c.websocket, WebSockets::default());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "websocket = false\nwebsocket_idle_timeout = \"2m\"\nmax_websockets = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        let expected = WebSockets {
+            enabled: false,
+            max_open: 8,
+            idle_timeout: 120,
+        };
+        assert_eq!(c.websocket, expected);
+        assert!(!c.shield);
+        std::fs::write(dir.path().join(CONFIG_FILE), "shield = true\n").unwrap();
+        assert!(Config::load(dir.path()).unwrap().shield);
+        for (bad, key) in [
+            ("max_websockets = 0", "`max_websockets` must be from 1"),
+            (
+                "max_websockets = 99999999999",
+                "`max_websockets` must be from 1",
+            ),
+            (
+                "websocket_idle_timeout = 0",
+                "`websocket_idle_timeout` must be",
+            ),
+            (
+                "websocket_idle_timeout = \"soon\"",
+                "`websocket_idle_timeout` must be",
+            ),
+            ("websocket = \"yes\"", "invalid type"),
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
+            let e = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        std::fs::write(dir.path().join(CONFIG_FILE), "isuer = \"x\"\n").unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("isuer"), "{e}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "issuer = \"ftp://x\"\n").unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("`issuer` must be an http(s) URL"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration("2h"), Some(7200));
+        assert_eq!(parse_duration("2d"), None);
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,891 @@
+//! The refresh engine: one refresh per rotation, across threads and
+//! processes, and never lost once sent.
+//!
+//! A refresh of account A happens only while holding `<home>/locks/A.lock`
+//! (and, in this process, A's async gate). Under that lock the engine
+//! re-reads the store and Codex's auth.json: if another process or Codex
+//! already rotated the tokens, it uses theirs and sends nothing. Rotated
+//! tokens are saved to the store before the lock is released and before
+//! anyone is handed them.
+//!
+//! Every refresh runs as a task of the engine's own, tracked by its
+//! [`TaskTracker`]: whoever asked (a socket client, a forwarder client,
+//! the scheduler, a command) only awaits its result, so a client that hangs
+//! up, a timeout or a signal drops the wait and never the refresh. A
+//! refresh not yet sent when the engine stops is abandoned; one already
+//! sent is finished and saved. A rotation the store cannot take (a full or
+//! read-only disk) is published to auth.json, served from memory and saved
+//! again until the store takes it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::base::fsutil::{self, FsError};
+use crate::base::paths::Paths;
+use crate::base::secret::{Secret, redact};
+use crate::codex::auth::CodexHome;
+use crate::codex::publish::{adopt_from_snapshot, republish};
+use crate::engine::config::Config;
+use crate::engine::journal::{Entry, Event, Journal, new_flight};
+use crate::engine::store::{Account, Kind, State, Store, StoreError, StoreFile};
+use crate::follow::leader::Leader;
+use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
+use crate::wire::jwt;
+
+/// Codex refreshes a token without `exp` once `last_refresh` is this old.
+pub const CODEX_STALE_AFTER: i64 = 8 * 86_400;
+/// First retry delay after a transient failure, seconds; doubles each time.
+const BACKOFF_BASE: i64 = 15;
+/// Longest retry delay, seconds.
+const BACKOFF_MAX: i64 = 600;
+
+/// A token a server rejected is refreshed at once, unless it is this new
+/// (seconds): then the rejection is not about its age.
+pub const RECENT_REFRESH: i64 = 60;
+/// A `min_ttl` that no token meets: [`Refresher::fresh`] refreshes.
+pub const FORCE_REFRESH: i64 = i64::MAX / 4;
+
+/// Whether `account` was refreshed less than [`RECENT_REFRESH`] ago.
+pub fn recently_refreshed(account: &Account, now: i64) -> bool {
+    account
+        .last_refresh
+        .is_some_and(|t| now - t.unix_timestamp() < RECENT_REFRESH)
+}
+
+/// The wall clock; injectable so tests control time.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// The command that brings a dead account back.
+pub const LOGIN_HINT: &str = "run: codex-broker login";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("account {id} needs a new login ({reason}); {LOGIN_HINT}")]
+    NeedsLogin { id: String, reason: String },
+    #[error(
+        "account {id}: the access token has expired and refreshing it fails ({reason}); \
+         the next try is due at unix time {retry_at}"
+    )]
+    Backoff {
+        id: String,
+        reason: String,
+        retry_at: i64,
+    },
+    #[error("no account {0} in the store")]
+    Unknown(String),
+    #[error("the refresh of account {0} was not sent: codex-broker is stopping")]
+    Stopped(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// What an account needs before its token can be handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assessment {
+    /// Valid for longer than asked.
+    Fresh,
+    /// Due for a refresh now.
+    Refresh,
+    /// Due, but refreshing failed recently: wait until then.
+    Wait {
+        until: i64,
+    },
+    NeedsLogin,
+}
+
+/// Decides whether `account` must be refreshed to stay valid for `min_ttl`
+/// more seconds at `now`, and to stay clear of Codex's 8-day rule.
+pub fn assess(account: &Account, now: i64, min_ttl: i64) -> Assessment {
+    if account.kind == Kind::ApiKey {
+        return Assessment::Fresh;
+    }
+    if account.state == State::NeedsLogin {
+        return Assessment::NeedsLogin;
+    }
+    // Codex refreshes on its own once `last_refresh` is 8 days old.
+    let young = |t: OffsetDateTime| now - t.unix_timestamp() + min_ttl < CODEX_STALE_AFTER;
+    let fresh = match account.expires_at {
+        Some(exp) => exp - now > min_ttl && account.last_refresh.is_none_or(young),
+        None => account.last_refresh.is_some_and(young),
+    };
+    match account.backoff_until {
+        _ if fresh => Assessment::Fresh,
+        Some(until) if until > now => Assessment::Wait { until },
+        _ => Assessment::Refresh,
+    }
+}
+
+/// Seconds to wait after the `failures`-th transient failure in a row:
+/// exponential from 15 s to 10 min, with "equal jitter" (half fixed, half
+/// random; `jitter` is uniform in 0..1).
+pub fn backoff_delay(failures: u32, jitter: f64) -> i64 {
+    let exponent = failures.saturating_sub(1).min(16);
+    let full = (BACKOFF_BASE << exponent).min(BACKOFF_MAX);
+    (full as f64 * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))).round() as i64
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the system has a random source");
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether the token of `account` is still usable at `now`.
+fn still_valid(account: &Account, now: i64) -> bool {
+    account.expires_at.is_some_and(|exp| exp > now)
+}
+
+/// First delay before saving an unsaved rotation again; doubles up to
+/// [`SAVE_RETRY_MAX`].
+const SAVE_RETRY_BASE: Duration = Duration::from_millis(250);
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Once the engine stops, saving an unsaved rotation is tried this long.
+const SAVE_AFTER_STOP: Duration = Duration::from_secs(10);
+
+/// Who asked for a refresh, as the journal names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker(String);
+
+impl Asker {
+    pub fn scheduler() -> Asker {
+        Asker("scheduler".into())
+    }
+
+    /// A `codex-broker` command, such as `token`.
+    pub fn command(name: &str) -> Asker {
+        Asker(format!("command `{name}`"))
+    }
+
+    /// A client of the socket API, named by its User-Agent.
+    pub fn socket_client(user_agent: Option<&str>) -> Asker {
+        Asker(with_agent("socket client", user_agent))
+    }
+
+    /// A client of the forwarder, named by its User-Agent.
+    pub fn forwarder_client(user_agent: Option<&str>) -> Asker {
+        Asker(with_agent("forwarder client", user_agent))
+    }
+
+    /// The daemon itself, for `why`.
+    pub fn daemon(why: &str) -> Asker {
+        Asker(format!("daemon ({why})"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `what (agent)`, with the agent cut to printable ASCII and 80 characters:
+/// it comes from outside.
+fn with_agent(what: &str, user_agent: Option<&str>) -> String {
+    let agent: String = user_agent
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(80)
+        .collect();
+    let agent = agent.trim();
+    if agent.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what} ({agent})")
+    }
+}
+
+/// A rotation the store could not take yet.
+#[derive(Clone)]
+struct Unsaved {
+    spent: Secret<String>,
+    rotated: Account,
+    flight: String,
+    by: Asker,
+    error: String,
+    since: OffsetDateTime,
+}
+
+/// The refresh engine for one broker home. Clones share one engine.
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: StoreFile,
+    codex: CodexHome,
+    journal: Journal,
+    source: Source,
+    locks: PathBuf,
+    clock: Clock,
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    cache: Mutex<Option<(FileStamp, Arc<Store>)>>,
+    unsaved: Mutex<HashMap<String, Unsaved>>,
+    /// Per account: when an asker from outside last forced a refresh.
+    forced: Mutex<HashMap<String, i64>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Identifies one version of a file: every save is a rename of a new file,
+/// so a changed store has a new inode and change time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// Where new tokens come from: the issuer, or (for a follower, which
+/// holds no refresh token) the leader broker.
+enum Source {
+    Issuer(OAuthClient),
+    Leader(Leader),
+}
+
+impl Source {
+    /// Who answers a refresh, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Issuer(_) => "the issuer",
+            Source::Leader(_) => "the leader",
+        }
+    }
+}
+
+impl Refresher {
+    /// The engine of the broker home `paths`: it refreshes at the issuer,
+    /// or asks the leader when the home belongs to a follower.
+    pub fn new(paths: &Paths, config: &Config) -> Self {
+        let follows = paths.store().load().ok().and_then(|s| s.follows);
+        let source = match follows {
+            Some(socket) => Source::Leader(Leader::new(socket)),
+            None => Source::Issuer(OAuthClient::new(&config.issuer)),
+        };
+        Self::with_source(paths, source, system_clock())
+    }
+
+    pub fn with_parts(paths: &Paths, oauth: OAuthClient, clock: Clock) -> Self {
+        Self::with_source(paths, Source::Issuer(oauth), clock)
+    }
+
+    fn with_source(paths: &Paths, source: Source, clock: Clock) -> Self {
+        Refresher {
+            inner: Arc::new(Inner {
+                store: paths.store(),
+                codex: paths.codex(),
+                journal: paths.journal(),
+                source,
+                locks: paths.home.join("locks"),
+                clock,
+                gates: Mutex::new(HashMap::new()),
+                cache: Mutex::new(None),
+                unsaved: Mutex::new(HashMap::new()),
+                forced: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The current wall-clock time, unix seconds.
+    pub fn now(&self) -> i64 {
+        (self.inner.clock)().unix_timestamp()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The store as it is on disk now, with any rotation the disk could not
+    /// take yet in place. Parsed once per version of the file: a `stat`
+    /// tells whether the cached copy is still current.
+    pub fn store(&self) -> Result<Arc<Store>, RefreshError> {
+        let on_disk = self.store_on_disk()?;
+        let unsaved = self.inner.unsaved.lock().expect("unsaved lock");
+        if unsaved.is_empty() {
+            return Ok(on_disk);
+        }
+        let mut store = (*on_disk).clone();
+        for (id, u) in unsaved.iter() {
+            if let Some(a) = store.get_mut(id) {
+                a.take_rotation(u.spent.expose(), &u.rotated);
+            }
+        }
+        Ok(Arc::new(store))
+    }
+
+    fn store_on_disk(&self) -> Result<Arc<Store>, RefreshError> {
+        let path = self.inner.store.path();
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => Some(FileStamp::of(&meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FsError::new("cannot inspect", path, e).into()),
+        };
+        let mut cache = self.inner.cache.lock().expect("store cache lock");
+        if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref())
+            && stamp == *cached
+        {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(self.inner.store.load()?);
+        // Stamp taken before the read: a save racing with it only makes the
+        // next call read again.
+        *cache = stamp.map(|s| (s, store.clone()));
+        Ok(store)
+    }
+
+    /// What is wrong with rotations the store has not taken yet, one
+    /// sentence each.
+    pub fn unsaved(&self) -> Vec<String> {
+        let unsaved = self.inner.unsaved.lock().expect("unsaved lock");
+        let mut problems: Vec<String> = unsaved
+            .iter()
+            .map(|(id, u)| {
+                format!(
+                    "account {id}: the refresh at {} rotated its tokens, but they cannot be \
+                     saved to {} ({}); they are published to auth.json, served from memory \
+                     and saved as soon as the disk takes them",
+                    crate::codex::auth::format_timestamp(u.since),
+                    self.inner.store.path().display(),
+                    u.error
+                )
+            })
+            .collect();
+        problems.sort();
+        problems
+    }
+
+    fn gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.inner.gates.lock().expect("gate map lock");
+        gates.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn lock_path(&self, id: &str) -> PathBuf {
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.inner.locks.join(format!("{safe}.lock"))
+    }
+
+    fn load(&self, id: &str) -> Result<Account, RefreshError> {
+        self.store()?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RefreshError::Unknown(id.to_owned()))
+    }
+
+    /// Returns account `id` with a token valid for more than `min_ttl`
+    /// seconds, refreshing it first when needed. While refreshing fails for
+    /// a transient reason, the old token is returned as long as it is valid.
+    ///
+    /// The refresh runs as the engine's task: dropping this future drops
+    /// only the wait for it.
+    pub async fn fresh(&self, id: &str, min_ttl: i64, by: &Asker) -> Result<Account, RefreshError> {
+        let account = self.load(id)?;
+        if assess(&account, self.now(), min_ttl) == Assessment::Fresh {
+            return Ok(account);
+        }
+        self.spawn_fresh(id, min_ttl, by).await
+    }
+
+    /// Starts making `id` fresh for `min_ttl` as the engine's own task.
+    /// The returned future awaits its result; dropping it does not cancel
+    /// the task.
+    pub fn spawn_fresh(
+        &self,
+        id: &str,
+        min_ttl: i64,
+        by: &Asker,
+    ) -> impl Future<Output = Result<Account, RefreshError>> + Send + 'static {
+        let (engine, id, by) = (self.clone(), id.to_owned(), by.clone());
+        let task = self.inner.tasks.spawn({
+            let id = id.clone();
+            async move { engine.fresh_locked(&id, min_ttl, &by).await }
+        });
+        async move {
+            match task.await {
+                Ok(result) => result,
+                // The runtime is going away: the task was never sent.
+                Err(_) => Err(RefreshError::Stopped(id)),
+            }
+        }
+    }
+
+    /// Stops the engine: refreshes not yet sent are abandoned, those sent
+    /// are finished and saved (a rotation the store cannot take is tried a
+    /// little longer). Returns what could not be saved, one sentence each.
+    pub async fn drain(&self) -> Vec<String> {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.unsaved()
+    }
+
+    /// Whether an asker from outside may force a refresh of `id` now: once
+    /// per [`RECENT_REFRESH`] seconds. Records the permission it gives.
+    pub fn allow_forced(&self, id: &str, now: i64) -> bool {
+        let mut forced = self.inner.forced.lock().expect("forced lock");
+        if forced.get(id).is_some_and(|at| now - at < RECENT_REFRESH) {
+            return false;
+        }
+        forced.insert(id.to_owned(), now);
+        true
+    }
+
+    /// Whether a refresh task of the engine is running.
+    pub fn busy(&self) -> bool {
+        !self.inner.tasks.is_empty()
+    }
+
+    async fn fresh_locked(
+        &self,
+        id: &str,
+        min_ttl: i64,
+        by: &Asker,
+    ) -> Result<Account, RefreshError> {
+        let stopped = || RefreshError::Stopped(id.to_owned());
+        let gate = self.gate(id);
+        let _in_process = tokio::select! {
+            guard = gate.lock() => guard,
+            _ = self.inner.stop.cancelled() => return Err(stopped()),
+        };
+        let account = self.load(id)?;
+        match assess(&account, self.now(), min_ttl) {
+            Assessment::Fresh => return Ok(account),
+            Assessment::NeedsLogin => return Err(needs_login(&account)),
+            Assessment::Refresh | Assessment::Wait { .. } => {}
+        }
+        fsutil::ensure_private_dir(&self.inner.locks)?;
+        let lock_path = self.lock_path(id);
+        let lock = tokio::task::spawn_blocking(move || fsutil::lock_exclusive(&lock_path));
+        let _across_processes = tokio::select! {
+            lock = lock => lock.expect("the lock task does not panic")?,
+            _ = self.inner.stop.cancelled() => return Err(stopped()),
+        };
+        let account = self.reload_adopting_codex(id)?;
+        let now = self.now();
+        match assess(&account, now, min_ttl) {
+            Assessment::Fresh => Ok(account),
+            Assessment::NeedsLogin => Err(needs_login(&account)),
+            Assessment::Wait { until } => serve_while_valid(account, now, until),
+            Assessment::Refresh if self.inner.stop.is_cancelled() => Err(stopped()),
+            Assessment::Refresh => self.refresh_locked(account, now, min_ttl, by).await,
+        }
+    }
+
+    /// Re-reads the store, first taking in tokens Codex wrote to auth.json
+    /// for this account if they come after the store's.
+    fn reload_adopting_codex(&self, id: &str) -> Result<Account, RefreshError> {
+        let snapshot = self.inner.codex.read()?;
+        if snapshot.account_id().as_deref() == Some(id) {
+            self.inner.store.update(|store| {
+                if adopt_from_snapshot(store, &snapshot, &self.inner.journal).is_some() {
+                    tracing::info!(account = id, "adopted the tokens Codex wrote to auth.json");
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
+        self.load(id)
+    }
+
+    async fn refresh_locked(
+        &self,
+        account: Account,
+        now: i64,
+        min_ttl: i64,
+        by: &Asker,
+    ) -> Result<Account, RefreshError> {
+        let id = account.id.clone();
+        let Some(spent) = account.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
+            return Err(RefreshError::Unknown(id));
+        };
+        let journal = &self.inner.journal;
+        let after_interrupted: Vec<String> = journal
+            .interrupted(now)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.account == id)
+            .map(|i| i.flight)
+            .collect();
+        let flight = new_flight();
+        let entry = |event| {
+            let mut e = Entry::new(&id, event, by.as_str()).spent(spent.expose());
+            e.flight = Some(flight.clone());
+            e
+        };
+        journal.record(&entry(Event::InFlight));
+        tracing::info!(account = %id, by = by.as_str(), "refreshing the access token");
+        let outcome = |mut e: Entry| {
+            e.after_interrupted.clone_from(&after_interrupted);
+            journal.record(&e);
+        };
+        let answer = match &self.inner.source {
+            Source::Issuer(oauth) => oauth.refresh(&spent).await,
+            Source::Leader(leader) => {
+                let current = account.tokens.as_ref().map(|t| t.access_token.expose());
+                leader.refresh(&id, min_ttl).await.and_then(|r| {
+                    if r.access_token.as_ref().map(Secret::expose) == current {
+                        Err(OAuthError::Transient(
+                            "the leader has no newer token for this account yet".into(),
+                        ))
+                    } else {
+                        Ok(r)
+                    }
+                })
+            }
+        };
+        match answer {
+            Ok(response) => {
+                let rotated = rotate(&account, response, (self.inner.clock)());
+                self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted)
+            }
+            Err(OAuthError::Permanent { code, message, .. }) => {
+                let own = account_secrets(&account);
+                let reason = redact(
+                    &format!(
+                        "{} rejected its refresh token: {code}: {message}",
+                        self.inner.source.name()
+                    ),
+                    &own.iter().map(String::as_str).collect::<Vec<_>>(),
+                );
+                tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");
+                let mut e = entry(Event::Rejected);
+                e.code = Some(code.clone());
+                outcome(e);
+                let account = self.inner.store.update(|store| {
+                    let a = store
+                        .get_mut(&id)
+                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+                    a.state = State::NeedsLogin;
+                    a.state_reason = Some(format!("{reason}; {LOGIN_HINT}"));
+                    a.backoff_until = None;
+                    Ok::<_, RefreshError>(a.clone())
+                })?;
+                Err(needs_login(&account))
+            }
+            Err(OAuthError::Transient(reason)) => {
+                let mut e = entry(Event::Transient);
+                e.reason = Some(reason.clone());
+                outcome(e);
+                let account = self.inner.store.update(|store| {
+                    let a = store
+                        .get_mut(&id)
+                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+                    a.refresh_failures = a.refresh_failures.saturating_add(1);
+                    let delay = backoff_delay(a.refresh_failures, jitter());
+                    a.state = State::RefreshBackoff;
+                    a.state_reason = Some(reason.clone());
+                    a.backoff_until = Some(now + delay);
+                    Ok::<_, RefreshError>(a.clone())
+                })?;
+                tracing::warn!(
+                    account = %id,
+                    failures = account.refresh_failures,
+                    retry_in = account.backoff_until.unwrap_or(now) - now,
+                    "refresh failed: {reason}"
+                );
+                let until = account.backoff_until.unwrap_or(now);
+                serve_while_valid(account, now, until)
+            }
+        }
+    }
+
+    /// Saves a rotation to the store, records it in the journal and
+    /// republishes auth.json if it holds this account. When the store
+    /// cannot take it, the rotation is kept in memory, published, served,
+    /// and saved again in the background until the store takes it.
+    fn save_rotation(
+        &self,
+        spent: Secret<String>,
+        rotated: Account,
+        flight: String,
+        by: Asker,
+        after_interrupted: Vec<String>,
+    ) -> Result<Account, RefreshError> {
+        let id = rotated.id.clone();
+        let unsaved = Unsaved {
+            spent,
+            rotated,
+            flight,
+            by,
+            error: String::new(),
+            since: (self.inner.clock)(),
+        };
+        match self.try_save(&unsaved, &after_interrupted) {
+            Ok(account) => Ok(account),
+            Err(e) => {
+                tracing::error!(
+                    account = %id,
+                    "refreshed, but the new tokens cannot be saved: {e}; keeping them in memory \
+                     and retrying"
+                );
+                let account = unsaved.rotated.clone();
+                self.inner.unsaved.lock().expect("unsaved lock").insert(
+                    id.clone(),
+                    Unsaved {
+                        error: e.to_string(),
+                        ..unsaved
+                    },
+                );
+                self.publish_unsaved(&id);
+                let engine = self.clone();
+                self.inner
+                    .tasks
+                    .spawn(async move { engine.keep_saving(&id, after_interrupted).await });
+                Ok(account)
+            }
+        }
+    }
+
+    /// One try at saving `u`; on success the journal records the rotation
+    /// and auth.json is updated if it holds the account.
+    fn try_save(&self, u: &Unsaved, after_interrupted: &[String]) -> Result<Account, RefreshError> {
+        let id = &u.rotated.id;
+        let account = self.inner.store.update(|store| {
+            let a = store
+                .get_mut(id)
+                .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+            a.take_rotation(u.spent.expose(), &u.rotated);
+            Ok::<_, RefreshError>(a.clone())
+        })?;
+        let new = u.rotated.tokens.as_ref().map(|t| t.refresh_token.expose());
+        let mut entry = Entry::new(id, Event::Rotated, u.by.as_str())
+            .replacing(Some(u.spent.expose()), new.map(String::as_str));
+        entry.flight = Some(u.flight.clone());
+        entry.after_interrupted = after_interrupted.to_vec();
+        self.inner.journal.record(&entry);
+        let published = self.inner.store.update(|store| {
+            republish(&self.inner.codex, store, id, &self.inner.journal)
+                .map_err(anyhow::Error::from)
+        });
+        if let Err(e) = published {
+            tracing::warn!(account = %id, "refreshed, but could not update auth.json: {e}");
+        }
+        Ok(account)
+    }
+
+    /// Writes the in-memory rotation of `id` to auth.json when it holds
+    /// that account, so that Codex has the live tokens even while the
+    /// store cannot be written.
+    fn publish_unsaved(&self, id: &str) {
+        let published = self.store().map_err(anyhow::Error::from).and_then(|store| {
+            let mut store = (*store).clone();
+            Ok(republish(
+                &self.inner.codex,
+                &mut store,
+                id,
+                &self.inner.journal,
+            )?)
+        });
+        match published {
+            Ok(true) => tracing::info!(account = id, "published the unsaved rotation to auth.json"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(account = id, "cannot publish the unsaved rotation: {e}"),
+        }
+    }
+
+    /// Saves the unsaved rotation of `id` until the store takes it; after
+    /// the engine stops, for [`SAVE_AFTER_STOP`] more.
+    async fn keep_saving(&self, id: &str, after_interrupted: Vec<String>) {
+        let mut delay = SAVE_RETRY_BASE;
+        let mut deadline = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.stop.cancelled(), if deadline.is_none() => {}
+            }
+            if self.inner.stop.is_cancelled() && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + SAVE_AFTER_STOP);
+            }
+            let Some(u) = self
+                .inner
+                .unsaved
+                .lock()
+                .expect("unsaved lock")
+                .get(id)
+                .cloned()
+            else {
+                return;
+            };
+            let (engine, after) = (self.clone(), after_interrupted.clone());
+            let saved = tokio::task::spawn_blocking(move || {
+                engine
+                    .try_save(&u, &after)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match saved {
+                Ok(_) => {
+                    self.inner.unsaved.lock().expect("unsaved lock").remove(id);
+                    tracing::info!(account = id, "the rotation is saved to the store at last");
+                    return;
+                }
+                Err(e) => {
+                    if let Some(u) = self.inner.unsaved.lock().expect("unsaved lock").get_mut(id) {
+                        u.error = e;
+                    }
+                }
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                tracing::error!(
+                    account = id,
+                    "stopping with a rotation the store never took; auth.json holds it \
+                     if it held the account: run codex-broker import once the disk has room"
+                );
+                return;
+            }
+            delay = (delay * 2).min(SAVE_RETRY_MAX);
+        }
+    }
+}
+
+/// The account's own credentials, to take out of any text from outside.
+fn account_secrets(account: &Account) -> Vec<String> {
+    let mut own = Vec::new();
+    if let Some(t) = &account.tokens {
+        own.extend([
+            t.refresh_token.expose().clone(),
+            t.access_token.expose().clone(),
+            t.id_token.expose().clone(),
+        ]);
+    }
+    own.extend(account.api_key.as_ref().map(|k| k.expose().clone()));
+    own
+}
+
+/// `account` after the issuer answered a refresh with `response`: a
+/// missing field keeps its old value.
+fn rotate(account: &Account, response: TokenResponse, at: OffsetDateTime) -> Account {
+    let mut a = account.clone();
+    if let Some(t) = &response.refresh_token {
+        a.retire_refresh_token(t.expose());
+    }
+    if let Some(tokens) = a.tokens.as_mut() {
+        if let Some(t) = response.id_token {
+            tokens.id_token = t;
+        }
+        if let Some(t) = response.access_token {
+            tokens.access_token = t;
+        }
+        if let Some(t) = response.refresh_token {
+            tokens.refresh_token = t;
+        }
+        a.expires_at = jwt::decode(tokens.access_token.expose())
+            .ok()
+            .and_then(|c| c.exp);
+        if let Ok(claims) = jwt::decode(tokens.id_token.expose()) {
+            a.email = claims.email.or(a.email.take());
+            a.plan = claims.plan.or(a.plan.take());
+        }
+    }
+    a.last_refresh = Some(at);
+    a.mark_ok();
+    a
+}
+
+fn needs_login(account: &Account) -> RefreshError {
+    RefreshError::NeedsLogin {
+        id: account.id.clone(),
+        reason: account
+            .state_reason
+            .clone()
+            .unwrap_or_else(|| "its refresh token no longer works".into())
+            .trim_end_matches(&format!("; {LOGIN_HINT}"))
+            .to_owned(),
+    }
+}
+
+fn serve_while_valid(account: Account, now: i64, until: i64) -> Result<Account, RefreshError> {
+    if still_valid(&account, now) {
+        return Ok(account);
+    }
+    Err(RefreshError::Backoff {
+        id: account.id.clone(),
+        reason: account.state_reason.clone().unwrap_or_default(),
+        retry_at: until,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refreshed at the start of 2026-11-22, which is after `now` below.
+    fn account(expires_in: Option<i64>, now: i64) -> Account {
+        crate::engine::store::test_account(expires_in.map(|s| now + s), 1_795_305_600)
+    }
+
+    #[test]
+    fn assessment() {
+        let now = 1_795_000_000;
+        assert_eq!(
+            assess(&account(Some(3600), now), now, 300),
+            Assessment::Fresh
+        );
+        assert_eq!(
+            assess(&account(Some(200), now), now, 300),
+            Assessment::Refresh
+        );
+        assert_eq!(assess(&account(Some(-5), now), now, 0), Assessment::Refresh);
+        let mut a = account(Some(200), now);
+        a.backoff_until = Some(now + 30);
+        assert_eq!(assess(&a, now, 300), Assessment::Wait { until: now + 30 });
+        assert_eq!(assess(&a, now + 31, 300), Assessment::Refresh);
+        a.state = State::NeedsLogin;
+        assert_eq!(assess(&a, now, 300), Assessment::NeedsLogin);
+        // No exp: Codex's 8-day rule on last_refresh.
+        let a = account(None, now);
+        let refreshed = a.last_refresh.unwrap().unix_timestamp();
+        assert_eq!(assess(&a, refreshed + 86_400, 300), Assessment::Fresh);
+        assert_eq!(
+            assess(&a, refreshed + CODEX_STALE_AFTER, 0),
+            Assessment::Refresh
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        assert_eq!(backoff_delay(1, 0.0), 8);
+        assert_eq!(backoff_delay(1, 1.0), 15);
+        assert_eq!(backoff_delay(2, 1.0), 30);
+        assert_eq!(backoff_delay(3, 0.5), 45);
+        assert_eq!(backoff_delay(20, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff_delay(u32::MAX, 0.0), BACKOFF_MAX / 2);
+        let j = jitter();
+        assert!((0.0..1.0).contains(&j));
+    }
+}
