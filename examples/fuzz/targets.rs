@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use codex_broker::codex::auth::AuthDotJson;
 use codex_broker::engine::quota::Quota;
+use codex_broker::wire::ws_frame::Way;
+use codex_broker::wire::ws_message::{Deflate, INSPECT_CAP, Messages};
+use codex_broker::wire::ws_walk::Frames;
 
 /// One parser under test.
 pub struct Target {
@@ -57,6 +61,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "socket_request",
         run: socket_request,
+    },
+    Target {
+        name: "websocket_frames",
+        run: websocket_frames,
     },
 ];
 
@@ -201,4 +209,77 @@ fn socket_request(input: &[u8]) {
             assert_storable(&quota);
         }
     }
+}
+
+/// WebSocket frames, one way: the first byte picks the way and whether
+/// permessage-deflate was agreed, the second how the rest arrives in
+/// pieces. Walked whole and in pieces, the frames give the same messages
+/// and the same verdict, and the walker never passes on more than it got.
+fn websocket_frames(input: &[u8]) {
+    let [flags, piece, stream @ ..] = input else {
+        return;
+    };
+    let way = if flags & 1 == 0 {
+        Way::ToClient
+    } else {
+        Way::ToUpstream
+    };
+    let deflate = (flags & 2 != 0).then_some(Deflate {
+        server_no_context_takeover: flags & 4 != 0,
+    });
+    let whole = walk_frames(way, deflate, stream, stream.len().max(1));
+    let pieces = walk_frames(way, deflate, stream, usize::from(*piece).max(1));
+    assert_eq!(whole, pieces, "the same frames, in pieces");
+}
+
+/// What walking `stream` in pieces of `piece` bytes gives: the messages
+/// observed, the bytes passed on (without a protocol error), the error.
+type Walked = (Vec<Vec<u8>>, Option<usize>, Option<String>);
+
+fn walk_frames(way: Way, deflate: Option<Deflate>, stream: &[u8], piece: usize) -> Walked {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let messages = (way == Way::ToClient).then(|| {
+        let seen = seen.clone();
+        let observer = Box::new(move |text: &[u8]| {
+            assert!(
+                !text.is_empty() && text.len() <= INSPECT_CAP,
+                "{}",
+                text.len()
+            );
+            seen.lock().expect("not poisoned").push(text.to_vec());
+        });
+        Messages::new(deflate, observer)
+    });
+    let mut frames = Frames::new(way, messages);
+    let mut buf = Vec::new();
+    let mut passed = 0;
+    let mut error = None;
+    for bytes in stream.chunks(piece) {
+        buf.extend_from_slice(bytes);
+        match frames.walk(&buf) {
+            Ok(n) => {
+                assert!(n <= buf.len(), "passed {n} of {} bytes", buf.len());
+                passed += n;
+                buf.drain(..n);
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if error.is_none() {
+        assert_eq!(
+            passed + buf.len(),
+            stream.len(),
+            "every byte passed or kept"
+        );
+        assert!(
+            buf.len() < 14,
+            "{} bytes kept: more than a frame head",
+            buf.len()
+        );
+    }
+    let seen = seen.lock().expect("not poisoned").clone();
+    (seen, error.is_none().then_some(passed), error)
 }

@@ -5,8 +5,8 @@
 mod answer;
 mod bearers;
 mod body;
+mod connector;
 mod fallback;
-mod frames;
 mod guard;
 mod headers;
 mod issuer;
@@ -16,6 +16,7 @@ mod upstream;
 mod usage;
 mod warm;
 mod websocket;
+mod ws_relay;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,9 +1,7 @@
 //! The forwarder's client for its two upstreams: hyper-util's pooled client
-//! over rustls (the system's trust store; HTTP/2 where the upstream offers
-//! it through ALPN, else HTTP/1.1), through the HTTP proxy the environment
-//! names (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl and
-//! reqwest read them; tunnelled with CONNECT), with a connect timeout and a
-//! read timeout on the answer's head and on every body frame.
+//! over the [`connector`](super::connector) (HTTP/2 where the upstream
+//! offers it, else HTTP/1.1), with a read timeout on the answer's head and
+//! on every body frame.
 //!
 //! A request goes on the upstream's warm connection ([`Warm`]) when that
 //! one is free, else on a pooled one. A WebSocket handshake needs HTTP/1.1
@@ -17,19 +15,14 @@ use std::time::Duration;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as Pooled;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Sleep;
 
 use super::body::Body;
+use super::connector::{Https, SendError, connector};
 use super::warm::{Failed, Warm};
 
-/// How long connecting to an upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream may send nothing: before its answer's head, and
 /// between two frames of its body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,93 +32,11 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// An upstream's answer; its body fails after [`READ_TIMEOUT`] of silence.
 pub type Answer = Response<ReadTimeout<Incoming>>;
 
-/// Why a request got no answer, in words without the URL or a header.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(String);
-
-impl SendError {
-    pub fn new(what: &str, e: &(dyn std::error::Error + 'static)) -> SendError {
-        SendError(format!("{what}: {}", innermost(e)))
-    }
-}
-
-/// The connector every upstream connection is made with: TLS over a
-/// direct or proxied TCP connection.
-pub type Https = HttpsConnector<Connector>;
-
 pub struct Client {
     pooled: Pooled<Https, Body>,
     /// HTTP/1.1 only: a protocol upgrade needs it.
     upgrades: Pooled<Https, Body>,
     warm: Arc<Warm>,
-}
-
-/// Connects straight to an upstream, or through the proxy the environment
-/// names for it.
-#[derive(Clone)]
-pub struct Connector {
-    direct: HttpConnector,
-    proxies: Arc<Matcher>,
-}
-
-type Connecting = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    <HttpConnector as tower_service::Service<Uri>>::Response,
-                    super::BoxError,
-                >,
-            > + Send,
-    >,
->;
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
-    type Error = super::BoxError;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let mut direct = self.direct.clone();
-        match self.proxies.intercept(&dst) {
-            None => Box::pin(async move { Ok(direct.call(dst).await?) }),
-            Some(proxy) => {
-                let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                Box::pin(async move { Ok(tunnel.call(dst).await?) })
-            }
-        }
-    }
-}
-
-/// The connector, offering HTTP/2 and HTTP/1.1 through ALPN or, with
-/// `http1_only`, HTTP/1.1 alone.
-pub(super) fn connector(http1_only: bool) -> Https {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let tls = <rustls::ClientConfig as rustls_platform_verifier::ConfigVerifierExt>::with_platform_verifier()
-        .expect("the system's trust store loads");
-    let direct = Connector {
-        direct: http,
-        proxies: Arc::new(Matcher::from_env()),
-    };
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    if http1_only {
-        builder.enable_http1().wrap_connector(direct)
-    } else {
-        builder.enable_all_versions().wrap_connector(direct)
-    }
 }
 
 fn pooled(connector: Https) -> Pooled<Https, Body> {
@@ -215,15 +126,6 @@ impl Client {
             SendError::new(what, &e)
         })
     }
-}
-
-/// The innermost cause of an error.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut source = e;
-    while let Some(inner) = source.source() {
-        source = inner;
-    }
-    source.to_string()
 }
 
 /// A body that fails when no frame arrives for [`READ_TIMEOUT`].

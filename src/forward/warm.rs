@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
-use super::upstream::{Https, SendError};
+use super::connector::{Https, SendError};
 
 /// The first wait before dialling again after a failure; it doubles up to
 /// [`RETRY_MAX`].
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn one_slot_per_origin_and_bad_urls_left_out() {
-        let connector = super::super::upstream::connector(false);
+        let connector = super::super::connector::connector(false);
         let warm = Warm::new(
             [
                 "https://chatgpt.com/backend-api",
@@ -324,7 +324,7 @@ mod tests {
     async fn a_request_with_no_free_warm_connection_is_given_back() {
         let warm = Warm::new(
             ["http://127.0.0.1:9"],
-            super::super::upstream::connector(false),
+            super::super::connector::connector(false),
         );
         let mut request = Request::new(super::super::body::full(""));
         *request.uri_mut() = "http://127.0.0.1:9/x".parse().unwrap();

@@ -1,7 +1,7 @@
 //! Codex's WebSocket transport: an upgrade of `GET /codex/responses` is
 //! forwarded to the backend with the routed account's credentials (falling
 //! back to the next account when the handshake is refused), and the frames
-//! are relayed as they arrive ([`frames`](super::frames)). What the backend
+//! are relayed as they arrive ([`ws_relay`](super::ws_relay)). What the backend
 //! says on the connection about quota and limits is taken in as from HTTP
 //! answers.
 
@@ -23,15 +23,16 @@ use tokio_util::task::TaskTracker;
 use super::Forwarder;
 use super::answer::error_response;
 use super::body::{Body, Outgoing};
-use super::frames::{Deflate, Ended, Relay};
 use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
 use super::relay::relay;
+use super::ws_relay::{Ended, Relay};
 use crate::engine::Engine;
 use crate::engine::config::WebSockets;
 use crate::engine::quota::Quota;
 use crate::engine::refresh::Asker;
 use crate::engine::store::Account;
 use crate::wire::proto::ErrorCode;
+use crate::wire::ws_message::Deflate;
 
 /// The forwarded WebSocket connections of one forwarder.
 pub(super) struct Sessions {

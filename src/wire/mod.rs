@@ -1,7 +1,12 @@
 //! Wire formats: what the broker reads from and writes to the other side,
-//! as plain functions and types with no I/O of their own.
+//! as plain functions and types with no I/O of their own: the socket
+//! API's types, the public view of accounts, JWT claims, the Responses API
+//! against the Codex dialect, and WebSocket frames and messages.
 
 pub mod jwt;
 pub mod proto;
 pub mod responses;
 pub mod view;
+pub mod ws_frame;
+pub mod ws_message;
+pub mod ws_walk;

@@ -5,12 +5,16 @@
 //! a load; the properties below add what each parser promises on its own.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 #[path = "../../examples/fuzz/targets.rs"]
 mod targets;
 
 use codex_broker::engine::quota::Quota;
 use codex_broker::wire::jwt;
+use codex_broker::wire::ws_frame::Way;
+use codex_broker::wire::ws_message::{Deflate, Messages};
+use codex_broker::wire::ws_walk::Frames;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use targets::{TARGETS, target};
@@ -336,4 +340,90 @@ proptest! {
         let input = format!("{query}&min_ttl={ttl}\n{report}");
         run("socket_request", input.as_bytes());
     }
+
+    #[test]
+    fn websocket_messages_come_out_whole_in_any_pieces(
+        messages in prop::collection::vec("[ -~]{1,300}", 1..6),
+        fragments in 1usize..4,
+        compressed in any::<bool>(),
+        no_takeover in any::<bool>(),
+        piece in 1usize..64,
+    ) {
+        let stream = websocket_stream(&messages, fragments, compressed, no_takeover);
+        let deflate = compressed.then_some(Deflate { server_no_context_takeover: no_takeover });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let observer = Box::new(move |text: &[u8]| {
+            recorded.lock().unwrap().push(String::from_utf8(text.to_vec()).unwrap());
+        });
+        let mut frames = Frames::new(Way::ToClient, Some(Messages::new(deflate, observer)));
+        let mut buf = Vec::new();
+        for bytes in stream.chunks(piece) {
+            buf.extend_from_slice(bytes);
+            let passed = frames.walk(&buf).expect("valid frames are accepted");
+            buf.drain(..passed);
+        }
+        prop_assert!(buf.is_empty() && frames.at_boundary());
+        prop_assert_eq!(&*seen.lock().unwrap(), &messages);
+        // The same stream goes through the fuzz target's checks.
+        let flags = 2 * u8::from(compressed) + 4 * u8::from(no_takeover);
+        let mut input = vec![flags, piece as u8];
+        input.extend_from_slice(&stream);
+        run("websocket_frames", &input);
+    }
+}
+
+/// Text messages as a server sends them: unmasked, each in `fragments`
+/// frames with a ping between two, compressed with one shared window (or a
+/// fresh one per message) when `compressed`.
+fn websocket_stream(
+    messages: &[String],
+    fragments: usize,
+    compressed: bool,
+    no_takeover: bool,
+) -> Vec<u8> {
+    let mut compressor = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut stream = Vec::new();
+    for text in messages {
+        let payload = if compressed {
+            if no_takeover {
+                compressor.reset();
+            }
+            let mut out = Vec::with_capacity(text.len() + 64);
+            compressor
+                .compress_vec(text.as_bytes(), &mut out, flate2::FlushCompress::Sync)
+                .unwrap();
+            out.truncate(out.len() - 4);
+            out
+        } else {
+            text.clone().into_bytes()
+        };
+        let size = payload.len().div_ceil(fragments).max(1);
+        let parts: Vec<&[u8]> = payload.chunks(size).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let fin = if i + 1 == parts.len() { 0x80 } else { 0 };
+            let opcode = if i == 0 {
+                0x1 | if compressed { 0x40 } else { 0 }
+            } else {
+                0x0
+            };
+            server_frame(&mut stream, fin | opcode, part);
+            if i == 0 {
+                server_frame(&mut stream, 0x89, b"ping");
+            }
+        }
+    }
+    stream
+}
+
+fn server_frame(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
+    out.push(first);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
 }

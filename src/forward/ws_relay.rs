@@ -1,26 +1,27 @@
-//! WebSocket frames relayed between a client and the upstream (RFC 6455).
+//! The relay of WebSocket frames between a client and the upstream.
 //!
 //! Frames pass byte for byte: the client's masked frames go upstream as
 //! the client masked them, the upstream's frames go to the client as sent,
 //! compressed or not, as soon as their bytes arrive; no message is
-//! assembled to be passed on. The relay reads each frame's head to know
-//! where frames begin (so that it can add a close frame of its own at a
-//! frame boundary on shutdown or idleness) and to refuse what the protocol
-//! forbids. The upstream's text messages are inflated (permessage-deflate,
-//! RFC 7692) and handed, up to [`INSPECT_CAP`] bytes, to an observer that
-//! learns quota and limits from them.
+//! assembled to be passed on. The relay walks each way's frames
+//! ([`Frames`]) to know where frames begin (so that it can add a close
+//! frame of its own at a frame boundary on shutdown or idleness) and to
+//! refuse what the protocol forbids. The upstream's text messages go to an
+//! observer ([`Messages`]) that learns quota and limits from them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A text message from the upstream longer than this is passed on but not
-/// looked into: the events that carry quota and errors are small.
-pub const INSPECT_CAP: usize = 256 * 1024;
+use crate::wire::ws_frame::{
+    BAD_GATEWAY, GOING_AWAY, PROTOCOL_ERROR, ProtocolError, Way, close_frame,
+};
+use crate::wire::ws_message::{Deflate, Messages, Observer};
+use crate::wire::ws_walk::Frames;
+
 /// Bytes read at once from either side while frames keep coming.
 const READ_CHUNK: usize = 8 * 1024;
 /// Bytes read at once after a pause: a connection that waits for its next
@@ -30,297 +31,6 @@ const IDLE_CHUNK: usize = 512;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a peer has to answer a close frame the relay sent.
 const CLOSE_ANSWER: Duration = Duration::from_secs(1);
-/// The tail a permessage-deflate sender strips from every message.
-const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
-
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-/// Close codes the relay sends itself.
-pub const GOING_AWAY: u16 = 1001;
-const PROTOCOL_ERROR: u16 = 1002;
-const BAD_GATEWAY: u16 = 1014;
-
-/// Which way frames travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
-    /// From the client to the upstream: frames must be masked.
-    ToUpstream,
-    /// From the upstream to the client: frames must not be masked.
-    ToClient,
-}
-
-impl Way {
-    fn sender(self) -> &'static str {
-        match self {
-            Way::ToUpstream => "the client",
-            Way::ToClient => "the upstream",
-        }
-    }
-}
-
-/// A frame the protocol forbids.
-#[derive(Debug, thiserror::Error)]
-#[error("{sender} sent a frame the WebSocket protocol forbids: {why}")]
-pub struct ProtocolError {
-    sender: &'static str,
-    why: &'static str,
-    way: Way,
-}
-
-/// The head of one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Head {
-    fin: bool,
-    rsv1: bool,
-    opcode: u8,
-    masked: bool,
-    len: u64,
-    /// Bytes the head takes, mask key included.
-    size: usize,
-}
-
-impl Head {
-    fn is_control(&self) -> bool {
-        self.opcode & 0x8 != 0
-    }
-}
-
-/// Parses a frame head at the start of `buf`; `None` while incomplete.
-fn parse_head(buf: &[u8], way: Way) -> Result<Option<Head>, ProtocolError> {
-    let error = |why| ProtocolError {
-        sender: way.sender(),
-        why,
-        way,
-    };
-    let [b0, b1, ..] = *buf else {
-        return Ok(None);
-    };
-    if b0 & 0x30 != 0 {
-        return Err(error(
-            "RSV2 or RSV3 is set, and no extension that uses them was agreed",
-        ));
-    }
-    let opcode = b0 & 0x0f;
-    if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
-        return Err(error("a reserved opcode"));
-    }
-    let masked = b1 & 0x80 != 0;
-    if masked != (way == Way::ToUpstream) {
-        return Err(error(if masked {
-            "a masked frame from a server"
-        } else {
-            "an unmasked frame from a client"
-        }));
-    }
-    let (len, mut size) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(b) => {
-                let len = u64::from_be_bytes(b.try_into().expect("eight bytes"));
-                if len >> 63 != 0 {
-                    return Err(error("a length with its most significant bit set"));
-                }
-                (len, 10)
-            }
-            None => return Ok(None),
-        },
-        short => (u64::from(short), 2),
-    };
-    if masked {
-        size += 4;
-    }
-    if buf.len() < size {
-        return Ok(None);
-    }
-    let head = Head {
-        fin: b0 & 0x80 != 0,
-        rsv1: b0 & 0x40 != 0,
-        opcode,
-        masked,
-        len,
-        size,
-    };
-    if head.is_control() && (!head.fin || head.len > 125) {
-        return Err(error("a fragmented or longer than 125 bytes control frame"));
-    }
-    Ok(Some(head))
-}
-
-/// A close frame with `code` and `reason`, masked with a fresh key when it
-/// goes to the upstream.
-pub fn close_frame(code: u16, reason: &str, way: Way) -> Vec<u8> {
-    let mut payload = code.to_be_bytes().to_vec();
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    let mut frame = vec![0x80 | CLOSE, payload.len() as u8];
-    if way == Way::ToUpstream {
-        let mut key = [0u8; 4];
-        getrandom::fill(&mut key).expect("the system has randomness");
-        frame[1] |= 0x80;
-        frame.extend_from_slice(&key);
-        for (i, byte) in payload.iter_mut().enumerate() {
-            *byte ^= key[i % 4];
-        }
-    }
-    frame.extend_from_slice(&payload);
-    frame
-}
-
-/// permessage-deflate as agreed in the handshake, for the upstream's frames.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Deflate {
-    /// The upstream starts every message with an empty window.
-    pub server_no_context_takeover: bool,
-}
-
-/// Takes each text message of the upstream, inflated, up to
-/// [`INSPECT_CAP`] bytes.
-pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
-
-/// The message the inspector is reading.
-struct Reading {
-    text: bool,
-    compressed: bool,
-    /// Whether it grew past [`INSPECT_CAP`].
-    over: bool,
-}
-
-/// Reads the upstream's text messages for the observer.
-struct Inspector {
-    deflate: Option<Deflate>,
-    inflater: Option<Decompress>,
-    message: Option<Reading>,
-    text: Vec<u8>,
-    observer: Observer,
-}
-
-impl Inspector {
-    fn frame_start(&mut self, head: &Head) -> Result<(), &'static str> {
-        if head.is_control() {
-            return if head.rsv1 {
-                Err("RSV1 on a control frame")
-            } else {
-                Ok(())
-            };
-        }
-        match (head.opcode, self.message.is_some()) {
-            (CONTINUATION, false) => return Err("a continuation frame outside a message"),
-            (CONTINUATION, true) if head.rsv1 => return Err("RSV1 on a continuation frame"),
-            (CONTINUATION, true) => return Ok(()),
-            (_, true) => return Err("a new message before the last one ended"),
-            _ => {}
-        }
-        if head.rsv1 && self.deflate.is_none() {
-            return Err("RSV1 without permessage-deflate agreed");
-        }
-        self.message = Some(Reading {
-            text: head.opcode == TEXT,
-            compressed: head.rsv1,
-            over: false,
-        });
-        Ok(())
-    }
-
-    fn payload(&mut self, bytes: &[u8]) {
-        let Some(Reading {
-            text,
-            compressed,
-            over,
-        }) = self.message.as_mut()
-        else {
-            return;
-        };
-        if *compressed {
-            let keep = *text && !*over;
-            let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
-            if !inflate(inflater, bytes, FlushDecompress::None, &mut self.text, keep) {
-                *over = true;
-            }
-        } else if *text && !*over {
-            self.text.extend_from_slice(bytes);
-        }
-        if self.text.len() > INSPECT_CAP {
-            *over = true;
-            self.text.clear();
-        }
-    }
-
-    fn message_end(&mut self) {
-        let Some(Reading {
-            text,
-            compressed,
-            over,
-        }) = self.message.take()
-        else {
-            return;
-        };
-        if compressed && let Some(inflater) = self.inflater.as_mut() {
-            let keep = text && !over;
-            let whole = inflate(
-                inflater,
-                &DEFLATE_TAIL,
-                FlushDecompress::Sync,
-                &mut self.text,
-                keep,
-            );
-            if !whole || self.deflate.is_some_and(|d| d.server_no_context_takeover) {
-                inflater.reset(false);
-            }
-            if !whole {
-                self.text.clear();
-            }
-        }
-        if text && !over && self.text.len() <= INSPECT_CAP && !self.text.is_empty() {
-            (self.observer)(&self.text);
-        }
-        self.text.clear();
-        if self.text.capacity() > 64 * 1024 {
-            self.text = Vec::new();
-        }
-    }
-}
-
-/// Inflates `input`, appending up to [`INSPECT_CAP`] bytes of what it
-/// gives to `out` when `keep`, discarding the rest. Returns false when the
-/// stream is broken (the observer then sees nothing of the message).
-fn inflate(
-    inflater: &mut Decompress,
-    mut input: &[u8],
-    flush: FlushDecompress,
-    out: &mut Vec<u8>,
-    keep: bool,
-) -> bool {
-    let mut chunk = [0u8; 8 * 1024];
-    loop {
-        let (read, written) = (inflater.total_in(), inflater.total_out());
-        let status = match inflater.decompress(input, &mut chunk, flush) {
-            Ok(status) => status,
-            Err(_) => return false,
-        };
-        let used = (inflater.total_in() - read) as usize;
-        let produced = (inflater.total_out() - written) as usize;
-        input = &input[used..];
-        if keep && out.len() <= INSPECT_CAP {
-            out.extend_from_slice(&chunk[..produced]);
-        }
-        // Output can lag behind the input taken: call again until neither
-        // moves.
-        if status == Status::StreamEnd || (used == 0 && produced == 0) {
-            return true;
-        }
-    }
-}
 
 /// One way of the relay: reads frames from `from`, writes them to `to`.
 struct Pump<R, W> {
@@ -328,15 +38,13 @@ struct Pump<R, W> {
     to: W,
     way: Way,
     buf: Vec<u8>,
-    /// The frame being passed and the payload bytes it still has to pass.
-    current: Option<(Head, u64)>,
+    frames: Frames,
     /// Whether everything written to `to` ends at a frame boundary.
     clean: bool,
-    /// Whether a close frame went through.
-    closed: bool,
+    /// Whether the relay sent a close frame of its own.
+    sent_close: bool,
     /// Whether the last read filled its buffer: more is likely waiting.
     busy: bool,
-    inspector: Option<Inspector>,
 }
 
 /// Why a pump stopped.
@@ -354,17 +62,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    fn new(from: R, to: W, way: Way, inspector: Option<Inspector>) -> Self {
+    fn new(from: R, to: W, way: Way, messages: Option<Messages>) -> Self {
         Pump {
             from,
             to,
             way,
             buf: Vec::new(),
-            current: None,
+            frames: Frames::new(way, messages),
             clean: true,
-            closed: false,
+            sent_close: false,
             busy: false,
-            inspector,
         }
     }
 
@@ -373,7 +80,7 @@ where
         loop {
             match self.fill().await {
                 Ok(0) => {
-                    return if self.current.is_none() && self.buf.is_empty() {
+                    return if self.frames.at_boundary() && self.buf.is_empty() {
                         let _ = self.to.shutdown().await;
                         PumpEnd::Eof
                     } else {
@@ -384,7 +91,7 @@ where
                 Err(e) => return PumpEnd::Io(e),
             }
             activity.touch();
-            let consumed = match self.take_frames() {
+            let consumed = match self.frames.walk(&self.buf) {
                 Ok(n) => n,
                 Err(e) => return PumpEnd::Protocol(e),
             };
@@ -398,7 +105,7 @@ where
                     return PumpEnd::Io(e);
                 }
                 self.buf.drain(..consumed);
-                self.clean = self.current.is_none();
+                self.clean = self.frames.at_boundary();
             }
             if self.buf.is_empty() && !self.busy {
                 self.buf = Vec::new();
@@ -422,59 +129,11 @@ where
         Ok(n)
     }
 
-    /// Walks the frames in the buffer: returns how many bytes may be passed
-    /// on (whole frames, and the part of the last frame that arrived).
-    fn take_frames(&mut self) -> Result<usize, ProtocolError> {
-        let mut at = 0;
-        loop {
-            if let Some((head, left)) = self.current.as_mut() {
-                let n = (*left).min((self.buf.len() - at) as u64) as usize;
-                if let Some(inspector) = self.inspector.as_mut()
-                    && !head.is_control()
-                {
-                    inspector.payload(&self.buf[at..at + n]);
-                }
-                at += n;
-                *left -= n as u64;
-                if *left > 0 {
-                    return Ok(at);
-                }
-                let head = *head;
-                self.current = None;
-                self.frame_end(&head);
-                continue;
-            }
-            let Some(head) = parse_head(&self.buf[at..], self.way)? else {
-                return Ok(at);
-            };
-            if let Some(inspector) = self.inspector.as_mut() {
-                inspector.frame_start(&head).map_err(|why| ProtocolError {
-                    sender: self.way.sender(),
-                    why,
-                    way: self.way,
-                })?;
-            }
-            at += head.size;
-            self.current = Some((head, head.len));
-        }
-    }
-
-    fn frame_end(&mut self, head: &Head) {
-        if head.opcode == CLOSE {
-            self.closed = true;
-        } else if !head.is_control()
-            && head.fin
-            && let Some(inspector) = self.inspector.as_mut()
-        {
-            inspector.message_end();
-        }
-    }
-
     /// Sends a close frame of the relay's own, where the stream is at a
     /// frame boundary and no close frame went this way yet.
     async fn close(&mut self, code: u16, reason: &str) {
-        if self.clean && !self.closed {
-            self.closed = true;
+        if self.clean && !self.sent_close && !self.frames.closed() {
+            self.sent_close = true;
             let frame = close_frame(code, reason, self.way);
             let _ = self.to.write_all(&frame).await;
             let _ = self.to.flush().await;
@@ -557,15 +216,9 @@ impl Relay {
     {
         let (client_read, client_write) = tokio::io::split(client);
         let (upstream_read, upstream_write) = tokio::io::split(upstream);
-        let inspector = Inspector {
-            deflate: self.deflate,
-            inflater: None,
-            message: None,
-            text: Vec::new(),
-            observer: self.observer,
-        };
+        let messages = Messages::new(self.deflate, self.observer);
         let mut up = Pump::new(client_read, upstream_write, Way::ToUpstream, None);
-        let mut down = Pump::new(upstream_read, client_write, Way::ToClient, Some(inspector));
+        let mut down = Pump::new(upstream_read, client_write, Way::ToClient, Some(messages));
         let activity = Activity::new();
         let ended = {
             let up_run = up.run(&activity);
@@ -657,6 +310,8 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
+    use crate::wire::ws_frame::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+    use crate::wire::ws_message::{DEFLATE_TAIL, INSPECT_CAP};
 
     /// A frame as the upstream (unmasked) or a client (masked) sends it.
     fn frame(first: u8, payload: &[u8], way: Way) -> Vec<u8> {

@@ -1,0 +1,172 @@
+//! The messages a stream of WebSocket frames carries: text messages put
+//! back together from their frames, inflated when compressed
+//! (permessage-deflate, RFC 7692), and handed whole, up to
+//! [`INSPECT_CAP`] bytes, to an observer.
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+use super::ws_frame::{CONTINUATION, Head, TEXT};
+
+/// A text message longer than this is passed on but not looked into: the
+/// events that carry quota and errors are small.
+pub const INSPECT_CAP: usize = 256 * 1024;
+/// The tail a permessage-deflate sender strips from every message.
+pub const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// permessage-deflate as agreed in the handshake, for the upstream's frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deflate {
+    /// The upstream starts every message with an empty window.
+    pub server_no_context_takeover: bool,
+}
+
+/// Takes each text message of the upstream, inflated, up to
+/// [`INSPECT_CAP`] bytes.
+pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
+
+/// The message the inspector is reading.
+struct Reading {
+    text: bool,
+    compressed: bool,
+    /// Whether it grew past [`INSPECT_CAP`].
+    over: bool,
+}
+
+/// Reads the text messages of a stream of frames for an observer.
+pub struct Messages {
+    deflate: Option<Deflate>,
+    inflater: Option<Decompress>,
+    message: Option<Reading>,
+    text: Vec<u8>,
+    observer: Observer,
+}
+
+impl Messages {
+    pub fn new(deflate: Option<Deflate>, observer: Observer) -> Messages {
+        Messages {
+            deflate,
+            inflater: None,
+            message: None,
+            text: Vec::new(),
+            observer,
+        }
+    }
+
+    /// A frame begins: refused when it cannot start or continue a message.
+    pub(super) fn frame_start(&mut self, head: &Head) -> Result<(), &'static str> {
+        if head.is_control() {
+            return if head.rsv1 {
+                Err("RSV1 on a control frame")
+            } else {
+                Ok(())
+            };
+        }
+        match (head.opcode, self.message.is_some()) {
+            (CONTINUATION, false) => return Err("a continuation frame outside a message"),
+            (CONTINUATION, true) if head.rsv1 => return Err("RSV1 on a continuation frame"),
+            (CONTINUATION, true) => return Ok(()),
+            (_, true) => return Err("a new message before the last one ended"),
+            _ => {}
+        }
+        if head.rsv1 && self.deflate.is_none() {
+            return Err("RSV1 without permessage-deflate agreed");
+        }
+        self.message = Some(Reading {
+            text: head.opcode == TEXT,
+            compressed: head.rsv1,
+            over: false,
+        });
+        Ok(())
+    }
+
+    /// Payload bytes of the current frame.
+    pub(super) fn payload(&mut self, bytes: &[u8]) {
+        let Some(Reading {
+            text,
+            compressed,
+            over,
+        }) = self.message.as_mut()
+        else {
+            return;
+        };
+        if *compressed {
+            let keep = *text && !*over;
+            let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
+            if !inflate(inflater, bytes, FlushDecompress::None, &mut self.text, keep) {
+                *over = true;
+            }
+        } else if *text && !*over {
+            self.text.extend_from_slice(bytes);
+        }
+        if self.text.len() > INSPECT_CAP {
+            *over = true;
+            self.text.clear();
+        }
+    }
+
+    /// The message's last frame ended.
+    pub(super) fn message_end(&mut self) {
+        let Some(Reading {
+            text,
+            compressed,
+            over,
+        }) = self.message.take()
+        else {
+            return;
+        };
+        if compressed && let Some(inflater) = self.inflater.as_mut() {
+            let keep = text && !over;
+            let whole = inflate(
+                inflater,
+                &DEFLATE_TAIL,
+                FlushDecompress::Sync,
+                &mut self.text,
+                keep,
+            );
+            if !whole || self.deflate.is_some_and(|d| d.server_no_context_takeover) {
+                inflater.reset(false);
+            }
+            if !whole {
+                self.text.clear();
+            }
+        }
+        if text && !over && self.text.len() <= INSPECT_CAP && !self.text.is_empty() {
+            (self.observer)(&self.text);
+        }
+        self.text.clear();
+        if self.text.capacity() > 64 * 1024 {
+            self.text = Vec::new();
+        }
+    }
+}
+
+/// Inflates `input`, appending up to [`INSPECT_CAP`] bytes of what it
+/// gives to `out` when `keep`, discarding the rest. Returns false when the
+/// stream is broken (the observer then sees nothing of the message).
+fn inflate(
+    inflater: &mut Decompress,
+    mut input: &[u8],
+    flush: FlushDecompress,
+    out: &mut Vec<u8>,
+    keep: bool,
+) -> bool {
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let (read, written) = (inflater.total_in(), inflater.total_out());
+        let status = match inflater.decompress(input, &mut chunk, flush) {
+            Ok(status) => status,
+            Err(_) => return false,
+        };
+        let used = (inflater.total_in() - read) as usize;
+        let produced = (inflater.total_out() - written) as usize;
+        input = &input[used..];
+        if keep && out.len() <= INSPECT_CAP {
+            out.extend_from_slice(&chunk[..produced]);
+        }
+        // Output can lag behind the input taken: call again until neither
+        // moves.
+        if status == Status::StreamEnd || (used == 0 && produced == 0) {
+            return true;
+        }
+    }
+}
