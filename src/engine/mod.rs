@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::base::paths::Paths;
 use crate::engine::config::Config;
-use crate::engine::quota::Quota;
+use crate::engine::quota::{Quota, Source};
 use crate::engine::refresh::{
     Asker, FORCE_REFRESH, LOGIN_HINT, RefreshError, Refresher, recently_refreshed,
 };
@@ -185,6 +185,12 @@ impl Engine {
         }
     }
 
+    /// Whether an upstream status refuses the account the request carried
+    /// (401, 403, 429): the next try goes to another account.
+    pub fn refuses_the_account(status: u16) -> bool {
+        matches!(status, 401 | 403 | 429)
+    }
+
     /// Takes in what an upstream answered for `account`: quota from its
     /// headers (`x-codex-*`) and from a `usage_limit_reached` body, saved
     /// with `source`; a 401 starts a refresh (unless the token is brand
@@ -196,15 +202,15 @@ impl Engine {
         status: u16,
         header: impl Fn(&str) -> Option<&'h str>,
         body: Option<&Value>,
-        source: &str,
+        source: Source,
         by: &Asker,
     ) -> Observed {
         let now = self.refresher.now();
         let mut quota = Quota::from_headers(header, now).map(|mut q| {
-            q.source = source.to_owned();
+            q.source = source;
             q
         });
-        let refused = matches!(status, 401 | 403 | 429);
+        let refused = Engine::refuses_the_account(status);
         let limit = body.filter(|_| refused).and_then(|b| {
             Quota::from_usage_limit(b, quota.as_ref().or(account.quota.as_ref()), now)
         });

@@ -20,12 +20,71 @@ pub struct Quota {
         deserialize_with = "lenient_window"
     )]
     pub weekly: Option<Window>,
-    /// Where the numbers came from: `headers`, `usage`, `report` or `usage_limit`.
-    pub source: String,
+    /// Where the numbers came from.
+    pub source: Source,
     /// When they were observed, unix seconds.
     pub observed_at: i64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Where a quota's numbers came from, written as its name in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Source {
+    /// An upstream answer's `x-codex-*` headers.
+    Headers,
+    /// A `GET /wham/usage` answer.
+    Usage,
+    /// A client's report to the socket API.
+    Report,
+    /// A 429 `usage_limit_reached` body.
+    UsageLimit,
+    /// A `codex.rate_limits` event on a WebSocket connection.
+    Websocket,
+    /// A name this version does not know, kept as it was written.
+    Other(String),
+}
+
+impl Source {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Source::Headers => "headers",
+            Source::Usage => "usage",
+            Source::Report => "report",
+            Source::UsageLimit => "usage_limit",
+            Source::Websocket => "websocket",
+            Source::Other(name) => name,
+        }
+    }
+}
+
+impl From<String> for Source {
+    fn from(name: String) -> Source {
+        match name.as_str() {
+            "headers" => Source::Headers,
+            "usage" => Source::Usage,
+            "report" => Source::Report,
+            "usage_limit" => Source::UsageLimit,
+            "websocket" => Source::Websocket,
+            _ => Source::Other(name),
+        }
+    }
+}
+
+impl From<Source> for String {
+    fn from(source: Source) -> String {
+        match source {
+            Source::Other(name) => name,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,14 +170,14 @@ impl Quota {
             )
         };
         let [primary, secondary] = WINDOW_HEADERS;
-        Quota::seen(window(primary), window(secondary), "headers", now)
+        Quota::seen(window(primary), window(secondary), Source::Headers, now)
     }
 
     /// A quota of the windows seen; `None` when neither was.
     fn seen(
         five_hour: Option<Window>,
         weekly: Option<Window>,
-        source: &str,
+        source: Source,
         now: i64,
     ) -> Option<Quota> {
         if five_hour.is_none() && weekly.is_none() {
@@ -127,7 +186,7 @@ impl Quota {
         Some(Quota {
             five_hour,
             weekly,
-            source: source.to_owned(),
+            source,
             observed_at: now,
             extra: Map::new(),
         })
@@ -154,7 +213,7 @@ impl Quota {
         let mut quota = previous.cloned().unwrap_or(Quota {
             five_hour: None,
             weekly: None,
-            source: String::new(),
+            source: Source::UsageLimit,
             observed_at: now,
             extra: Map::new(),
         });
@@ -170,7 +229,7 @@ impl Quota {
             window_minutes: window_minutes.or(Some(if weekly { 7 * 24 * 60 } else { 300 })),
             resets_at,
         });
-        quota.source = "usage_limit".into();
+        quota.source = Source::UsageLimit;
         quota.observed_at = now;
         Some(quota)
     }
@@ -201,7 +260,12 @@ impl Quota {
                 now,
             )
         };
-        Quota::seen(window("primary"), window("secondary"), "websocket", now)
+        Quota::seen(
+            window("primary"),
+            window("secondary"),
+            Source::Websocket,
+            now,
+        )
     }
 
     /// Reads the body of `GET {chatgpt_base}/wham/usage`.
@@ -225,7 +289,7 @@ impl Quota {
         Some(Quota {
             five_hour: window("primary_window"),
             weekly: window("secondary_window"),
-            source: "usage".into(),
+            source: Source::Usage,
             observed_at: now,
             extra: Map::new(),
         })
@@ -338,12 +402,33 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_written_by_name_and_unknown_names_kept() {
+        for (source, name) in [
+            (Source::Headers, "headers"),
+            (Source::Usage, "usage"),
+            (Source::Report, "report"),
+            (Source::UsageLimit, "usage_limit"),
+            (Source::Websocket, "websocket"),
+        ] {
+            assert_eq!(serde_json::to_value(&source).unwrap(), name);
+            assert_eq!(
+                serde_json::from_value::<Source>(name.into()).unwrap(),
+                source
+            );
+        }
+        let later: Source = serde_json::from_value("metrics_push".into()).unwrap();
+        assert_eq!(later, Source::Other("metrics_push".into()));
+        assert_eq!(serde_json::to_value(&later).unwrap(), "metrics_push");
+        assert!(serde_json::from_value::<Source>(7.into()).is_err());
+    }
+
+    #[test]
     fn headers_read_back() {
         let now = 1_795_000_000;
         let quota = Quota {
             five_hour: Window::checked(61.5, Some(300), Some(now + 600), now),
             weekly: Window::checked(9.0, None, None, now),
-            source: "websocket".into(),
+            source: Source::Websocket,
             observed_at: now,
             extra: Map::new(),
         };

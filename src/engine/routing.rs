@@ -349,7 +349,7 @@ mod tests {
                 resets_at: Some(resets_at),
             }),
             weekly: None,
-            source: "headers".into(),
+            source: crate::engine::quota::Source::Headers,
             observed_at: 0,
             extra: Default::default(),
         })

@@ -11,6 +11,8 @@ use super::body::{Body, Outgoing, full};
 use super::headers::{CHATGPT_ACCOUNT_ID, declared_length, forwardable, header_str};
 use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER, upstream};
+use crate::engine::Engine;
+use crate::engine::quota::Source;
 use crate::engine::refresh::Asker;
 use crate::engine::routing::{self, Pick, Picked};
 use crate::wire::proto::MIN_TTL;
@@ -72,14 +74,14 @@ impl Forwarder {
             self.bearers.set_credentials(&mut headers, &account);
             let response = self.send(method.clone(), url, headers, body).await?;
             let status = response.status();
-            if !matches!(status.as_u16(), 401 | 403 | 429) {
+            if !Engine::refuses_the_account(status.as_u16()) {
                 let response_headers = response.headers();
                 self.shared.observe(
                     &account,
                     status.as_u16(),
                     |n| header_str(response_headers, n),
                     None,
-                    "headers",
+                    Source::Headers,
                     by,
                 );
                 return Ok((account, response));
@@ -92,7 +94,7 @@ impl Forwarder {
                 status.as_u16(),
                 |n| header_str(&head.headers, n),
                 body.as_ref(),
-                "headers",
+                Source::Headers,
                 by,
             );
             tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");

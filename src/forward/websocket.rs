@@ -28,7 +28,7 @@ use super::relay::relay;
 use super::ws_relay::{Ended, Relay};
 use crate::engine::Engine;
 use crate::engine::config::WebSockets;
-use crate::engine::quota::Quota;
+use crate::engine::quota::{Quota, Source};
 use crate::engine::refresh::Asker;
 use crate::engine::store::Account;
 use crate::wire::proto::ErrorCode;
@@ -360,7 +360,7 @@ fn observe_event(engine: &Engine, account: &Account, text: &[u8], by: &Asker) {
         status,
         |n| header_str(&headers, n),
         Some(&event),
-        "headers",
+        Source::Headers,
         by,
     );
     if observed.skip {

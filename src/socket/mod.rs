@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::base::peer;
 use crate::base::server::{self, Connections, Limits};
 use crate::engine::Engine;
+use crate::engine::quota::Source;
 use crate::engine::refresh::{Asker, RefreshError};
 use crate::engine::routing::{self, Pick, Unavailable};
 use crate::engine::store::{Account, StoreError};
@@ -481,7 +482,7 @@ async fn report(shared: &Engine, body: &[u8], min_ttl: i64, by: &Asker) -> Resul
         report.status,
         |name| headers.get(name).copied(),
         Some(&upstream_body),
-        "report",
+        Source::Report,
         by,
     );
     if let Some(saved) = observed.saved {
