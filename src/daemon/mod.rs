@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fs2::FileExt;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -157,20 +158,7 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     raise_open_file_limit();
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
-    paths.store().update(|store| {
-        store.shield |= config.shield;
-        match (&options.follow, &store.follows) {
-            (Some(leader), _) => become_follower(store, leader, &paths.home),
-            (None, Some(leader)) => anyhow::bail!(
-                "{} is the home of a follower of {}: run `codex-broker serve --follow {}`, or \
-                 give a leader a home of its own (--home DIR)",
-                paths.home.display(),
-                leader.display(),
-                leader.display()
-            ),
-            (None, None) => Ok(()),
-        }
-    })?;
+    prepare_store(&paths, &config, &options)?;
     let (listener, socket_file) = socket::bind(&paths.socket)?;
     let forward_listener = match &options.listen {
         Some(addr) => Some(forward::bind(addr).await?),
@@ -195,42 +183,18 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
             tracing::warn!("cannot take in auth.json: {e}");
         }
     }
-
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(watcher.run(engine.clone(), shutdown.clone()));
-    tracker.spawn(scheduler::run(engine.clone(), shutdown.clone()));
-    if let Some(leader) = engine.leader.clone() {
-        tracker.spawn(crate::follow::sync::follow(
-            engine.clone(),
-            leader,
-            shutdown.clone(),
-        ));
-    }
-    {
-        let (engine, shutdown, limits) = (engine.clone(), shutdown.clone(), options.limits);
-        tracker.spawn(socket::serve(listener, engine, limits, shutdown));
-    }
-    if let Some(listener) = forward_listener {
-        let forwarder = Arc::new(Forwarder::new(engine.clone()));
-        tracker.spawn(forward::serve(
-            listener,
-            forwarder,
-            options.limits,
-            shutdown.clone(),
-        ));
-    }
-    tracker.close();
-
+    let servers = Servers {
+        socket: listener,
+        forwarder: forward_listener,
+        limits: options.limits,
+    };
+    spawn_tasks(&tracker, &engine, servers, &shutdown);
     announce(&engine)?;
     sd_notify("READY=1");
-
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    until_asked_to_stop().await?;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let grace = options.limits.grace + Duration::from_secs(1);
@@ -245,6 +209,77 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
         tracing::error!("{lost}");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Takes the shield setting into the store, and makes the home a
+/// follower's with `--follow`; a follower's home refuses to lead.
+fn prepare_store(paths: &Paths, config: &Config, options: &Options) -> anyhow::Result<()> {
+    paths.store().update(|store| {
+        store.shield |= config.shield;
+        match (&options.follow, &store.follows) {
+            (Some(leader), _) => become_follower(store, leader, &paths.home),
+            (None, Some(leader)) => anyhow::bail!(
+                "{} is the home of a follower of {}: run `codex-broker serve --follow {}`, or \
+                 give a leader a home of its own (--home DIR)",
+                paths.home.display(),
+                leader.display(),
+                leader.display()
+            ),
+            (None, None) => Ok(()),
+        }
+    })
+}
+
+/// The daemon's listeners.
+struct Servers {
+    socket: UnixListener,
+    forwarder: Option<TcpListener>,
+    limits: Limits,
+}
+
+/// Starts the scheduler, the follow loop of a follower, the socket API and
+/// the forwarder, each until `shutdown`.
+fn spawn_tasks(
+    tracker: &TaskTracker,
+    engine: &Arc<Engine>,
+    servers: Servers,
+    shutdown: &CancellationToken,
+) {
+    tracker.spawn(scheduler::run(engine.clone(), shutdown.clone()));
+    if let Some(leader) = engine.leader.clone() {
+        tracker.spawn(crate::follow::sync::follow(
+            engine.clone(),
+            leader,
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(socket::serve(
+        servers.socket,
+        engine.clone(),
+        servers.limits,
+        shutdown.clone(),
+    ));
+    if let Some(listener) = servers.forwarder {
+        let forwarder = Arc::new(Forwarder::new(engine.clone()));
+        tracker.spawn(forward::serve(
+            listener,
+            forwarder,
+            servers.limits,
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn until_asked_to_stop() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
     Ok(())
 }
 

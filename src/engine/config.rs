@@ -105,70 +105,27 @@ impl Config {
         };
         let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
         let file: File = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let url = |value: String, key: &str| -> Result<String, ConfigError> {
-            let trimmed = value.trim().trim_end_matches('/').to_owned();
-            if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
-                Ok(trimmed)
-            } else {
-                Err(invalid(format!("`{key}` must be an http(s) URL")))
-            }
-        };
-        let refresh_ahead = match env("CODEX_BROKER_REFRESH_AHEAD") {
-            Some(text) => parse_duration(&text).ok_or_else(|| ConfigError::Invalid {
-                path: "CODEX_BROKER_REFRESH_AHEAD".into(),
-                message: format!("`{text}` is not a duration such as 1800, \"30m\" or \"1h\""),
-            })?,
-            None => match file.refresh_ahead {
-                None => DEFAULT_REFRESH_AHEAD,
-                Some(value) => duration_value(&value).ok_or_else(|| {
-                    invalid(format!(
-                        "`refresh_ahead` must be seconds or a duration such as \"30m\", not {value}"
-                    ))
-                })?,
-            },
-        };
-        let idle_timeout = match file.websocket_idle_timeout {
-            None => DEFAULT_WEBSOCKET_IDLE,
-            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
-                invalid(format!(
-                    "`websocket_idle_timeout` must be a positive number of seconds or a duration \
-                     such as \"30m\", not {value}"
-                ))
-            })?,
-        };
-        let follow_interval = match file.follow_interval {
-            None => DEFAULT_FOLLOW_INTERVAL,
-            Some(value) => duration_value(&value).filter(|s| *s > 0).ok_or_else(|| {
-                invalid(format!(
-                    "`follow_interval` must be a positive number of seconds or a duration such \
-                     as \"30s\", not {value}"
-                ))
-            })?,
-        };
-        let max_open = match file.max_websockets {
-            None => DEFAULT_MAX_WEBSOCKETS,
-            Some(n) if (1..=MAX_WEBSOCKETS_LIMIT).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(invalid(format!(
-                    "`max_websockets` must be from 1 to {MAX_WEBSOCKETS_LIMIT}, not {n} (to \
-                     answer every upgrade with 426, set websocket = false)"
-                )));
-            }
-        };
+        let refresh_ahead = refresh_ahead(file.refresh_ahead.as_ref(), &invalid)?;
+        let idle_timeout = positive_duration(
+            file.websocket_idle_timeout.as_ref(),
+            DEFAULT_WEBSOCKET_IDLE,
+            "`websocket_idle_timeout` must be a positive number of seconds or a duration such \
+             as \"30m\"",
+        )
+        .map_err(invalid)?;
+        let follow_interval = positive_duration(
+            file.follow_interval.as_ref(),
+            DEFAULT_FOLLOW_INTERVAL,
+            "`follow_interval` must be a positive number of seconds or a duration such as \"30s\"",
+        )
+        .map_err(invalid)?;
+        let max_open = max_websockets(file.max_websockets).map_err(invalid)?;
+        let issuer = env("CODEX_BROKER_ISSUER").or(file.issuer);
+        let chatgpt_base = env("CODEX_BROKER_CHATGPT_BASE").or(file.chatgpt_base);
         Ok(Config {
-            issuer: url(
-                env("CODEX_BROKER_ISSUER")
-                    .or(file.issuer)
-                    .unwrap_or_else(|| DEFAULT_ISSUER.into()),
-                "issuer",
-            )?,
-            chatgpt_base: url(
-                env("CODEX_BROKER_CHATGPT_BASE")
-                    .or(file.chatgpt_base)
-                    .unwrap_or_else(|| DEFAULT_CHATGPT_BASE.into()),
-                "chatgpt_base",
-            )?,
+            issuer: http_url(issuer, DEFAULT_ISSUER, "issuer").map_err(invalid)?,
+            chatgpt_base: http_url(chatgpt_base, DEFAULT_CHATGPT_BASE, "chatgpt_base")
+                .map_err(invalid)?,
             refresh_ahead,
             websocket: WebSockets {
                 enabled: file.websocket.unwrap_or(true),
@@ -178,6 +135,68 @@ impl Config {
             shield: file.shield.unwrap_or(false),
             follow_interval,
         })
+    }
+}
+
+/// A variable of the environment, unless unset or blank.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `value` (else `default`) as a base URL without its trailing slash;
+/// only http(s) URLs are taken.
+fn http_url(value: Option<String>, default: &str, key: &str) -> Result<String, String> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let trimmed = value.trim().trim_end_matches('/').to_owned();
+    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+        Ok(trimmed)
+    } else {
+        Err(format!("`{key}` must be an http(s) URL"))
+    }
+}
+
+/// How long before expiry tokens are refreshed: `CODEX_BROKER_REFRESH_AHEAD`,
+/// else the file's `refresh_ahead`, else the default.
+fn refresh_ahead(
+    file: Option<&toml::Value>,
+    invalid: &impl Fn(String) -> ConfigError,
+) -> Result<i64, ConfigError> {
+    if let Some(text) = env("CODEX_BROKER_REFRESH_AHEAD") {
+        return parse_duration(&text).ok_or_else(|| ConfigError::Invalid {
+            path: "CODEX_BROKER_REFRESH_AHEAD".into(),
+            message: format!("`{text}` is not a duration such as 1800, \"30m\" or \"1h\""),
+        });
+    }
+    match file {
+        None => Ok(DEFAULT_REFRESH_AHEAD),
+        Some(value) => duration_value(value).ok_or_else(|| {
+            invalid(format!(
+                "`refresh_ahead` must be seconds or a duration such as \"30m\", not {value}"
+            ))
+        }),
+    }
+}
+
+/// A positive duration setting, or `default` when absent; `rule` says
+/// what it must be when it is not.
+fn positive_duration(value: Option<&toml::Value>, default: i64, rule: &str) -> Result<i64, String> {
+    match value {
+        None => Ok(default),
+        Some(value) => duration_value(value)
+            .filter(|s| *s > 0)
+            .ok_or_else(|| format!("{rule}, not {value}")),
+    }
+}
+
+/// The `max_websockets` setting, from 1 to [`MAX_WEBSOCKETS_LIMIT`].
+fn max_websockets(value: Option<i64>) -> Result<usize, String> {
+    match value {
+        None => Ok(DEFAULT_MAX_WEBSOCKETS),
+        Some(n) if (1..=MAX_WEBSOCKETS_LIMIT).contains(&n) => Ok(n as usize),
+        Some(n) => Err(format!(
+            "`max_websockets` must be from 1 to {MAX_WEBSOCKETS_LIMIT}, not {n} (to answer every \
+             upgrade with 426, set websocket = false)"
+        )),
     }
 }
 

@@ -551,75 +551,103 @@ impl Refresher {
             e.after_interrupted.clone_from(&after_interrupted);
             journal.record(&e);
         };
-        let answer = match &self.inner.source {
-            Source::Issuer(oauth) => oauth.refresh(&spent).await,
-            Source::Leader(leader) => {
-                let current = account.tokens.as_ref().map(|t| t.access_token.expose());
-                leader.refresh(&id, min_ttl).await.and_then(|r| {
-                    if r.access_token.as_ref().map(Secret::expose) == current {
-                        Err(OAuthError::Transient(
-                            "the leader has no newer token for this account yet".into(),
-                        ))
-                    } else {
-                        Ok(r)
-                    }
-                })
-            }
-        };
+        let answer = self.ask(&account, &spent, min_ttl).await;
         match answer {
             Ok(response) => {
                 let rotated = rotate(&account, response, (self.inner.clock)());
                 self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted)
             }
             Err(OAuthError::Permanent { code, message, .. }) => {
-                let own = account_secrets(&account);
-                let reason = redact(
-                    &format!(
-                        "{} rejected its refresh token: {code}: {message}",
-                        self.inner.source.name()
-                    ),
-                    &own.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
                 tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");
                 let mut e = entry(Event::Rejected);
                 e.code = Some(code.clone());
                 outcome(e);
-                let account = self.inner.store.update(|store| {
-                    let a = store
-                        .get_mut(&id)
-                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
-                    a.state = State::NeedsLogin;
-                    a.state_reason = Some(format!("{reason}; {LOGIN_HINT}"));
-                    a.backoff_until = None;
-                    Ok::<_, RefreshError>(a.clone())
-                })?;
+                let account = self.mark_needs_login(&account, &code, &message)?;
                 Err(needs_login(&account))
             }
             Err(OAuthError::Transient(reason)) => {
                 let mut e = entry(Event::Transient);
                 e.reason = Some(reason.clone());
                 outcome(e);
-                let account = self.inner.store.update(|store| {
-                    let a = store
-                        .get_mut(&id)
-                        .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
-                    a.refresh_failures = a.refresh_failures.saturating_add(1);
-                    let delay = backoff_delay(a.refresh_failures, jitter());
-                    a.state = State::RefreshBackoff;
-                    a.state_reason = Some(reason.clone());
-                    a.backoff_until = Some(now + delay);
-                    Ok::<_, RefreshError>(a.clone())
-                })?;
-                tracing::warn!(
-                    account = %id,
-                    failures = account.refresh_failures,
-                    retry_in = account.backoff_until.unwrap_or(now) - now,
-                    "refresh failed: {reason}"
-                );
+                let account = self.back_off(&id, &reason, now)?;
                 let until = account.backoff_until.unwrap_or(now);
                 serve_while_valid(account, now, until)
             }
         }
+    }
+
+    /// Sends the refresh: to the issuer, or to the leader for a follower
+    /// (whose answer must carry a newer access token than `account` has).
+    async fn ask(
+        &self,
+        account: &Account,
+        spent: &Secret<String>,
+        min_ttl: i64,
+    ) -> Result<TokenResponse, OAuthError> {
+        match &self.inner.source {
+            Source::Issuer(oauth) => oauth.refresh(spent).await,
+            Source::Leader(leader) => {
+                let current = account.tokens.as_ref().map(|t| t.access_token.expose());
+                let answer = leader.refresh(&account.id, min_ttl).await?;
+                if answer.access_token.as_ref().map(Secret::expose) == current {
+                    return Err(OAuthError::Transient(
+                        "the leader has no newer token for this account yet".into(),
+                    ));
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Marks an account whose refresh token was rejected as needing a login,
+    /// with the reason (its own secrets redacted).
+    fn mark_needs_login(
+        &self,
+        account: &Account,
+        code: &str,
+        message: &str,
+    ) -> Result<Account, RefreshError> {
+        let own = account_secrets(account);
+        let reason = redact(
+            &format!(
+                "{} rejected its refresh token: {code}: {message}",
+                self.inner.source.name()
+            ),
+            &own.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let id = &account.id;
+        self.inner.store.update(|store| {
+            let a = store
+                .get_mut(id)
+                .ok_or_else(|| RefreshError::Unknown(id.clone()))?;
+            a.state = State::NeedsLogin;
+            a.state_reason = Some(format!("{reason}; {LOGIN_HINT}"));
+            a.backoff_until = None;
+            Ok::<_, RefreshError>(a.clone())
+        })
+    }
+
+    /// Puts an account whose refresh failed for now into backoff, longer
+    /// with each failure in a row.
+    fn back_off(&self, id: &str, reason: &str, now: i64) -> Result<Account, RefreshError> {
+        let account = self.inner.store.update(|store| {
+            let a = store
+                .get_mut(id)
+                .ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
+            a.refresh_failures = a.refresh_failures.saturating_add(1);
+            let delay = backoff_delay(a.refresh_failures, jitter());
+            a.state = State::RefreshBackoff;
+            a.state_reason = Some(reason.to_owned());
+            a.backoff_until = Some(now + delay);
+            Ok::<_, RefreshError>(a.clone())
+        })?;
+        tracing::warn!(
+            account = %id,
+            failures = account.refresh_failures,
+            retry_in = account.backoff_until.unwrap_or(now) - now,
+            "refresh failed: {reason}"
+        );
+        Ok(account)
     }
 
     /// Saves a rotation to the store, records it in the journal and

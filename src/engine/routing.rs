@@ -261,44 +261,7 @@ pub async fn fresh_account(
     }
     let ids: Vec<(String, i64)> = usable.iter().map(|a| a.id.clone()).zip(ttls).collect();
     if ids.is_empty() {
-        if store.accounts.is_empty() {
-            return Err(Unavailable::NoAccounts);
-        }
-        let eligible: Vec<&Account> = store
-            .accounts
-            .iter()
-            .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
-            .collect();
-        let blocks: Vec<(&Account, Option<Block>)> = eligible
-            .iter()
-            .map(|a| (*a, blocked(&store, a, now)))
-            .collect();
-        // Only quota stands in the way, and it resets: say when.
-        let resets: Option<Vec<(i64, &Account)>> = blocks
-            .iter()
-            .map(|(a, block)| Some((block.as_ref()?.lifts_at()?, *a)))
-            .collect();
-        if let Some((resets_at, first)) =
-            resets.and_then(|r| r.into_iter().min_by_key(|(at, _)| *at))
-        {
-            return Err(Unavailable::QuotaExhausted {
-                resets_at,
-                quota: first.quota.clone().map(Box::new),
-                now,
-            });
-        }
-        let reasons: Vec<String> = blocks
-            .iter()
-            .filter_map(|(a, block)| {
-                let why = block.as_ref().map(Block::to_string).or_else(|| {
-                    exclude
-                        .contains(&a.id.as_str())
-                        .then(|| "just failed".into())
-                })?;
-                Some(format!("{}: {why}", a.name()))
-            })
-            .collect();
-        return Err(Unavailable::AllBlocked(reasons.join("; ")));
+        return Err(why_none_serves(&store, &pick, now));
     }
     let mut last = None;
     for (id, min_ttl) in &ids {
@@ -314,6 +277,44 @@ pub async fn fresh_account(
     Err(Unavailable::AllFailed(
         last.expect("every candidate failed with an error"),
     ))
+}
+
+/// Why no account can serve `pick`: there is none, or quota is all that
+/// stands in the way (with the earliest reset), or each one's block.
+fn why_none_serves(store: &Store, pick: &Pick<'_>, now: i64) -> Unavailable {
+    if store.accounts.is_empty() {
+        return Unavailable::NoAccounts;
+    }
+    let blocks: Vec<(&Account, Option<Block>)> = store
+        .accounts
+        .iter()
+        .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
+        .map(|a| (a, blocked(store, a, now)))
+        .collect();
+    // Only quota stands in the way, and it resets: say when.
+    let resets: Option<Vec<(i64, &Account)>> = blocks
+        .iter()
+        .map(|(a, block)| Some((block.as_ref()?.lifts_at()?, *a)))
+        .collect();
+    if let Some((resets_at, first)) = resets.and_then(|r| r.into_iter().min_by_key(|(at, _)| *at)) {
+        return Unavailable::QuotaExhausted {
+            resets_at,
+            quota: first.quota.clone().map(Box::new),
+            now,
+        };
+    }
+    let reasons: Vec<String> = blocks
+        .iter()
+        .filter_map(|(a, block)| {
+            let why = block.as_ref().map(Block::to_string).or_else(|| {
+                pick.exclude
+                    .contains(&a.id.as_str())
+                    .then(|| "just failed".into())
+            })?;
+            Some(format!("{}: {why}", a.name()))
+        })
+        .collect();
+    Unavailable::AllBlocked(reasons.join("; "))
 }
 
 #[cfg(test)]

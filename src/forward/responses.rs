@@ -24,72 +24,11 @@ impl Forwarder {
     /// `POST /v1/responses`.
     pub(super) async fn responses(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    &format!("request bodies are limited to {RETRY_BUFFER} bytes here"),
-                );
-            }
-            Err(e) => return body_error(e),
+        let (body, client_stream) = match codex_request(&parts.headers, body).await {
+            Ok(rewritten) => rewritten,
+            Err(refused) => return refused,
         };
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok());
-        let plain = match decode(encoding, &bytes) {
-            Ok(plain) => plain,
-            Err(DecodeError::TooLarge) => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    &format!("the request body expands to more than {MAX_DECODED} bytes"),
-                );
-            }
-            Err(DecodeError::Invalid(message)) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::InvalidRequest,
-                    &message,
-                );
-            }
-        };
-        let rewritten = serde_json::from_slice::<Value>(&plain)
-            .map_err(|e| format!("the request body is not JSON: {e}"))
-            .and_then(rewrite);
-        let (body, client_stream) = match rewritten {
-            Ok(r) => r,
-            Err(message) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::InvalidRequest,
-                    &message,
-                );
-            }
-        };
-        let mut headers = forwardable(
-            parts.headers,
-            &[
-                header::AUTHORIZATION,
-                CHATGPT_ACCOUNT_ID,
-                header::CONTENT_ENCODING,
-                header::CONTENT_LENGTH,
-                // The answer is read here; it must come uncompressed.
-                header::ACCEPT_ENCODING,
-                HeaderName::from_static("openai-organization"),
-                HeaderName::from_static("openai-project"),
-            ],
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
+        let headers = codex_headers(parts.headers);
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         let response = match self
@@ -154,6 +93,72 @@ impl Forwarder {
             .collect();
         json_response(StatusCode::OK, &json!({"object": "list", "data": listed}))
     }
+}
+
+/// The client's request body read (up to [`RETRY_BUFFER`] bytes),
+/// decoded and rewritten for the Codex backend, with whether the client
+/// asked for a stream; or the answer that refuses it.
+async fn codex_request(
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<(Value, bool), Response<Body>> {
+    let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                &format!("request bodies are limited to {RETRY_BUFFER} bytes here"),
+            ));
+        }
+        Err(e) => return Err(body_error(e)),
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let plain = decode(encoding, &bytes).map_err(|e| match e {
+        DecodeError::TooLarge => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &format!("the request body expands to more than {MAX_DECODED} bytes"),
+        ),
+        DecodeError::Invalid(message) => {
+            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
+        }
+    })?;
+    serde_json::from_slice::<Value>(&plain)
+        .map_err(|e| format!("the request body is not JSON: {e}"))
+        .and_then(rewrite)
+        .map_err(|message| {
+            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
+        })
+}
+
+/// The client's headers as they go to the Codex backend: a JSON body, an
+/// SSE answer that comes uncompressed (it may be read here), and none of
+/// the public API's own credentials and scopes.
+fn codex_headers(client: HeaderMap) -> HeaderMap {
+    let mut headers = forwardable(
+        client,
+        &[
+            header::AUTHORIZATION,
+            CHATGPT_ACCOUNT_ID,
+            header::CONTENT_ENCODING,
+            header::CONTENT_LENGTH,
+            header::ACCEPT_ENCODING,
+            HeaderName::from_static("openai-organization"),
+            HeaderName::from_static("openai-project"),
+        ],
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers
 }
 
 /// Reads a whole streamed answer (an SSE stream of a finished response),

@@ -12,20 +12,21 @@ use std::time::Duration;
 use base64::Engine as _;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Forwarder;
 use super::answer::error_response;
 use super::body::{Body, Outgoing};
 use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
 use super::relay::relay;
 use super::ws_relay::{Ended, Relay};
+use super::{Forwarder, upstream};
 use crate::engine::Engine;
 use crate::engine::config::WebSockets;
 use crate::engine::quota::{Quota, Source};
@@ -178,48 +179,12 @@ impl Forwarder {
         url: String,
         by: &Asker,
     ) -> Response<Body> {
-        let Some(sessions) = &self.websockets else {
-            return error_response(
-                StatusCode::UPGRADE_REQUIRED,
-                ErrorCode::WebsocketUnsupported,
-                "WebSocket forwarding is off (serve --no-websocket, or websocket = false); use \
-                 HTTP (SSE)",
-            );
-        };
-        if let Some(problem) = handshake_problem(&request) {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, problem);
-        }
-        let Ok(permit) = sessions.open.clone().try_acquire_owned() else {
-            tracing::warn!(
-                max = sessions.max_open,
-                "refused a WebSocket connection: the limit is reached"
-            );
-            return error_response(
-                StatusCode::UPGRADE_REQUIRED,
-                ErrorCode::WebsocketUnsupported,
-                &format!(
-                    "{} WebSocket connections are open, the most allowed (max_websockets); use \
-                     HTTP (SSE)",
-                    sessions.max_open
-                ),
-            );
+        let (sessions, permit) = match self.admit(&request) {
+            Ok(admitted) => admitted,
+            Err(refused) => return *refused,
         };
         let client_upgrade = hyper::upgrade::on(&mut request);
-        let (parts, _) = request.into_parts();
-        let offers = deflate_offers(&parts.headers);
-        let mut headers = forwardable(
-            parts.headers,
-            &[
-                header::AUTHORIZATION,
-                CHATGPT_ACCOUNT_ID,
-                header::SEC_WEBSOCKET_EXTENSIONS,
-            ],
-        );
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(offers) = offers {
-            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, offers);
-        }
+        let headers = handshake_headers(request.into_parts().0.headers);
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
             .with_fallback(Method::GET, &url, headers, outgoing, by)
@@ -231,42 +196,26 @@ impl Forwarder {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return relay(response).await;
         }
-        let broken = |why: String| {
-            tracing::warn!("the upstream's WebSocket handshake is unusable: {why}");
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                ErrorCode::UpstreamBroken,
-                &format!("the upstream's WebSocket handshake is unusable: {why}"),
-            )
-        };
-        let upgraded_to_websocket = header_str(response.headers(), "upgrade")
-            .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
-        if !upgraded_to_websocket {
-            return broken("it switched to another protocol than websocket".into());
-        }
-        let deflate = match agreed_deflate(response.headers()) {
-            Ok(deflate) => deflate,
-            Err(why) => return broken(format!("it agreed to {why}")),
-        };
-        let mut head = forwardable(response.headers().clone(), &[header::CONTENT_LENGTH]);
-        head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        head.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let upstream = match hyper::upgrade::on(response).await {
-            Ok(upstream) => TokioIo::new(upstream),
-            Err(e) => return broken(e.to_string()),
+        let (head, deflate, upstream) = match switched(response).await {
+            Ok(switched) => switched,
+            Err(why) => {
+                tracing::warn!("the upstream's WebSocket handshake is unusable: {why}");
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::UpstreamBroken,
+                    &format!("the upstream's WebSocket handshake is unusable: {why}"),
+                );
+            }
         };
         let engine = self.shared.clone();
-        let observer_account = account.clone();
         let observer_by = by.clone();
+        let id = account.id.clone();
         let relay = Relay {
             deflate,
             idle: sessions.idle,
             stop: sessions.stop.clone(),
-            observer: Box::new(move |text| {
-                observe_event(&engine, &observer_account, text, &observer_by);
-            }),
+            observer: Box::new(move |text| observe_event(&engine, &account, text, &observer_by)),
         };
-        let id = account.id.clone();
         sessions.tracker.spawn(async move {
             let _permit = permit;
             let client = match client_upgrade.await {
@@ -289,6 +238,86 @@ impl Forwarder {
         *answer.headers_mut() = head;
         answer
     }
+
+    /// The sessions and a place among them for a handshake, or why not.
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(&Sessions, OwnedSemaphorePermit), Box<Response<Body>>> {
+        let Some(sessions) = &self.websockets else {
+            return Err(Box::new(error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::WebsocketUnsupported,
+                "WebSocket forwarding is off (serve --no-websocket, or websocket = false); use \
+                 HTTP (SSE)",
+            )));
+        };
+        if let Some(problem) = handshake_problem(request) {
+            return Err(Box::new(error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                problem,
+            )));
+        }
+        let Ok(permit) = sessions.open.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max = sessions.max_open,
+                "refused a WebSocket connection: the limit is reached"
+            );
+            return Err(Box::new(error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::WebsocketUnsupported,
+                &format!(
+                    "{} WebSocket connections are open, the most allowed (max_websockets); use \
+                     HTTP (SSE)",
+                    sessions.max_open
+                ),
+            )));
+        };
+        Ok((sessions, permit))
+    }
+}
+
+/// The client's handshake headers as they go upstream: the account's
+/// credentials are set by the fallback loop, and only the deflate offers
+/// the relay can read pass.
+fn handshake_headers(client: HeaderMap) -> HeaderMap {
+    let offers = deflate_offers(&client);
+    let mut headers = forwardable(
+        client,
+        &[
+            header::AUTHORIZATION,
+            CHATGPT_ACCOUNT_ID,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ],
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Some(offers) = offers {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, offers);
+    }
+    headers
+}
+
+/// The upstream's 101 answer, checked: the head to pass to the client, the
+/// deflate it agreed to, and its upgraded connection.
+async fn switched(
+    response: upstream::Answer,
+) -> Result<(HeaderMap, Option<Deflate>, TokioIo<Upgraded>), String> {
+    let upgraded_to_websocket = header_str(response.headers(), "upgrade")
+        .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
+    if !upgraded_to_websocket {
+        return Err("it switched to another protocol than websocket".into());
+    }
+    let deflate =
+        agreed_deflate(response.headers()).map_err(|why| format!("it agreed to {why}"))?;
+    let mut head = forwardable(response.headers().clone(), &[header::CONTENT_LENGTH]);
+    head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    head.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let upstream = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((head, deflate, TokioIo::new(upstream)))
 }
 
 /// The headers an `error` event carries, as an HTTP answer would.
