@@ -73,17 +73,17 @@ impl Forwarder {
     /// Keeps a warm connection to each upstream while the store has an
     /// account, until `stop`.
     fn keep_warm(self: &Arc<Self>, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
-        let this = self.clone();
+        let warm = self.client.warm().clone();
+        let engine = self.shared.clone();
         async move {
-            let engine = &this.shared;
-            let has_accounts = || {
+            let changed = engine.store_changed.subscribe();
+            let has_accounts = move || {
                 engine
                     .refresher
                     .store()
                     .is_ok_and(|s| !s.accounts.is_empty())
             };
-            let changed = engine.store_changed.subscribe();
-            this.client.warm().keep(has_accounts, changed, stop).await;
+            warm.keep(has_accounts, changed, stop).await;
         }
     }
 }

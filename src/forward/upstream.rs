@@ -26,6 +26,8 @@ use super::warm::{Failed, Warm};
 /// How long an upstream may send nothing: before its answer's head, and
 /// between two frames of its body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Idle pooled connections kept per upstream.
+const POOL_MAX_IDLE: usize = 1024;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -42,6 +44,7 @@ pub struct Client {
 fn pooled(connector: Https) -> Pooled<Https, Body> {
     Pooled::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector)

@@ -6,7 +6,7 @@
 //! client carries the request.
 
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -134,26 +134,29 @@ impl Warm {
     }
 
     /// Keeps each warm connection open while `has_accounts` says so,
-    /// looking again whenever `changed` fires, until `stop`.
+    /// looking again whenever `changed` fires, until `stop`. Each origin's
+    /// connection runs on a task of its own, woken only by its own I/O.
     pub async fn keep(
-        &self,
-        has_accounts: impl Fn() -> bool + Sync,
+        self: &Arc<Self>,
+        has_accounts: impl Fn() -> bool + Send + Sync + Clone + 'static,
         changed: watch::Receiver<()>,
         stop: CancellationToken,
     ) {
-        let keepers = self.slots.iter().map(|slot| {
-            let changed = changed.clone();
-            let stop = stop.clone();
-            let has_accounts = &has_accounts;
-            async move {
+        let mut keepers = tokio::task::JoinSet::new();
+        for index in 0..self.slots.len() {
+            let warm = self.clone();
+            let (has_accounts, changed, stop) =
+                (has_accounts.clone(), changed.clone(), stop.clone());
+            keepers.spawn(async move {
+                let slot = &warm.slots[index];
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = self.keep_one(slot, has_accounts, changed) => {}
+                    () = warm.keep_one(slot, &has_accounts, changed) => {}
                 }
                 lock(&slot.sender).take();
-            }
-        });
-        futures_util::future::join_all(keepers).await;
+            });
+        }
+        keepers.join_all().await;
     }
 
     async fn keep_one(
