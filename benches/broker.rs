@@ -382,6 +382,7 @@ fn main() {
 
 /// A daemon whose upstreams are a TLS server one emulated round trip away.
 fn first_byte_table(runtime: &tokio::runtime::Runtime, quick: bool) {
+    println!();
     let setting = first_byte::Setting::new(quick);
     let upstream = first_byte::start(setting.idle_close);
     let home = tempfile::tempdir().unwrap();
