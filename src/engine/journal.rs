@@ -51,6 +51,9 @@ pub enum Event {
     Rejected,
     /// The refresh failed for a passing reason; `spent` is still good.
     Transient,
+    /// The refresh was sent and its answer lost (`reason`): the issuer may
+    /// have rotated `spent`, which then needs a login.
+    RefreshInterrupted,
     /// New tokens found in auth.json were taken into the store.
     Adopted,
     /// A login added or renewed the account.
@@ -68,6 +71,7 @@ impl Event {
             Event::Rotated => "rotated",
             Event::Rejected => "rejected",
             Event::Transient => "refresh failed",
+            Event::RefreshInterrupted => "refresh interrupted (its answer was lost)",
             Event::Adopted => "adopted from auth.json",
             Event::Login => "login",
             Event::Import => "import",
@@ -77,7 +81,10 @@ impl Event {
 
     /// Whether this event settles what an interrupted refresh left open.
     fn settles(self) -> bool {
-        !matches!(self, Event::InFlight | Event::Transient)
+        !matches!(
+            self,
+            Event::InFlight | Event::Transient | Event::RefreshInterrupted
+        )
     }
 }
 
@@ -172,8 +179,9 @@ impl Entry {
     }
 }
 
-/// A refresh whose request may have been sent but whose outcome was never
-/// recorded: its process died (SIGKILL, power loss) in between.
+/// A refresh whose request may have been sent but whose outcome is not
+/// known: its process died (SIGKILL, power loss) in between, or its answer
+/// was lost (`lost` says how).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Interrupted {
     pub account: String,
@@ -182,14 +190,20 @@ pub struct Interrupted {
     pub by: String,
     pub time: String,
     pub spent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 impl Interrupted {
     /// What `status` and `/v1/health` say about it.
     pub fn message(&self) -> String {
+        let how = match &self.lost {
+            Some(reason) => format!("lost its answer ({reason})"),
+            None => "was interrupted".to_owned(),
+        };
         format!(
-            "a refresh of {} by pid {} ({}) was interrupted at {}; if the issuer rotated its \
-             refresh token, the next refresh needs a login (run: codex-broker login)",
+            "a refresh of {} by pid {} ({}) at {} {how}; if the issuer rotated its refresh \
+             token, the next refresh needs a login (run: codex-broker login)",
             self.account, self.pid, self.by, self.time
         )
     }
@@ -324,8 +338,18 @@ fn alive(pid: u32) -> bool {
 fn interrupted(entries: &[Entry], now: i64) -> Vec<Interrupted> {
     let answered: HashSet<&str> = entries
         .iter()
-        .filter(|e| e.event != Event::InFlight)
+        .filter(|e| !matches!(e.event, Event::InFlight | Event::RefreshInterrupted))
         .filter_map(|e| e.flight.as_deref())
+        .collect();
+    let lost: HashMap<&str, &str> = entries
+        .iter()
+        .filter(|e| e.event == Event::RefreshInterrupted)
+        .filter_map(|e| {
+            Some((
+                e.flight.as_deref()?,
+                e.reason.as_deref().unwrap_or("no answer"),
+            ))
+        })
         .collect();
     // Per account, the index of the last entry that settles it.
     let mut settled: HashMap<&str, usize> = HashMap::new();
@@ -344,8 +368,9 @@ fn interrupted(entries: &[Entry], now: i64) -> Vec<Interrupted> {
             {
                 return None;
             }
+            let lost = lost.get(flight).map(|r| (*r).to_owned());
             let young = e.unix_time().is_some_and(|t| now - t < IN_FLIGHT_AT_MOST);
-            if young && alive(e.pid) {
+            if lost.is_none() && young && alive(e.pid) {
                 return None;
             }
             Some(Interrupted {
@@ -355,6 +380,7 @@ fn interrupted(entries: &[Entry], now: i64) -> Vec<Interrupted> {
                 by: e.by.clone(),
                 time: e.time.clone(),
                 spent: e.spent.clone(),
+                lost,
             })
         })
         .collect()
@@ -437,6 +463,20 @@ mod tests {
         assert_eq!(interrupted(&entries, now + 3600).len(), 2);
         // A later rotation of the account settles it.
         entries.push(flight("acc-1", Event::Rotated, "f4", dead));
+        assert!(interrupted(&entries, now).is_empty());
+    }
+
+    #[test]
+    fn a_lost_answer_is_interrupted_even_while_its_process_runs() {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let me = std::process::id();
+        let mut lost = flight("acc-1", Event::RefreshInterrupted, "f1", me);
+        lost.reason = Some("timed out".into());
+        let mut entries = vec![flight("acc-1", Event::InFlight, "f1", me), lost];
+        let found = interrupted(&entries, now);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message().contains("lost its answer (timed out)"));
+        entries.push(flight("acc-1", Event::Rotated, "f2", me));
         assert!(interrupted(&entries, now).is_empty());
     }
 }

@@ -150,15 +150,24 @@ impl Engine {
         for message in self.refresher.unsaved() {
             problems.push(problem(ProblemCode::RotationUnsaved, message));
         }
+        let store = self.refresher.store();
+        // An account in `refresh_interrupted` says it in its own words.
+        let said = |account: &str| {
+            store.as_ref().is_ok_and(|s| {
+                s.get(account)
+                    .is_some_and(|a| a.state == State::RefreshInterrupted)
+            })
+        };
         match self.refresher.journal().interrupted(self.refresher.now()) {
             Ok(interrupted) => problems.extend(
                 interrupted
                     .iter()
+                    .filter(|i| !said(&i.account))
                     .map(|i| problem(ProblemCode::RefreshInterrupted, i.message())),
             ),
             Err(e) => tracing::debug!("cannot read the journal: {e}"),
         }
-        let (accounts, published) = match self.refresher.store() {
+        let (accounts, published) = match store {
             Ok(store) => {
                 problems.extend(store.accounts.iter().filter_map(account_problem));
                 (store.accounts.len(), store.published.clone())
@@ -307,6 +316,10 @@ fn account_problem(a: &Account) -> Option<Problem> {
                 "account {}: refreshing fails ({reason}); retrying",
                 a.name()
             ),
+        }),
+        State::RefreshInterrupted => Some(Problem {
+            code: ProblemCode::RefreshInterrupted,
+            message: format!("account {}: {reason}", a.name()),
         }),
         State::Ok => None,
     }

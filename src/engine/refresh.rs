@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::base::fsutil::{self, FsError};
 use crate::base::paths::Paths;
 use crate::base::secret::{Secret, redact};
-use crate::codex::auth::CodexHome;
+use crate::codex::auth::{CodexHome, format_timestamp};
 use crate::codex::publish::{adopt_from_snapshot, republish};
 use crate::engine::config::Config;
 use crate::engine::journal::{Entry, Event, Journal, new_flight};
@@ -45,6 +45,9 @@ pub const CODEX_STALE_AFTER: i64 = 8 * 86_400;
 const BACKOFF_BASE: i64 = 15;
 /// Longest retry delay, seconds.
 const BACKOFF_MAX: i64 = 600;
+/// After a lost refresh answer, the refresh is tried once more only this
+/// long (seconds) before the access token expires.
+pub const LOST_RETRY_BEFORE: i64 = 300;
 
 /// A token a server rejected is refreshed at once, unless it is this new
 /// (seconds): then the rejection is not about its age.
@@ -547,33 +550,52 @@ impl Refresher {
         };
         journal.record(&entry(Event::InFlight));
         tracing::info!(account = %id, by = by.as_str(), "refreshing the access token");
-        let outcome = |mut e: Entry| {
-            e.after_interrupted.clone_from(&after_interrupted);
-            journal.record(&e);
-        };
         let answer = self.ask(&account, &spent, min_ttl).await;
-        match answer {
+        let failure = match answer {
             Ok(response) => {
                 let rotated = rotate(&account, response, (self.inner.clock)());
-                self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted)
+                return self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted);
             }
-            Err(OAuthError::Permanent { code, message, .. }) => {
+            Err(e) => e,
+        };
+        let (event, code, reason) = match &failure {
+            OAuthError::Permanent { code, .. } => (Event::Rejected, Some(code.clone()), None),
+            OAuthError::Transient(reason) => (Event::Transient, None, Some(reason.clone())),
+            OAuthError::Lost(reason) => (Event::RefreshInterrupted, None, Some(reason.clone())),
+        };
+        let mut e = entry(event);
+        (e.code, e.reason) = (code, reason);
+        e.after_interrupted = after_interrupted;
+        journal.record(&e);
+        self.settle_failure(&account, failure, now)
+    }
+
+    /// What a refresh that did not rotate leaves: a rejected token needs a
+    /// login; a passing failure backs off; a lost answer waits until the
+    /// token is about to expire. The current token is served while valid.
+    fn settle_failure(
+        &self,
+        account: &Account,
+        failure: OAuthError,
+        now: i64,
+    ) -> Result<Account, RefreshError> {
+        let id = &account.id;
+        let account = match failure {
+            OAuthError::Permanent { code, message, .. } => {
                 tracing::warn!(account = %id, %code, "refresh token rejected; the account needs a new login");
-                let mut e = entry(Event::Rejected);
-                e.code = Some(code.clone());
-                outcome(e);
-                let account = self.mark_needs_login(&account, &code, &message)?;
-                Err(needs_login(&account))
+                let account = self.mark_needs_login(account, &code, &message)?;
+                return Err(needs_login(&account));
             }
-            Err(OAuthError::Transient(reason)) => {
-                let mut e = entry(Event::Transient);
-                e.reason = Some(reason.clone());
-                outcome(e);
-                let account = self.back_off(&id, &reason, now)?;
-                let until = account.backoff_until.unwrap_or(now);
-                serve_while_valid(account, now, until)
-            }
-        }
+            OAuthError::Transient(reason) => self.back_off(id, &reason, now)?,
+            OAuthError::Lost(reason) => match account.expires_at {
+                Some(exp) if exp - LOST_RETRY_BEFORE > now => {
+                    self.wait_after_lost(id, &reason, now, exp)?
+                }
+                _ => self.back_off(id, &format!("the answer was lost: {reason}"), now)?,
+            },
+        };
+        let until = account.backoff_until.unwrap_or(now);
+        serve_while_valid(account, now, until)
     }
 
     /// Sends the refresh: to the issuer, or to the leader for a follower
@@ -647,6 +669,42 @@ impl Refresher {
             retry_in = account.backoff_until.unwrap_or(now) - now,
             "refresh failed: {reason}"
         );
+        Ok(account)
+    }
+
+    /// Marks an account whose refresh answer was lost as
+    /// `refresh_interrupted`: nothing is sent until its token (valid until
+    /// `exp`) is about to expire, when a second try can lose nothing more.
+    fn wait_after_lost(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        exp: i64,
+    ) -> Result<Account, RefreshError> {
+        let retry_at = exp - LOST_RETRY_BEFORE;
+        let at = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t).map_or_else(|_| t.to_string(), format_timestamp)
+        };
+        let said = format!(
+            "a refresh was sent at {} and its answer was lost ({reason}); the current access \
+             token is served until it expires at {}, and the refresh is tried once more at {}; \
+             if that one needs a login, log in again before {} ({LOGIN_HINT})",
+            at(now),
+            at(exp),
+            at(retry_at),
+            at(exp),
+        );
+        let account = self.inner.store.update(|store| {
+            let a = store
+                .get_mut(id)
+                .ok_or_else(|| RefreshError::Unknown(id.to_owned()))?;
+            a.state = State::RefreshInterrupted;
+            a.state_reason = Some(said.clone());
+            a.backoff_until = Some(retry_at);
+            Ok::<_, RefreshError>(a.clone())
+        })?;
+        tracing::warn!(account = %id, retry_at, "refresh answer lost: {reason}; serving the current token");
         Ok(account)
     }
 

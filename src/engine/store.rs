@@ -71,6 +71,9 @@ pub enum State {
     #[default]
     Ok,
     RefreshBackoff,
+    /// A refresh was sent and its answer lost: the current access token is
+    /// served, and the refresh is tried once more only near its expiry.
+    RefreshInterrupted,
     NeedsLogin,
 }
 

@@ -40,9 +40,15 @@ pub enum OAuthError {
         code: String,
         message: String,
     },
-    /// Anything else (5xx, timeouts, connection failures): try again later.
+    /// The issuer answered with a passing failure (5xx, 408, 429), or the
+    /// request never left (no connection): try again later.
     #[error("{0}")]
     Transient(String),
+    /// The request was sent and its answer lost (timed out, cut off,
+    /// unreadable): the issuer may have rotated the refresh token, and
+    /// spending it again may end the login.
+    #[error("{0}")]
+    Lost(String),
 }
 
 impl OAuthError {
@@ -95,6 +101,12 @@ pub fn classify(status: u16, body: &[u8]) -> OAuthError {
         "refresh_token_expired" | "refresh_token_reused" | "refresh_token_invalidated"
     ) || status == 401
         || (status == 400 && code == "invalid_grant");
+    if status == 504 {
+        // A gateway gave up waiting for the issuer, which may have rotated.
+        return OAuthError::Lost(format!(
+            "the issuer answered HTTP {status} (gateway timeout)"
+        ));
+    }
     if permanent {
         OAuthError::Permanent {
             status,
@@ -197,20 +209,24 @@ impl OAuthClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<TokenResponse, OAuthError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| OAuthError::Transient(describe_transport_error(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            let reason = describe_transport_error(&e);
+            if e.is_connect() {
+                OAuthError::Transient(reason)
+            } else {
+                OAuthError::Lost(reason)
+            }
+        })?;
         let status = response.status().as_u16();
         let body = response
             .bytes()
             .await
-            .map_err(|e| OAuthError::Transient(describe_transport_error(&e)))?;
+            .map_err(|e| OAuthError::Lost(describe_transport_error(&e)))?;
         if !(200..300).contains(&status) {
             return Err(classify(status, &body));
         }
         serde_json::from_slice(&body).map_err(|_| {
-            OAuthError::Transient(format!(
+            OAuthError::Lost(format!(
                 "the issuer answered HTTP {status} with a body that is not a token response"
             ))
         })
@@ -255,6 +271,7 @@ mod tests {
         assert!(classify(401, b"").is_permanent());
         assert!(!classify(400, br#"{"error":"invalid_request"}"#).is_permanent());
         assert!(!classify(500, b"oops").is_permanent());
+        assert!(matches!(classify(504, b""), OAuthError::Lost(_)));
         assert!(!classify(429, br#"{"error":{"code":"rate_limited"}}"#).is_permanent());
         let echoed =
             br#"{"error":{"message":"token rt-acc-1-5 was reused","code":"refresh_token_reused"}}"#;

@@ -348,3 +348,85 @@ fn timeouts_back_off_with_growing_delays_and_recover() {
         "rt-acc-slow-1"
     );
 }
+
+/// The issuer rotates the refresh token and the answer is lost on the way.
+/// The access token is good for hours: it is served, nothing more is sent
+/// while it has time left (not even when asked to force a refresh), and
+/// every view says so; only near its expiry is the refresh tried again.
+#[test]
+fn a_lost_refresh_answer_is_not_retried_while_the_token_is_good() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-lost").expiring_in(6 * 3600);
+    let env = TestEnv::with_account(&upstream, &account);
+    upstream.set_refresh(Refresh::RotateThenDrop);
+    let day = (24 * 3600).to_string();
+    let served = env.ok(&["token", "--min-ttl", &day]);
+    assert_eq!(served.trim(), account.access_token());
+    assert_eq!(upstream.rotations(), 1, "the issuer rotated on receipt");
+    let stored = env.stored_account("acc-lost");
+    assert_eq!(stored["state"], "refresh_interrupted");
+    let reason = stored["state_reason"].as_str().unwrap();
+    assert!(reason.contains("answer was lost"), "{reason}");
+    assert!(reason.contains("log in again before"), "{reason}");
+    let retry_at = stored["backoff_until"].as_i64().unwrap();
+    let exp = stored["expires_at"].as_i64().unwrap();
+    assert_eq!(retry_at, exp - 300, "tried again only near expiry");
+
+    upstream.set_refresh(Refresh::Rotate);
+    for args in [&["token", "--min-ttl", &day][..], &["token"]] {
+        assert_eq!(env.ok(args).trim(), account.access_token());
+    }
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "nothing more sent"
+    );
+    let status = env.ok(&["status"]);
+    assert!(status.contains("refresh_interrupted"), "{status}");
+    let history = env.ok(&["history"]);
+    assert!(history.contains("refresh interrupted"), "{history}");
+    let journal = env.ok(&["history", "--json"]);
+    assert!(journal.contains("\"refresh_interrupted\""), "{journal}");
+    let daemon = env.start_daemon(&[]);
+    let health = daemon.get("/v1/health");
+    let said: Vec<_> = health["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["code"] == "refresh_interrupted")
+        .collect();
+    assert_eq!(said.len(), 1, "{health}");
+    assert!(said[0]["message"].as_str().unwrap().contains("acc-lost"));
+    daemon.stop();
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
+        "the daemon waits too"
+    );
+
+    // Near expiry the one more try finds the token spent: a login is due.
+    let mut store = env.read_store();
+    store["accounts"][0]["backoff_until"] = serde_json::json!(0);
+    std::fs::write(env.store_path(), store.to_string()).unwrap();
+    let out = env.run(&["token", "--min-ttl", &day]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(upstream.reused_tokens(), ["rt-acc-lost-0"]);
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 2);
+}
+
+/// A 408 or 429 from the token endpoint is an answer: the token was not
+/// spent, and the refresh backs off as for any passing failure.
+#[test]
+fn a_408_or_429_from_the_issuer_stays_transient() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-busy").expiring_in(6 * 3600);
+    let env = TestEnv::with_account(&upstream, &account);
+    for status in [408, 429] {
+        upstream.set_refresh(Refresh::error(status, "slow_down"));
+        env.ok(&["token", "--min-ttl", "86400"]);
+        assert_eq!(env.stored_account("acc-busy")["state"], "refresh_backoff");
+        let mut store = env.read_store();
+        store["accounts"][0]["backoff_until"] = serde_json::json!(0);
+        std::fs::write(env.store_path(), store.to_string()).unwrap();
+    }
+}

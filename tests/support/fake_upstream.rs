@@ -50,6 +50,9 @@ pub enum Refresh {
     RotateThenDelay(Duration),
     /// Close the connection without an answer; nothing rotates.
     Drop,
+    /// Rotate (the old token is spent from then on), then close the
+    /// connection without an answer: the rotation is lost on the way.
+    RotateThenDrop,
     /// Hang this long, then answer 503; nothing rotates.
     Hang(Duration),
 }
@@ -461,6 +464,10 @@ async fn handle(
                     response
                 }
                 Refresh::Drop => return Err(Dropped),
+                Refresh::RotateThenDrop => {
+                    token(&recorded, &state);
+                    return Err(Dropped);
+                }
                 Refresh::Hang(delay) => {
                     tokio::time::sleep(delay).await;
                     oauth_error(StatusCode::SERVICE_UNAVAILABLE, "hung", "gave up")
