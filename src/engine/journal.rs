@@ -198,13 +198,13 @@ impl Interrupted {
     /// What `status` and `/v1/health` say about it.
     pub fn message(&self) -> String {
         let how = match &self.lost {
-            Some(reason) => format!("lost its answer ({reason})"),
-            None => "was interrupted".to_owned(),
+            Some(reason) => format!("lost its answer at {} ({reason})", self.time),
+            None => format!("was interrupted at {}", self.time),
         };
         format!(
-            "a refresh of {} by pid {} ({}) at {} {how}; if the issuer rotated its refresh \
-             token, the next refresh needs a login (run: codex-broker login)",
-            self.account, self.pid, self.by, self.time
+            "a refresh of {} by pid {} ({}) {how}; if the issuer rotated its refresh token, the \
+             next refresh needs a login (run: codex-broker login)",
+            self.account, self.pid, self.by
         )
     }
 }
@@ -475,7 +475,7 @@ mod tests {
         let mut entries = vec![flight("acc-1", Event::InFlight, "f1", me), lost];
         let found = interrupted(&entries, now);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].message().contains("lost its answer (timed out)"));
+        assert!(found[0].message().contains("lost its answer at"));
         entries.push(flight("acc-1", Event::Rotated, "f2", me));
         assert!(interrupted(&entries, now).is_empty());
     }

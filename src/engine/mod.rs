@@ -24,9 +24,7 @@ use serde_json::Value;
 use crate::base::paths::Paths;
 use crate::engine::config::Config;
 use crate::engine::quota::{Quota, Source};
-use crate::engine::refresh::{
-    Asker, FORCE_REFRESH, LOGIN_HINT, RefreshError, Refresher, recently_refreshed,
-};
+use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher, recently_refreshed};
 use crate::engine::store::{Account, State, StoreError};
 use crate::follow::leader::Leader;
 use crate::wire::proto::{ForwarderAddress, Health, Problem, ProblemCode};
@@ -228,10 +226,13 @@ impl Engine {
             quota = limit;
         }
         let saved = self.record_quota(&account.id, quota, limited);
-        let refresh = (status == 401 && !recently_refreshed(account, now)).then(|| {
-            tracing::info!(account = %account.id, "the access token was rejected: refreshing it");
-            Box::pin(self.refresher.spawn_fresh(&account.id, FORCE_REFRESH, by)) as PendingRefresh
-        });
+        let rejected = account.tokens.as_ref().map(|t| &t.access_token);
+        let refresh = rejected
+            .filter(|_| status == 401 && !recently_refreshed(account, now))
+            .map(|rejected| {
+                tracing::info!(account = %account.id, "the access token was rejected: refreshing it");
+                Box::pin(self.refresher.spawn_replace(&account.id, rejected, by)) as PendingRefresh
+            });
         Observed {
             skip: refused,
             refresh,

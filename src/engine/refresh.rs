@@ -158,6 +158,31 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Once the engine stops, saving an unsaved rotation is tried this long.
 const SAVE_AFTER_STOP: Duration = Duration::from_secs(10);
 
+/// What a caller of the engine needs of an account's token.
+enum Need {
+    /// Valid for more than this many seconds.
+    Ttl(i64),
+    /// Anything but this access token, which a server rejected.
+    Replace(Secret<String>),
+}
+
+impl Need {
+    /// The `min_ttl` this need asks of `account` as it is now.
+    fn min_ttl(&self, account: &Account) -> i64 {
+        match self {
+            Need::Ttl(min_ttl) => *min_ttl,
+            Need::Replace(rejected) => {
+                let current = account.tokens.as_ref().map(|t| &t.access_token);
+                if current == Some(rejected) {
+                    FORCE_REFRESH
+                } else {
+                    0
+                }
+            }
+        }
+    }
+}
+
 /// Who asked for a refresh, as the journal names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Asker(String);
@@ -432,10 +457,32 @@ impl Refresher {
         min_ttl: i64,
         by: &Asker,
     ) -> impl Future<Output = Result<Account, RefreshError>> + Send + 'static {
+        self.spawn_need(id, Need::Ttl(min_ttl), by)
+    }
+
+    /// Starts replacing the access token `rejected`, which a server no
+    /// longer takes, as the engine's own task. Many callers with the same
+    /// rejected token cause one refresh: once the account holds another
+    /// token, that one is the answer.
+    pub fn spawn_replace(
+        &self,
+        id: &str,
+        rejected: &Secret<String>,
+        by: &Asker,
+    ) -> impl Future<Output = Result<Account, RefreshError>> + Send + 'static {
+        self.spawn_need(id, Need::Replace(rejected.clone()), by)
+    }
+
+    fn spawn_need(
+        &self,
+        id: &str,
+        need: Need,
+        by: &Asker,
+    ) -> impl Future<Output = Result<Account, RefreshError>> + Send + 'static {
         let (engine, id, by) = (self.clone(), id.to_owned(), by.clone());
         let task = self.inner.tasks.spawn({
             let id = id.clone();
-            async move { engine.fresh_locked(&id, min_ttl, &by).await }
+            async move { engine.fresh_locked(&id, &need, &by).await }
         });
         async move {
             match task.await {
@@ -475,7 +522,7 @@ impl Refresher {
     async fn fresh_locked(
         &self,
         id: &str,
-        min_ttl: i64,
+        need: &Need,
         by: &Asker,
     ) -> Result<Account, RefreshError> {
         let stopped = || RefreshError::Stopped(id.to_owned());
@@ -485,7 +532,7 @@ impl Refresher {
             _ = self.inner.stop.cancelled() => return Err(stopped()),
         };
         let account = self.load(id)?;
-        match assess(&account, self.now(), min_ttl) {
+        match assess(&account, self.now(), need.min_ttl(&account)) {
             Assessment::Fresh => return Ok(account),
             Assessment::NeedsLogin => return Err(needs_login(&account)),
             Assessment::Refresh | Assessment::Wait { .. } => {}
@@ -499,6 +546,7 @@ impl Refresher {
         };
         let account = self.reload_adopting_codex(id)?;
         let now = self.now();
+        let min_ttl = need.min_ttl(&account);
         match assess(&account, now, min_ttl) {
             Assessment::Fresh => Ok(account),
             Assessment::NeedsLogin => Err(needs_login(&account)),

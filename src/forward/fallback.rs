@@ -13,8 +13,9 @@ use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER, upstream};
 use crate::engine::Engine;
 use crate::engine::quota::Source;
-use crate::engine::refresh::Asker;
+use crate::engine::refresh::{Asker, RefreshError};
 use crate::engine::routing::{self, Pick, Picked};
+use crate::engine::store::Account;
 use crate::wire::proto::MIN_TTL;
 
 impl Forwarder {
@@ -43,7 +44,10 @@ impl Forwarder {
     /// The retry loop: returns the first answer that is not a 401/403/429
     /// (with the account that got it), or the last such answer when no
     /// account is left. What each answer says about its account is the
-    /// engine's to judge ([`Engine::observe`]).
+    /// engine's to judge ([`Engine::observe`]). A 401 for a token the
+    /// backend no longer takes refreshes that account (once, shared with
+    /// every request that got the same 401) and replays the request on it
+    /// with the new token; only when that fails does the next account try.
     pub(super) async fn with_fallback(
         &self,
         method: Method,
@@ -53,19 +57,16 @@ impl Forwarder {
         by: &Asker,
     ) -> Result<(Picked, upstream::Answer), Response<Body>> {
         let mut tried: Vec<String> = Vec::new();
+        let mut replayed: Vec<String> = Vec::new();
+        let mut again: Option<Picked> = None;
         let mut last: Option<Response<Body>> = None;
         loop {
-            let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
-            let pick = Pick {
-                exclude: &exclude,
-                chatgpt_only: true,
-                ..Pick::default()
-            };
-            let fresh =
-                routing::fresh_account(&self.shared.refresher, pick, MIN_TTL.into(), by).await;
-            let account = match fresh {
-                Ok(a) => a,
-                Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
+            let account = match again.take() {
+                Some(account) => account,
+                None => match self.route(&tried, by).await {
+                    Ok(a) => a,
+                    Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
+                },
             };
             let Some(body) = outgoing.attempt() else {
                 return Err(last.expect("a streamed body is spent only by an attempt"));
@@ -73,12 +74,12 @@ impl Forwarder {
             let mut headers = headers.clone();
             self.bearers.set_credentials(&mut headers, &account);
             let response = self.send(method.clone(), url, headers, body).await?;
-            let status = response.status();
-            if !Engine::refuses_the_account(status.as_u16()) {
+            let status = response.status().as_u16();
+            if !Engine::refuses_the_account(status) {
                 let response_headers = response.headers();
                 self.shared.observe(
                     &account,
-                    status.as_u16(),
+                    status,
                     |n| header_str(response_headers, n),
                     None,
                     Source::Headers,
@@ -91,22 +92,55 @@ impl Forwarder {
             let body = serde_json::from_slice::<Value>(&bytes).ok();
             let observed = self.shared.observe(
                 &account,
-                status.as_u16(),
+                status,
                 |n| header_str(&head.headers, n),
                 body.as_ref(),
                 Source::Headers,
                 by,
             );
-            tracing::info!(account = %account.id, status = status.as_u16(), "backend refused the account; trying the next one");
-            // A refresh started for a rejected token runs on without us.
-            drop(observed.refresh);
-            if observed.skip {
-                tried.push(account.id.clone());
-            }
             last = Some(Response::from_parts(head, full(bytes)));
             if !outgoing.replayable() {
                 return Err(last.expect("just set"));
             }
+            if let Some(refresh) = observed.refresh
+                && !replayed.contains(&account.id)
+            {
+                replayed.push(account.id.clone());
+                again = renewed(&account, refresh.await);
+                if again.is_some() {
+                    tracing::info!(account = %account.id, "backend rejected a live token: replaying with the new one");
+                    continue;
+                }
+            }
+            tracing::info!(account = %account.id, status, "backend refused the account; trying the next one");
+            if observed.skip {
+                tried.push(account.id.clone());
+            }
+        }
+    }
+
+    /// The next account to try, none of `tried`.
+    async fn route(&self, tried: &[String], by: &Asker) -> Result<Picked, routing::Unavailable> {
+        let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let pick = Pick {
+            exclude: &exclude,
+            chatgpt_only: true,
+            ..Pick::default()
+        };
+        routing::fresh_account(&self.shared.refresher, pick, MIN_TTL.into(), by).await
+    }
+}
+
+/// The account to replay on after `refreshed`: the same one when the refresh
+/// gave it another access token than the one `rejected` carried.
+fn renewed(rejected: &Account, refreshed: Result<Account, RefreshError>) -> Option<Picked> {
+    let token = |a: &Account| a.tokens.as_ref().map(|t| t.access_token.clone());
+    match refreshed {
+        Ok(account) if token(&account) != token(rejected) => Some(account.into()),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::info!(account = %rejected.id, "the rejected token could not be replaced: {e}");
+            None
         }
     }
 }

@@ -640,8 +640,10 @@ fn a_body_over_the_retry_buffer_is_streamed_and_not_retried() {
     assert_eq!(post_responses(&daemon, b"{}").status, 200);
 }
 
+/// The backend refuses the account whatever its token: the account is
+/// refreshed and the request replayed on it once, then the fallback serves.
 #[test]
-fn a_401_moves_to_the_fallback_and_refreshes_the_rejected_account() {
+fn a_401_refreshes_and_replays_once_then_moves_to_the_fallback() {
     let upstream = FakeUpstream::start();
     let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
@@ -649,22 +651,73 @@ fn a_401_moves_to_the_fallback_and_refreshes_the_rejected_account() {
     let answer = post_responses(&daemon, b"{}");
     assert_eq!(answer.status, 200, "{}", answer.text());
     let posts = backend_posts(&upstream);
-    assert_eq!(posts[0].headers["chatgpt-account-id"], "acc-main");
-    assert_eq!(posts[1].headers["chatgpt-account-id"], "acc-fallback");
-    // The main account's token is replaced in the background.
+    let to = |i: usize| posts[i].headers["chatgpt-account-id"].as_str();
+    assert_eq!(
+        [to(0), to(1), to(2)],
+        ["acc-main", "acc-main", "acc-fallback"]
+    );
+    assert_eq!(posts.len(), 3);
+    assert_eq!(
+        posts[0].headers["authorization"],
+        format!("Bearer {}", main.access_token())
+    );
+    assert_ne!(
+        posts[1].headers["authorization"],
+        posts[0].headers["authorization"]
+    );
+    let refreshes = upstream.requests_to("/oauth/token");
+    assert_eq!(
+        refreshes.len(),
+        1,
+        "one refresh, no second for the replay's 401"
+    );
+    assert_eq!(refreshes[0].json()["refresh_token"], main.refresh_token);
+    assert_eq!(
+        env.read_store()["accounts"][0]["tokens"]["refresh_token"],
+        "rt-acc-main-1"
+    );
+}
+
+/// A 401 for a token whose `exp` is ahead (a plan change, a server-side
+/// revocation): the same request, body and all, is replayed on the same
+/// account with the refreshed token; many such 401s cause one refresh.
+#[test]
+fn a_401_for_a_live_token_is_replayed_on_the_same_account_after_one_refresh() {
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    upstream.reject_token(&main.access_token());
+    let body = br#"{"model":"gpt-5","input":"the same request"}"#;
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| post_responses(&daemon, body)))
+            .collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let posts = backend_posts(&upstream);
     assert!(
-        upstream.wait_for_requests("/oauth/token", 1, Duration::from_secs(10)),
+        posts
+            .iter()
+            .all(|p| p.headers["chatgpt-account-id"] == "acc-main"),
+        "never moved to the fallback"
+    );
+    let renewed: Vec<_> = posts
+        .iter()
+        .filter(|p| p.headers["authorization"] != format!("Bearer {}", main.access_token()))
+        .collect();
+    assert_eq!(renewed.len(), 8, "each request answered on the new token");
+    for post in &renewed {
+        assert_eq!(zstd::decode_all(&post.body[..]).unwrap(), body);
+    }
+    assert_eq!(
+        upstream.requests_to("/oauth/token").len(),
+        1,
         "{}",
         daemon.log()
     );
-    assert_eq!(
-        upstream.requests_to("/oauth/token")[0].json()["refresh_token"],
-        main.refresh_token
-    );
-    wait_until(Duration::from_secs(5), || {
-        env.read_store()["accounts"][0]["tokens"]["refresh_token"] == "rt-acc-main-1"
-    })
-    .unwrap_or_else(|| panic!("{}", daemon.log()));
 }
 
 #[test]

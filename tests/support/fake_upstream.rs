@@ -97,7 +97,8 @@ struct State {
     token_lifetime: i64,
     /// Accounts whose inference requests get 429 usage_limit_reached.
     limited: HashSet<String>,
-    /// Accounts whose inference requests get 401 (a revoked access token).
+    /// Accounts, and access tokens, whose inference requests get 401 (a
+    /// revoked access token).
     rejected: HashSet<String>,
     /// Per account: the 5-hour used percent sent in quota headers.
     quota: HashMap<String, f64>,
@@ -203,6 +204,16 @@ impl FakeUpstream {
             .unwrap()
             .rejected
             .insert(account_id.into());
+    }
+
+    /// Makes inference with this access token answer 401 although its `exp`
+    /// is ahead, as the backend does after a plan change or a revocation.
+    pub fn reject_token(&self, access_token: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rejected
+            .insert(access_token.into());
     }
 
     /// Sends quota headers with this 5-hour used percent for `account_id`.
@@ -410,6 +421,13 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
+/// Whether the backend refuses the account or the access token `req` carries.
+fn is_rejected(state: &State, req: &Recorded) -> bool {
+    let header = |name: &str| req.headers.get(name).map(String::as_str).unwrap_or("");
+    let bearer = header("authorization").trim_start_matches("Bearer ");
+    state.rejected.contains(header("chatgpt-account-id")) || state.rejected.contains(bearer)
+}
+
 async fn handle(
     mut req: Request<Incoming>,
     (state, arrived): Shared,
@@ -488,7 +506,7 @@ async fn handle(
                     s.quota.get(&account).copied(),
                 )
             };
-            let rejected = state.lock().unwrap().rejected.contains(&account);
+            let rejected = is_rejected(&state.lock().unwrap(), &recorded);
             let mut response = if rejected {
                 json_response(
                     StatusCode::UNAUTHORIZED,
@@ -750,7 +768,7 @@ fn websocket_handshake(
         if s.no_websocket {
             return json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}));
         }
-        if s.rejected.contains(&account) {
+        if is_rejected(&s, req) {
             return json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": {"code": "token_revoked", "message": "revoked"}}),
