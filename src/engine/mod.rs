@@ -9,6 +9,7 @@ pub mod quota;
 pub mod refresh;
 pub mod routing;
 pub mod scheduler;
+pub mod served;
 pub mod shield;
 pub mod store;
 
@@ -242,8 +243,9 @@ impl Engine {
 
     /// Stores what an upstream said about an account's quota: at once when
     /// `urgent` or when it changed, otherwise at most every few seconds
-    /// (and, on a follower, reports it to the leader as often). Returns the
-    /// write, when one was due.
+    /// (and, on a follower, reports it to the leader as often). Routing
+    /// sees it before this returns; the write to disk follows, and is
+    /// returned when one was due.
     pub fn record_quota(
         &self,
         id: &str,
@@ -283,17 +285,20 @@ impl Engine {
                 }
             }
         }
-        let store = self.paths.store();
+        // Routed on at once, whenever the disk takes it.
+        self.refresher.served().apply_quota(id, &quota);
+        let (store, refresher) = (self.paths.store(), self.refresher.clone());
         let id = id.to_owned();
         Some(tokio::task::spawn_blocking(move || {
             let saved = store.update(|s| {
                 if let Some(a) = s.get_mut(&id) {
-                    a.quota = Some(quota);
+                    a.quota = Some(quota.clone());
                 }
                 Ok::<_, StoreError>(())
             });
-            if let Err(e) = saved {
-                tracing::warn!(account = %id, "cannot save quota: {e}");
+            match saved {
+                Ok(()) => refresher.served().quota_saved(&id, &quota),
+                Err(e) => tracing::warn!(account = %id, "cannot save quota: {e}"),
             }
         }))
     }

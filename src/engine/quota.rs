@@ -24,6 +24,9 @@ pub struct Quota {
     pub source: Source,
     /// When they were observed, unix seconds.
     pub observed_at: i64,
+    /// The plan the backend named with them (`plus`, `pro`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_type: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -188,6 +191,7 @@ impl Quota {
             weekly,
             source,
             observed_at: now,
+            plan_type: None,
             extra: Map::new(),
         })
     }
@@ -215,6 +219,7 @@ impl Quota {
             weekly: None,
             source: Source::UsageLimit,
             observed_at: now,
+            plan_type: None,
             extra: Map::new(),
         });
         let weekly = resets_at.is_some_and(|at| at - now > 5 * 3600);
@@ -231,6 +236,7 @@ impl Quota {
         });
         quota.source = Source::UsageLimit;
         quota.observed_at = now;
+        quota.plan_type = plan_type(error).or(quota.plan_type);
         Some(quota)
     }
 }
@@ -260,12 +266,14 @@ impl Quota {
                 now,
             )
         };
-        Quota::seen(
+        let mut quota = Quota::seen(
             window("primary"),
             window("secondary"),
             Source::Websocket,
             now,
-        )
+        )?;
+        quota.plan_type = plan_type(event);
+        Some(quota)
     }
 
     /// Reads the body of `GET {chatgpt_base}/wham/usage`.
@@ -291,9 +299,21 @@ impl Quota {
             weekly: window("secondary_window"),
             source: Source::Usage,
             observed_at: now,
+            plan_type: plan_type(body),
             extra: Map::new(),
         })
     }
+}
+
+/// The `plan_type` an upstream body names: short and printable, or none.
+fn plan_type(body: &Value) -> Option<String> {
+    let plan = body.get("plan_type")?.as_str()?;
+    let fits = !plan.is_empty()
+        && plan.len() <= 32
+        && plan
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    fits.then(|| plan.to_owned())
 }
 
 impl Quota {
@@ -430,6 +450,7 @@ mod tests {
             weekly: Window::checked(9.0, None, None, now),
             source: Source::Websocket,
             observed_at: now,
+            plan_type: None,
             extra: Map::new(),
         };
         let headers = quota.headers(now);

@@ -18,7 +18,6 @@
 //! again until the store takes it.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use crate::codex::auth::{CodexHome, format_timestamp};
 use crate::codex::publish::{adopt_from_snapshot, republish};
 use crate::engine::config::Config;
 use crate::engine::journal::{Entry, Event, Journal, new_flight};
+use crate::engine::served::{Served, ServedError};
 use crate::engine::store::{Account, Kind, State, Store, StoreError, StoreFile};
 use crate::follow::leader::Leader;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
@@ -259,33 +259,12 @@ struct Inner {
     locks: PathBuf,
     clock: Clock,
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    cache: Mutex<Option<(FileStamp, Arc<Store>)>>,
+    served: Served,
     unsaved: Mutex<HashMap<String, Unsaved>>,
     /// Per account: when an asker from outside last forced a refresh.
     forced: Mutex<HashMap<String, i64>>,
     tasks: TaskTracker,
     stop: CancellationToken,
-}
-
-/// Identifies one version of a file: every save is a rename of a new file,
-/// so a changed store has a new inode and change time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
-        FileStamp {
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
 }
 
 /// Where new tokens come from: the issuer, or (for a follower, which
@@ -331,7 +310,7 @@ impl Refresher {
                 locks: paths.home.join("locks"),
                 clock,
                 gates: Mutex::new(HashMap::new()),
-                cache: Mutex::new(None),
+                served: Served::new(paths.store()),
                 unsaved: Mutex::new(HashMap::new()),
                 forced: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
@@ -349,9 +328,8 @@ impl Refresher {
         &self.inner.journal
     }
 
-    /// The store as it is on disk now, with any rotation the disk could not
-    /// take yet in place. Parsed once per version of the file: a `stat`
-    /// tells whether the cached copy is still current.
+    /// The store as it is on disk now, with any rotation and quota the disk
+    /// could not take yet in place ([`Served`]).
     pub fn store(&self) -> Result<Arc<Store>, RefreshError> {
         let on_disk = self.store_on_disk()?;
         let unsaved = self.inner.unsaved.lock().expect("unsaved lock");
@@ -368,23 +346,16 @@ impl Refresher {
     }
 
     fn store_on_disk(&self) -> Result<Arc<Store>, RefreshError> {
-        let path = self.inner.store.path();
-        let stamp = match std::fs::metadata(path) {
-            Ok(meta) => Some(FileStamp::of(&meta)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(FsError::new("cannot inspect", path, e).into()),
-        };
-        let mut cache = self.inner.cache.lock().expect("store cache lock");
-        if let (Some(stamp), Some((cached, store))) = (stamp, cache.as_ref())
-            && stamp == *cached
-        {
-            return Ok(store.clone());
-        }
-        let store = Arc::new(self.inner.store.load()?);
-        // Stamp taken before the read: a save racing with it only makes the
-        // next call read again.
-        *cache = stamp.map(|s| (s, store.clone()));
-        Ok(store)
+        self.inner.served.load().map_err(|e| match e {
+            ServedError::Store(e) => e.into(),
+            ServedError::Fs(e) => e.into(),
+        })
+    }
+
+    /// The store as served: where an observed quota is applied before the
+    /// disk takes it.
+    pub fn served(&self) -> &Served {
+        &self.inner.served
     }
 
     /// What is wrong with rotations the store has not taken yet, one

@@ -113,6 +113,8 @@ pub enum Unavailable {
         resets_at: i64,
         /// The last known quota of the account that resets first.
         quota: Option<Box<crate::engine::quota::Quota>>,
+        /// Its plan, as the backend or its login named it.
+        plan: Option<String>,
         now: i64,
     },
     #[error(transparent)]
@@ -300,6 +302,11 @@ fn why_none_serves(store: &Store, pick: &Pick<'_>, now: i64) -> Unavailable {
         return Unavailable::QuotaExhausted {
             resets_at,
             quota: first.quota.clone().map(Box::new),
+            plan: first
+                .quota
+                .as_ref()
+                .and_then(|q| q.plan_type.clone())
+                .or_else(|| first.plan.clone()),
             now,
         };
     }
@@ -352,6 +359,7 @@ mod tests {
             weekly: None,
             source: crate::engine::quota::Source::Headers,
             observed_at: 0,
+            plan_type: None,
             extra: Default::default(),
         })
     }

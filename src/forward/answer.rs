@@ -31,8 +31,9 @@ pub(super) fn unavailable(e: &Unavailable) -> Response<Body> {
         Unavailable::QuotaExhausted {
             resets_at,
             quota,
+            plan,
             now,
-        } => usage_limit_reached(e, *resets_at, quota.as_deref(), *now),
+        } => usage_limit_reached(e, *resets_at, quota.as_deref(), plan.as_deref(), *now),
         _ => error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
     }
 }
@@ -45,16 +46,20 @@ fn usage_limit_reached(
     e: &Unavailable,
     resets_at: i64,
     quota: Option<&Quota>,
+    plan: Option<&str>,
     now: i64,
 ) -> Response<Body> {
     let retry_after = e.retry_after().unwrap_or_default();
-    let body = json!({"error": {
+    let mut body = json!({"error": {
         "type": "usage_limit_reached",
         "code": "usage_limit_reached",
         "message": e.to_string(),
         "resets_at": resets_at,
         "resets_in_seconds": retry_after,
     }});
+    if let Some(plan) = plan {
+        body["error"]["plan_type"] = json!(plan);
+    }
     let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

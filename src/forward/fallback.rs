@@ -65,6 +65,11 @@ impl Forwarder {
                 Some(account) => account,
                 None => match self.route(&tried, by).await {
                     Ok(a) => a,
+                    // Used up, every one: the broker's own answer, with the
+                    // first reset and `retry-after`, not the last 429.
+                    Err(e @ routing::Unavailable::QuotaExhausted { .. }) => {
+                        return Err(unavailable(&e));
+                    }
                     Err(e) => return Err(last.unwrap_or_else(|| unavailable(&e))),
                 },
             };

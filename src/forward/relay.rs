@@ -9,10 +9,13 @@ use hyper::{Method, Response, StatusCode};
 
 use super::answer::error_response;
 use super::body::{Body, BoxError, Chain};
-use super::headers::forwardable;
+use super::headers::{forwardable, header_str};
 use super::{Forwarder, SMALL_BODY, upstream};
+use crate::wire::encoding::{decode, is_encoded};
 use crate::wire::proto::ErrorCode;
 
+/// The most a buffered answer may expand to when decoded.
+const DECODED_CAP: usize = 4 * SMALL_BODY;
 /// How long an answer's first bytes are awaited before its head is passed on.
 const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(2);
 
@@ -86,7 +89,9 @@ pub(super) async fn relay(response: upstream::Answer) -> Response<Body> {
     )
 }
 
-/// Reads an upstream answer whole (up to 1 MiB; an error body is small).
+/// Reads an upstream answer whole (up to 1 MiB; an error body is small),
+/// decoded from its `content-encoding` so the broker can read it (within
+/// [`DECODED_CAP`]); a body that does not decode is kept as it came.
 pub(super) async fn buffer(response: upstream::Answer) -> (hyper::http::response::Parts, Bytes) {
     let (mut head, body) = response.into_parts();
     head.headers = forwardable(head.headers, &[header::CONTENT_LENGTH]);
@@ -95,5 +100,18 @@ pub(super) async fn buffer(response: upstream::Answer) -> (hyper::http::response
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    (head, bytes)
+    let encoding = header_str(&head.headers, header::CONTENT_ENCODING);
+    if !is_encoded(encoding) {
+        return (head, bytes);
+    }
+    match decode(encoding, &bytes, DECODED_CAP) {
+        Ok(plain) => {
+            head.headers.remove(header::CONTENT_ENCODING);
+            (head, plain.into())
+        }
+        Err(e) => {
+            tracing::debug!("an upstream answer does not decode: {e:?}");
+            (head, bytes)
+        }
+    }
 }

@@ -14,11 +14,14 @@ use super::headers::{CHATGPT_ACCOUNT_ID, forwardable};
 use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER};
 use crate::engine::refresh::Asker;
+use crate::wire::encoding::{DecodeError, decode, is_encoded};
 use crate::wire::proto::ErrorCode;
-use crate::wire::responses::{DecodeError, MAX_DECODED, assemble, decode, rewrite};
+use crate::wire::responses::{MAX_ASSEMBLED, assemble, rewrite};
 
 /// The Codex version whose model list `/v1/models` asks for.
 const CODEX_CLIENT_VERSION: &str = "0.169.0";
+/// The most a request body may expand to when decoded.
+const MAX_DECODED: usize = 32 * 1024 * 1024;
 
 impl Forwarder {
     /// `POST /v1/responses`.
@@ -116,15 +119,17 @@ async fn codex_request(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let plain = decode(encoding, &bytes).map_err(|e| match e {
+    let plain = decode(encoding, &bytes, MAX_DECODED).map_err(|e| match e {
         DecodeError::TooLarge => error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
             &format!("the request body expands to more than {MAX_DECODED} bytes"),
         ),
-        DecodeError::Invalid(message) => {
-            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
-        }
+        DecodeError::Invalid(message) => error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            &format!("the request body: {message}"),
+        ),
     })?;
     serde_json::from_slice::<Value>(&plain)
         .map_err(|e| format!("the request body is not JSON: {e}"))
@@ -158,21 +163,43 @@ fn codex_headers(client: HeaderMap) -> HeaderMap {
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     headers
 }
 
 /// Reads a whole streamed answer (an SSE stream of a finished response),
-/// at most [`MAX_DECODED`] bytes of it.
+/// at most [`MAX_ASSEMBLED`] bytes of it, decoded if the backend
+/// compressed it although asked not to.
 async fn collect(response: super::upstream::Answer) -> Result<Bytes, String> {
-    match Limited::new(response.into_body(), MAX_DECODED)
+    let encoding = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = match Limited::new(response.into_body(), MAX_ASSEMBLED)
         .collect()
         .await
     {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
-            "the backend's stream grew past {MAX_DECODED} bytes before the response completed; \
-             ask with stream:true for answers this long"
-        )),
-        Err(e) => Err(format!("the backend's stream broke off: {e}")),
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_long()),
+        Err(e) => return Err(format!("the backend's stream broke off: {e}")),
+    };
+    if !is_encoded(encoding.as_deref()) {
+        return Ok(bytes);
     }
+    match decode(encoding.as_deref(), &bytes, MAX_ASSEMBLED) {
+        Ok(plain) => Ok(plain.into()),
+        Err(DecodeError::TooLarge) => Err(too_long()),
+        Err(DecodeError::Invalid(message)) => Err(format!("the backend's stream: {message}")),
+    }
+}
+
+fn too_long() -> String {
+    format!(
+        "the backend's stream grew past {MAX_ASSEMBLED} bytes before the response completed; \
+         ask with stream:true for answers this long"
+    )
 }

@@ -1,8 +1,10 @@
 //! Wire formats: what the broker reads from and writes to the other side,
 //! as plain functions and types with no I/O of their own: the socket
-//! API's types, the public view of accounts, JWT claims, the Responses API
-//! against the Codex dialect, and WebSocket frames and messages.
+//! API's types, the public view of accounts, JWT claims, content codings,
+//! the Responses API against the Codex dialect, and WebSocket frames and
+//! messages.
 
+pub mod encoding;
 pub mod jwt;
 pub mod proto;
 pub mod responses;

@@ -1,9 +1,6 @@
 //! The public Responses API against the Codex backend's dialect: a
-//! request rewritten to the shape the backend accepts, a request body
-//! decoded from its `content-encoding`, and a backend SSE stream folded
-//! into the one response a non-streaming client asked for.
-
-use std::io::Read;
+//! request rewritten to the shape the backend accepts, and a backend SSE
+//! stream folded into the one response a non-streaming client asked for.
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
@@ -60,49 +57,8 @@ pub fn rewrite(body: Value) -> Result<(Value, bool), String> {
     Ok((Value::Object(body), client_stream))
 }
 
-/// The most a request body may expand to when decoded, and the most of a
-/// backend stream assembled for a `stream:false` client.
-pub const MAX_DECODED: usize = 32 * 1024 * 1024;
-
-/// Why a request body could not be decoded.
-#[derive(Debug, PartialEq)]
-pub enum DecodeError {
-    /// It expands to more than [`MAX_DECODED`] bytes.
-    TooLarge,
-    Invalid(String),
-}
-
-/// The body as sent, decoded from `content-encoding` (zstd, gzip, deflate),
-/// streaming and never past [`MAX_DECODED`] bytes: a small bomb that
-/// expands to gigabytes costs at most that much memory.
-pub fn decode(encoding: Option<&str>, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::new();
-    let limit = MAX_DECODED as u64 + 1;
-    let result = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("" | "identity") => return Ok(bytes.to_vec()),
-        Some("zstd") => zstd::stream::read::Decoder::new(bytes)
-            .and_then(|d| d.take(limit).read_to_end(&mut out)),
-        Some("gzip") => flate2::read::GzDecoder::new(bytes)
-            .take(limit)
-            .read_to_end(&mut out),
-        Some("deflate") => flate2::read::ZlibDecoder::new(bytes)
-            .take(limit)
-            .read_to_end(&mut out),
-        Some(other) => {
-            return Err(DecodeError::Invalid(format!(
-                "content-encoding `{other}` is not supported"
-            )));
-        }
-    };
-    match result {
-        Ok(n) if n > MAX_DECODED => Err(DecodeError::TooLarge),
-        Ok(_) => Ok(out),
-        Err(e) => Err(DecodeError::Invalid(format!(
-            "cannot decode the {} request body: {e}",
-            encoding.unwrap_or_default()
-        ))),
-    }
-}
+/// The most of a backend stream assembled for a `stream:false` client.
+pub const MAX_ASSEMBLED: usize = 32 * 1024 * 1024;
 
 /// Folds a Codex SSE stream into the final Responses object.
 pub fn assemble(stream: &[u8]) -> Result<Value, (StatusCode, Value)> {
@@ -198,35 +154,5 @@ mod tests {
         assert!(body.get("include").is_none(), "no reasoning, no include");
         assert!(rewrite(json!("text")).is_err());
         assert!(rewrite(json!({"reasoning": {}, "include": "x"})).is_err());
-    }
-
-    #[test]
-    fn decodes_zstd_and_gzip() {
-        let plain = br#"{"model":"gpt-5"}"#;
-        let z = zstd::encode_all(&plain[..], 3).unwrap();
-        assert_eq!(decode(Some("zstd"), &z).unwrap(), plain);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, plain).unwrap();
-        assert_eq!(decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), plain);
-        assert_eq!(decode(None, plain).unwrap(), plain);
-        let invalid = |e| match e {
-            DecodeError::Invalid(message) => message,
-            DecodeError::TooLarge => panic!("not too large"),
-        };
-        assert!(invalid(decode(Some("br"), plain).unwrap_err()).contains("`br`"));
-        assert!(invalid(decode(Some("zstd"), b"not zstd").unwrap_err()).contains("zstd"));
-    }
-
-    #[test]
-    fn a_small_bomb_is_cut_off_at_the_cap() {
-        // 64 MiB of zeros compress to a few KiB.
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        let block = vec![0u8; 1 << 20];
-        for _ in 0..64 {
-            std::io::Write::write_all(&mut encoder, &block).unwrap();
-        }
-        let bomb = encoder.finish().unwrap();
-        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
-        assert_eq!(decode(Some("zstd"), &bomb), Err(DecodeError::TooLarge));
     }
 }

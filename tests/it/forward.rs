@@ -887,3 +887,83 @@ fn an_http_proxy_in_the_environment_carries_backend_traffic() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(seen.lock().unwrap().len(), before);
 }
+
+/// Codex asks for `zstd, gzip` and the backend compresses its 429s. Every
+/// account used up: the very first request (and each one after, with no
+/// pause) gets the broker's own answer, with the earliest `resets_at`
+/// read from the compressed bodies, `retry-after` and the `plan_type`.
+#[test]
+fn compressed_usage_limits_give_the_first_reset_from_the_first_request() {
+    for coding in ["zstd", "gzip", "br"] {
+        let upstream = FakeUpstream::start();
+        let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+        let daemon = env.start_daemon(&[]);
+        upstream.compress_errors(coding);
+        let soon = crate::support::now() + 1800;
+        upstream.set_limited_until("acc-main", soon + 600);
+        upstream.set_limited_until("acc-fallback", soon);
+        for run in 0..5 {
+            let answer = send(
+                "POST",
+                &format!("{}/codex/responses", daemon.forwarder()),
+                &[
+                    ("content-type", "application/json"),
+                    ("accept-encoding", "zstd, gzip, br"),
+                ],
+                br#"{"model":"m","input":"hi"}"#.to_vec(),
+            );
+            assert_eq!(answer.status, 429, "{coding} run {run}: {}", answer.text());
+            assert!(answer.headers.get("content-encoding").is_none());
+            let body = answer.json();
+            assert_eq!(body["error"]["type"], "usage_limit_reached", "{body}");
+            assert_eq!(
+                body["error"]["resets_at"], soon,
+                "{coding} run {run}: {body}"
+            );
+            assert_eq!(body["error"]["plan_type"], "plus", "{body}");
+            let retry: i64 = answer.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1790..=1800).contains(&retry), "{retry}");
+        }
+        assert_eq!(
+            backend_posts(&upstream).len(),
+            2,
+            "tried once each, then known"
+        );
+        let quota = daemon.get("/v1/quota");
+        let resets: Vec<_> = quota["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["five_hour"]["resets_at"].clone())
+            .collect();
+        assert_eq!(resets, [soon + 600, soon], "{quota}");
+    }
+}
+
+/// A refused answer the client gets passed on is readable: a compressed
+/// 401 body is decoded once it is read, and sent without the coding.
+#[test]
+fn a_compressed_refusal_is_passed_on_decoded() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    upstream.compress_errors("zstd");
+    upstream.set_rejected("acc-main");
+    upstream.set_rejected("acc-fallback");
+    let answer = send(
+        "POST",
+        &format!("{}/codex/responses", daemon.forwarder()),
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "zstd"),
+        ],
+        b"{}".to_vec(),
+    );
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert!(answer.headers.get("content-encoding").is_none());
+    assert_eq!(answer.json()["error"]["code"], "token_revoked");
+}

@@ -479,31 +479,57 @@ fn codex_exec_through_the_forwarder_speaks_websocket() {
     );
 }
 
+/// Codex asks for compressed answers and the backend compresses its 429s:
+/// Codex shows the earliest reset the bodies name (not the hour its
+/// headers say), the first time and, from the broker alone, the second.
 #[test]
 fn codex_shows_the_first_reset_when_every_account_is_used_up() {
     isolated!(codex_shows_the_first_reset_when_every_account_is_used_up);
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
-    upstream.set_limited("acc-main");
-    upstream.set_limited("acc-fallback");
+    upstream.compress_errors("zstd");
+    // Over HTTP, where Codex asks for compressed answers.
+    upstream.refuse_websockets();
+    let first = crate::support::now() + 1800;
+    upstream.set_limited_until("acc-main", first + 3000);
+    upstream.set_limited_until("acc-fallback", first);
+    let at = time::OffsetDateTime::from_unix_timestamp(first).unwrap();
+    let shown = at
+        .format(time::macros::format_description!(
+            "[hour repr:12 padding:none]:[minute] [period]"
+        ))
+        .unwrap();
     let daemon = env.start_daemon(&[]);
     let forwarder = daemon.forwarder();
     codex_config_at(&env, &forwarder);
-    // The first run learns it from the backend, the second from the broker
-    // alone: both times Codex says when to try again, and exits.
     for run in 0..2 {
         let before = upstream.requests_to("/backend-api/codex/responses").len();
         let out = codex_exec_unchecked(&env, &env.codex_home(), &forwarder);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
+        let said = stderr.to_lowercase();
+        assert!(said.contains("hit your usage limit"), "{stderr}");
         assert!(
-            stderr.contains("hit your usage limit") && stderr.contains("Try again at"),
-            "{stderr}"
+            said.contains(&format!("try again at {}", shown.to_lowercase())),
+            "run {run}: expected {shown}: {stderr}"
         );
         let sent = upstream.requests_to("/backend-api/codex/responses").len() - before;
         if run == 1 {
             assert_eq!(sent, 0, "the broker answered alone");
         }
+    }
+    let posted = upstream
+        .requests_to("/backend-api/codex/responses")
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect::<Vec<_>>();
+    assert!(!posted.is_empty());
+    for post in posted {
+        let accepts = post.headers.get("accept-encoding").cloned();
+        assert!(
+            accepts.as_deref().unwrap_or_default().contains("zstd"),
+            "Codex asks for zstd: {accepts:?}"
+        );
     }
 }
 

@@ -97,6 +97,12 @@ struct State {
     token_lifetime: i64,
     /// Accounts whose inference requests get 429 usage_limit_reached.
     limited: HashSet<String>,
+    /// Per limited account: the `resets_at` its 429 body names, when not
+    /// an hour from now.
+    limited_until: HashMap<String, i64>,
+    /// Error answers of inference are compressed with this coding when the
+    /// client accepts it.
+    compress_errors: Option<&'static str>,
     /// Accounts, and access tokens, whose inference requests get 401 (a
     /// revoked access token).
     rejected: HashSet<String>,
@@ -195,6 +201,20 @@ impl FakeUpstream {
     /// Makes inference for `account_id` answer 429 usage_limit_reached.
     pub fn set_limited(&self, account_id: &str) {
         self.state.lock().unwrap().limited.insert(account_id.into());
+    }
+
+    /// Makes inference for `account_id` answer 429 usage_limit_reached with
+    /// this `resets_at` in its body (its headers still say an hour).
+    pub fn set_limited_until(&self, account_id: &str, resets_at: i64) {
+        let mut state = self.state.lock().unwrap();
+        state.limited.insert(account_id.into());
+        state.limited_until.insert(account_id.into(), resets_at);
+    }
+
+    /// Compresses inference error bodies with `coding` (`zstd`, `gzip`,
+    /// `br`) for clients that accept it, as the real backend does.
+    pub fn compress_errors(&self, coding: &'static str) {
+        self.state.lock().unwrap().compress_errors = Some(coding);
     }
 
     /// Makes inference for `account_id` answer 401, as for a revoked token.
@@ -508,12 +528,9 @@ async fn handle(
             };
             let rejected = is_rejected(&state.lock().unwrap(), &recorded);
             let mut response = if rejected {
-                json_response(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"error": {"code": "token_revoked", "message": "revoked"}}),
-                )
+                rejected_answer(&state.lock().unwrap(), &recorded)
             } else if limited {
-                json_response(StatusCode::TOO_MANY_REQUESTS, usage_limit_body())
+                limited_answer(&state.lock().unwrap(), &recorded, &account)
             } else {
                 sse(hold)
             };
@@ -769,13 +786,10 @@ fn websocket_handshake(
             return json_response(StatusCode::UPGRADE_REQUIRED, json!({"error": "use SSE"}));
         }
         if is_rejected(&s, req) {
-            return json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": {"code": "token_revoked", "message": "revoked"}}),
-            );
+            return rejected_answer(&s, req);
         }
         if s.limited.contains(&account) {
-            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, usage_limit_body());
+            let mut response = limited_answer(&s, req, &account);
             response
                 .headers_mut()
                 .insert("x-codex-primary-used-percent", "100".parse().unwrap());
@@ -872,9 +886,61 @@ where
 }
 
 fn usage_limit_body() -> Value {
+    usage_limit_until(None)
+}
+
+fn usage_limit_until(resets_at: Option<i64>) -> Value {
     json!({"error": {"type": "usage_limit_reached",
         "message": "The usage limit has been reached", "plan_type": "plus",
-        "resets_at": now() + 3600}})
+        "resets_at": resets_at.unwrap_or_else(|| now() + 3600)}})
+}
+
+/// An inference error answer, its body compressed as the backend does
+/// when it was asked to ([`FakeUpstream::compress_errors`]).
+fn error_answer(state: &State, req: &Recorded, status: StatusCode, body: Value) -> Response<Body> {
+    let accepted = req
+        .headers
+        .get("accept-encoding")
+        .map_or("", String::as_str);
+    let coding = state
+        .compress_errors
+        .filter(|c| accepted.split(',').any(|a| a.trim() == *c));
+    let Some(coding) = coding else {
+        return json_response(status, body);
+    };
+    let plain = body.to_string().into_bytes();
+    let packed = match coding {
+        "zstd" => zstd::encode_all(&plain[..], 3).unwrap(),
+        "gzip" => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &plain).unwrap();
+            gz.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &plain[..], &mut out, &Default::default()).unwrap();
+            out
+        }
+        other => panic!("no coding {other}"),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-encoding", coding)
+        .body(full(packed))
+        .unwrap()
+}
+
+/// The 429 an account that is used up gets.
+fn limited_answer(state: &State, req: &Recorded, account: &str) -> Response<Body> {
+    let body = usage_limit_until(state.limited_until.get(account).copied());
+    error_answer(state, req, StatusCode::TOO_MANY_REQUESTS, body)
+}
+
+/// The 401 a rejected account or token gets.
+fn rejected_answer(state: &State, req: &Recorded) -> Response<Body> {
+    let body = json!({"error": {"code": "token_revoked", "message": "revoked"}});
+    error_answer(state, req, StatusCode::UNAUTHORIZED, body)
 }
 
 /// One WebSocket connection: `response.create` is answered with the
