@@ -16,11 +16,13 @@
 //!   connections idle for 60 s);
 //! - instructions per forwarded request, counted by callgrind for the
 //!   forwarder and for nginx (where valgrind is installed): unlike times,
-//!   the same on every run of a build, however busy the machine is.
+//!   the same on every run of a build, however busy the machine is;
+//! - throughput for an account whose refresh backs off (its token valid
+//!   for days) against a healthy account.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
-//! comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! `backoff`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
@@ -378,6 +380,9 @@ fn main() {
     if wanted("first_byte") {
         first_byte_table(&runtime, quick);
     }
+    if wanted("backoff") {
+        forward::backoff(&runtime, &upstream, run);
+    }
 }
 
 /// A daemon whose upstreams are a TLS server one emulated round trip away.
@@ -393,6 +398,24 @@ fn first_byte_table(runtime: &tokio::runtime::Runtime, quick: bool) {
     let daemon = start_at(home.path(), &base, &env, &[]);
     let forwarder = forwarder_addr(runtime, &daemon.socket);
     first_byte::run(runtime, &upstream, forwarder, &setting);
+}
+
+/// Puts the account of the broker in `home` into a refresh backoff that
+/// lasts an hour, with its last refresh 9 days old (past Codex's 8-day
+/// rule, so every request finds it due), as a failing issuer leaves it.
+fn put_in_backoff(home: &Path) {
+    let path = home.join(".config/codex-broker/accounts.json");
+    let mut store: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let old = time::OffsetDateTime::from_unix_timestamp(now() - 9 * 86_400).unwrap();
+    let account = &mut store["accounts"][0];
+    account["last_refresh"] = codex_broker::codex::auth::format_timestamp(old).into();
+    account["state"] = "refresh_backoff".into();
+    account["state_reason"] = "could not connect".into();
+    account["backoff_until"] = (now() + 3600).into();
+    let tmp = path.with_extension("bench.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&store).unwrap()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
 }
 
 /// A daemon in a home of its own.
@@ -1020,6 +1043,42 @@ mod forward {
                 percentile(n, 0.5) - percentile(&mut d, 0.5)
             );
         }
+    }
+
+    /// Throughput for an account whose refresh backs off (its token valid
+    /// for days, the issuer down) against a healthy one, same run.
+    pub fn backoff(runtime: &tokio::runtime::Runtime, upstream: &Upstream, run: Duration) {
+        let (_healthy_home, healthy) = super::fresh_daemon(upstream);
+        let (waiting_home, waiting) = super::fresh_daemon(upstream);
+        super::put_in_backoff(waiting_home.path());
+        let path = "/codex/responses";
+        let healthy = forwarder_addr(runtime, &healthy.socket);
+        let waiting = forwarder_addr(runtime, &waiting.socket);
+        // A first request each, so both daemons have read the store.
+        runtime.block_on(small(healthy, path, 1, Duration::from_millis(50)));
+        runtime.block_on(small(waiting, path, 1, Duration::from_millis(50)));
+        // Alternating, the better of two runs each: the machine's own noise
+        // is not the difference.
+        let mut best = [0.0f64; 2];
+        let mut p50 = [0.0f64; 2];
+        for _ in 0..2 {
+            for (i, addr) in [waiting, healthy].into_iter().enumerate() {
+                let stats = runtime.block_on(small(addr, path, 32, run));
+                if stats.rate > best[i] {
+                    (best[i], p50[i]) = (stats.rate, stats.p50);
+                }
+            }
+        }
+        println!();
+        println!(
+            "refresh in backoff (token valid for days, issuer down), 32 connections: {:.0} req/s \
+             (p50 {:.0} us) against {:.0} req/s (p50 {:.0} us) for a healthy account: {:.2}",
+            best[0],
+            p50[0],
+            best[1],
+            p50[1],
+            best[0] / best[1]
+        );
     }
 
     /// Memory per SSE stream held open (the upstream holds its answer

@@ -131,6 +131,18 @@ pub fn assess(account: &Account, now: i64, min_ttl: i64) -> Assessment {
     }
 }
 
+/// Whether `account` can be handed out at `now` for `min_ttl` from what is
+/// in memory: its token is fresh enough, or a refresh is due but waits (a
+/// backoff, a lost answer) while the token is still valid. Only the
+/// scheduler and an expired wait send anything.
+pub fn servable(account: &Account, now: i64, min_ttl: i64) -> bool {
+    match assess(account, now, min_ttl) {
+        Assessment::Fresh => true,
+        Assessment::Wait { .. } => still_valid(account, now),
+        Assessment::Refresh | Assessment::NeedsLogin => false,
+    }
+}
+
 /// Seconds to wait after the `failures`-th transient failure in a row:
 /// exponential from 15 s to 10 min, with "equal jitter" (half fixed, half
 /// random; `jitter` is uniform in 0..1).
@@ -407,13 +419,14 @@ impl Refresher {
 
     /// Returns account `id` with a token valid for more than `min_ttl`
     /// seconds, refreshing it first when needed. While refreshing fails for
-    /// a transient reason, the old token is returned as long as it is valid.
+    /// a transient reason, the old token is returned as long as it is
+    /// valid, from memory, without a lock or a file read.
     ///
     /// The refresh runs as the engine's task: dropping this future drops
     /// only the wait for it.
     pub async fn fresh(&self, id: &str, min_ttl: i64, by: &Asker) -> Result<Account, RefreshError> {
         let account = self.load(id)?;
-        if assess(&account, self.now(), min_ttl) == Assessment::Fresh {
+        if servable(&account, self.now(), min_ttl) {
             return Ok(account);
         }
         self.spawn_fresh(id, min_ttl, by).await

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::engine::refresh::{Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess};
+use crate::engine::refresh::{
+    Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess, servable,
+};
 use crate::engine::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 use crate::wire::proto::ErrorCode;
 use crate::wire::proto::MIN_TTL;
@@ -250,10 +252,10 @@ pub async fn fresh_account(
         .iter()
         .map(|a| effective_min_ttl(refresher, &pick, a, min_ttl, now))
         .collect();
-    // The common case: the first choice is fresh; no lock, no reload, no
-    // copy.
+    // The common case: the first choice is fresh (or waits for its next
+    // refresh with a valid token); no lock, no reload, no copy.
     if let (Some(first), Some(first_ttl)) = (usable.first(), ttls.first())
-        && assess(first, now, *first_ttl) == Assessment::Fresh
+        && servable(first, now, *first_ttl)
         && let Some(index) = store.accounts.iter().position(|a| std::ptr::eq(a, *first))
     {
         return Ok(Picked::Stored {

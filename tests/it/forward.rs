@@ -967,3 +967,36 @@ fn a_compressed_refusal_is_passed_on_decoded() {
     assert!(answer.headers.get("content-encoding").is_none());
     assert_eq!(answer.json()["error"]["code"], "token_revoked");
 }
+
+/// An account whose refresh backs off (its issuer down) while its token is
+/// good for days is served from memory: no request takes a lock or reads
+/// a file for it (here the lock folder cannot even be made), and nothing
+/// is sent to the issuer before the backoff ends.
+#[test]
+fn an_account_in_backoff_is_served_from_memory() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-waiting").expiring_in(2 * 86_400);
+    let env = TestEnv::with_backend_account(&upstream, &account);
+    let mut store = env.read_store();
+    let old = time::OffsetDateTime::from_unix_timestamp(crate::support::now() - 9 * 86_400);
+    store["accounts"][0]["last_refresh"] =
+        serde_json::json!(codex_broker::codex::auth::format_timestamp(old.unwrap()));
+    store["accounts"][0]["state"] = serde_json::json!("refresh_backoff");
+    store["accounts"][0]["state_reason"] = serde_json::json!("the issuer answered HTTP 503");
+    store["accounts"][0]["backoff_until"] = serde_json::json!(crate::support::now() + 600);
+    std::fs::write(env.store_path(), store.to_string()).unwrap();
+    let locks = env.broker_home().join("locks");
+    let _ = std::fs::remove_dir_all(&locks);
+    std::fs::write(&locks, b"not a folder").unwrap();
+    let daemon = env.start_daemon(&[]);
+    for _ in 0..20 {
+        let answer = post_responses(&daemon, b"{}");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert_eq!(backend_posts(&upstream).len(), 20);
+    assert!(upstream.requests_to("/oauth/token").is_empty());
+    assert_eq!(
+        env.stored_account("acc-waiting")["state"],
+        "refresh_backoff"
+    );
+}
