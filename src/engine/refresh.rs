@@ -588,7 +588,7 @@ impl Refresher {
                 let rotated = rotate(&account, response, (self.inner.clock)());
                 return self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted);
             }
-            Err(e) => e,
+            Err(e) => without_secrets(e, &account),
         };
         let (event, code, reason) = match &failure {
             OAuthError::Permanent { code, .. } => (Event::Rejected, Some(code.clone()), None),
@@ -903,6 +903,18 @@ fn account_secrets(account: &Account) -> Vec<String> {
     }
     own.extend(account.api_key.as_ref().map(|k| k.expose().clone()));
     own
+}
+
+/// `failure` with the account's own secrets taken out of its words, before
+/// they reach the journal, the store or a log.
+fn without_secrets(failure: OAuthError, account: &Account) -> OAuthError {
+    let own = account_secrets(account);
+    let own: Vec<&str> = own.iter().map(String::as_str).collect();
+    match failure {
+        OAuthError::Transient(reason) => OAuthError::Transient(redact(&reason, &own)),
+        OAuthError::Lost(reason) => OAuthError::Lost(redact(&reason, &own)),
+        permanent @ OAuthError::Permanent { .. } => permanent,
+    }
 }
 
 /// `account` after the issuer answered a refresh with `response`: a

@@ -66,18 +66,33 @@ fn foreign_host(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether `authority` (`name[:port]`, `[v6][:port]`) names this machine:
-/// `localhost` or a loopback address.
+/// `localhost` or a loopback address, and nothing else: a host and at
+/// most a port of digits (RFC 3986), so `localhost:1456@evil.example` and
+/// `[::1]evil.example` are foreign.
 fn loopback_authority(authority: &str) -> bool {
-    let name = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(name, _)| name),
+    let (name, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, after)) => match after {
+                "" => (name, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (name, Some(port)),
+                    None => return false,
+                },
+            },
+            None => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (authority, None),
+        },
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()))
 }
 
 /// Whether `origin` is a loopback origin (`http://127.0.0.1:1456`,
@@ -246,6 +261,7 @@ mod tests {
             "localhost:1456",
             "LOCALHOST",
             "[::1]:1456",
+            "[::1]",
             "127.0.0.2",
         ] {
             assert_eq!(host(ok), None, "{ok}");
@@ -255,6 +271,13 @@ mod tests {
             "10.0.0.1:1456",
             "localhost.evil.example",
             "[::2]:1",
+            "localhost:1456@evil.example",
+            "[::1]evil.example",
+            "[::1]:1456@evil.example",
+            "127.0.0.1:14x6",
+            "localhost:",
+            "[::1",
+            "localhost:1456:1",
         ] {
             assert_eq!(host(bad).as_deref(), Some(bad));
         }

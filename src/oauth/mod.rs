@@ -84,12 +84,13 @@ fn error_message(body: &Value) -> String {
 
 /// An error code from outside: short, printable, no token.
 fn clean_code(code: &str) -> String {
-    let code: String = code
+    // Redacted first: taking out spaces could join a token to a word that
+    // hides its shape.
+    redact(code, &[])
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(64)
-        .collect();
-    redact(&code, &[])
+        .collect()
 }
 
 /// Sorts a failed token-endpoint answer into permanent or transient.
@@ -277,6 +278,13 @@ mod tests {
             br#"{"error":{"message":"token rt-acc-1-5 was reused","code":"refresh_token_reused"}}"#;
         let err = classify(401, echoed).to_string();
         assert!(!err.contains("rt-acc-1-5"), "{err}");
+        assert!(err.contains("[REDACTED]"), "{err}");
+        let hidden = br#"{"error":{"code":"x rt-acc-1-5","message":"m"}}"#;
+        let err = classify(503, hidden).to_string();
+        assert!(
+            !err.contains("rt-acc-1-5") && !err.contains("acc-1-5"),
+            "{err}"
+        );
         assert!(err.contains("[REDACTED]"), "{err}");
     }
 }

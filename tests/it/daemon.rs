@@ -558,7 +558,7 @@ fn bad_requests_get_error_codes_and_the_daemon_keeps_serving() {
 #[test]
 fn another_user_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to act as another user");
+        crate::support::skip("needs root to act as another user");
         return;
     }
     let env = TestEnv::new();

@@ -252,9 +252,9 @@ fn run_ok(cmd: &mut std::process::Command) {
 fn a_follower_reaches_its_leader_through_an_ssh_socket_forward() {
     let sshd = Path::new("/usr/sbin/sshd");
     if !sshd.exists() {
-        eprintln!(
-            "skipped: sshd is not installed (apt-get install openssh-server); this test \
-             forwards the leader's socket with a real `ssh -R`"
+        crate::support::skip(
+            "sshd is not installed (apt-get install openssh-server); this test forwards the \
+             leader's socket with a real `ssh -R`",
         );
         return;
     }

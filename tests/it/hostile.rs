@@ -114,7 +114,7 @@ fn dot_segments_are_refused_before_routing() {
 #[test]
 fn another_uid_cannot_plant_an_account() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: making a file another uid's takes root");
+        crate::support::skip("making a file another uid's takes root");
         return;
     }
     let upstream = FakeUpstream::start();
@@ -153,7 +153,7 @@ fn another_uid_cannot_plant_an_account() {
 #[test]
 fn another_uid_cannot_use_the_forwarder() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to act as another user");
+        crate::support::skip("needs root to act as another user");
         return;
     }
     let upstream = FakeUpstream::start();
@@ -300,7 +300,7 @@ fn a_zstd_bomb_is_refused_in_bounded_memory() {
 fn a_follower_never_talks_to_a_socket_another_uid_serves() {
     let python = std::path::Path::new("/usr/bin/python3");
     if !nix::unistd::geteuid().is_root() || !python.exists() {
-        eprintln!("skipped: needs root and /usr/bin/python3 to serve a socket as another user");
+        crate::support::skip("needs root and /usr/bin/python3 to serve a socket as another user");
         return;
     }
     // A "leader" planted by user nobody in a directory anyone can write.

@@ -423,7 +423,7 @@ fn a_rotation_the_full_disk_cannot_take_is_served_and_saved_once_there_is_room()
     let upstream = FakeUpstream::start();
     let env = TestEnv::with_backend(&upstream);
     let Some(disk) = SmallDisk::mount(&env.broker_home(), "1m") else {
-        eprintln!("skipped: this user cannot mount a tmpfs (needs root)");
+        crate::support::skip("this user cannot mount a tmpfs (needs root)");
         return;
     };
     let account = TestAccount::new("acc-full");

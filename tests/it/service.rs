@@ -64,7 +64,7 @@ fn systemd_analyze_verifies_the_units() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: systemd-analyze is not installed");
+        crate::support::skip("systemd-analyze is not installed");
         return;
     }
     let env = TestEnv::new();
