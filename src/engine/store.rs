@@ -716,6 +716,17 @@ pub fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
                 format!("missing for a {} account", a.kind),
             )));
         }
+        for (field, time) in [
+            ("expires_at", a.expires_at),
+            ("backoff_until", a.backoff_until),
+        ] {
+            if let Some(t) = time.filter(|t| !crate::wire::jwt::plausible_time(*t)) {
+                return Err(invalid(JsonProblem::field(
+                    format!("accounts[{i}].{field}"),
+                    format!("{t} is no plausible unix time"),
+                )));
+            }
+        }
     }
     Ok(store)
 }
@@ -995,6 +1006,23 @@ mod tests {
             for secret in [&t.refresh_token, &t.access_token, &t.id_token] {
                 crate::base::secret::assert_no_secret(&dbg, secret.expose());
             }
+        }
+    }
+
+    #[test]
+    fn stored_times_out_of_range_are_named() {
+        let mut s = Store::default();
+        s.upsert(chatgpt_account("acc-1", 1));
+        let path = Path::new("accounts.json");
+        let good = serde_json::to_vec(&s).unwrap();
+        assert!(parse_store(path, &good).is_ok(), "a valid store is taken");
+        for (field, value) in [("expires_at", i64::MIN), ("backoff_until", i64::MAX)] {
+            let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            v["accounts"][0][field] = value.into();
+            let err = parse_store(path, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+            let said = err.to_string();
+            assert!(said.contains(&format!("accounts[0].{field}")), "{said}");
+            assert!(said.contains("no plausible unix time"), "{said}");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::{Value, json};
 
-use crate::base::secret::Secret;
+use crate::base::secret::{Secret, redact};
 use crate::oauth::{OAuthError, TokenResponse};
 use crate::socket::client::{ClientError, Connection};
 use crate::wire::proto::{ErrorBody, ErrorCode, TokenAnswer};
@@ -98,7 +98,8 @@ impl Leader {
             path: self.path(),
             status,
             code: error.as_ref().map_or(ErrorCode::Unknown, |e| e.error.code),
-            message: error.map_or_else(|| "no error body".to_owned(), |e| e.error.message),
+            message: error
+                .map_or_else(|| "no error body".to_owned(), |e| bounded(&e.error.message)),
         })
     }
 
@@ -172,5 +173,43 @@ impl Leader {
             }),
             Err(e) => Err(OAuthError::Transient(e.to_string())),
         }
+    }
+}
+
+/// The most of a leader's error message a follower keeps.
+const MESSAGE_KEPT: usize = 500;
+
+/// A leader's error message as a follower keeps it: printable, at most
+/// [`MESSAGE_KEPT`] characters, and nothing token-shaped.
+fn bounded(message: &str) -> String {
+    let printable: String = message
+        .chars()
+        .take(MESSAGE_KEPT * 2)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut kept: String = redact(&printable, &[]).chars().take(MESSAGE_KEPT).collect();
+    if message.chars().nth(MESSAGE_KEPT).is_some() {
+        kept.push_str(" [...]");
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_message_is_bounded_and_redacted() {
+        assert_eq!(
+            bounded("the account needs a login"),
+            "the account needs a login"
+        );
+        let huge = "x".repeat(7 << 20);
+        let kept = bounded(&huge);
+        assert!(kept.len() <= MESSAGE_KEPT + 6, "{}", kept.len());
+        assert!(kept.ends_with("[...]"));
+        let leaked = bounded("refused rt-abcdef-123456\n\u{1b}[2J");
+        assert!(!leaked.contains("rt-abcdef"), "{leaked}");
+        assert!(!leaked.contains('\u{1b}'), "{leaked}");
     }
 }

@@ -226,7 +226,8 @@ fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, TokenAnswe
         let expires_at = crate::wire::jwt::decode(&answer.access_token)
             .ok()
             .and_then(|c| c.exp)
-            .or(answer.expires_at);
+            .or(answer.expires_at)
+            .filter(|t| crate::wire::jwt::plausible_time(*t));
         account.tokens = Some(crate::engine::store::Tokens {
             id_token: Secret::new(id_token),
             access_token: Secret::new(answer.access_token),

@@ -100,12 +100,22 @@ pub fn decode(token: &str) -> Result<Claims, JwtError> {
     })
 }
 
+/// The latest (and, negated, earliest) unix time the broker takes from
+/// outside: the end of year 9999. Within it, no arithmetic on two times
+/// can wrap.
+pub const TIME_LIMIT: i64 = 253_402_300_799;
+
+/// Whether `t` (unix seconds) is within [`TIME_LIMIT`] of the epoch.
+pub fn plausible_time(t: i64) -> bool {
+    (-TIME_LIMIT..=TIME_LIMIT).contains(&t)
+}
+
 /// A JWT NumericDate as whole unix seconds, held to years -9999..9999 so
 /// that no arithmetic on it can wrap: an `exp` near `i64::MIN` is long
 /// past, one near `i64::MAX` far away. A value that is no number at all
 /// (NaN, infinite) is no date.
 fn numeric_date(n: &serde_json::Number) -> Option<i64> {
-    const LIMIT: i64 = 253_402_300_799;
+    const LIMIT: i64 = TIME_LIMIT;
     let seconds = match n.as_i64() {
         Some(i) => i,
         None if n.as_u64().is_some() => LIMIT,
