@@ -256,13 +256,23 @@ impl Journal {
         }
         let mut line = serde_json::to_vec(entry).expect("an entry always serializes");
         line.push(b'\n');
+        // Never blocks on a FIFO (no reader: ENXIO at once) or a device, and
+        // writes only to a regular file.
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
             .open(&path)
             .map_err(|e| FsError::new("cannot open", &path, e))?;
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        if !regular {
+            return Err(FsError::new(
+                "refusing to write",
+                &path,
+                std::io::Error::other("it is not a regular file (a FIFO, device or socket?)"),
+            ));
+        }
         file.write_all(&line)
             .and_then(|()| file.sync_data())
             .map_err(|e| FsError::new("cannot write", &path, e))

@@ -345,3 +345,36 @@ fn a_follower_never_talks_to_a_socket_another_uid_serves() {
     assert!(refused.is_some(), "{}", daemon.get("/v1/health"));
     assert_eq!(daemon.get("/v1/health")["accounts"], 0);
 }
+
+/// A FIFO planted at journal.jsonl: appending to it would block a refresh
+/// for good (no reader) under the account's lock. The refresh goes on and
+/// is saved; the journal is only skipped.
+#[test]
+fn a_fifo_at_the_journal_never_hangs_a_refresh() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-fifo").expiring_in(120);
+    let env = TestEnv::with_account(&upstream, &account);
+    let journal = env.broker_home().join("journal.jsonl");
+    let _ = std::fs::remove_file(&journal);
+    nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = env
+        .cmd()
+        .args(["token", "--min-ttl", "3600"])
+        .timeout(Duration::from_secs(20))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        account.access_token()
+    );
+    assert_eq!(upstream.rotations(), 1);
+    assert_eq!(
+        env.stored_account("acc-fifo")["tokens"]["refresh_token"],
+        "rt-acc-fifo-1"
+    );
+}
