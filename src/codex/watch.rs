@@ -147,7 +147,16 @@ impl From<crate::base::fsutil::FsError> for SyncError {
 /// file is never taken for a refresh token.
 pub fn sync_codex(shared: &Engine) -> Result<(), SyncError> {
     let codex = shared.paths.codex();
-    let snapshot = codex.read()?;
+    let snapshot = match codex.read() {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            let message = format!("{e}; refreshes go on with the store: fix it or move it away");
+            if shared.set_auth_problem(Some((ProblemCode::AuthJsonInvalid, message.clone()))) {
+                tracing::warn!("{message}");
+            }
+            return Ok(());
+        }
+    };
     match &snapshot.state {
         AuthState::Missing => {
             shared.set_auth_problem(None);

@@ -543,7 +543,14 @@ impl Refresher {
     /// Re-reads the store, first taking in tokens Codex wrote to auth.json
     /// for this account if they come after the store's.
     fn reload_adopting_codex(&self, id: &str) -> Result<Account, RefreshError> {
-        let snapshot = self.inner.codex.read()?;
+        let snapshot = match self.inner.codex.read() {
+            Ok(snapshot) => snapshot,
+            // A FIFO, a folder, an unreadable file: the store alone decides.
+            Err(e) => {
+                tracing::warn!(account = id, "{e}; refreshing from the store alone");
+                return self.load(id);
+            }
+        };
         if snapshot.account_id().as_deref() == Some(id) {
             self.inner.store.update(|store| {
                 if adopt_from_snapshot(store, &snapshot, &self.inner.journal).is_some() {

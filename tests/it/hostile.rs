@@ -378,3 +378,41 @@ fn a_fifo_at_the_journal_never_hangs_a_refresh() {
         "rt-acc-fifo-1"
     );
 }
+
+/// A FIFO or a folder put at auth.json under a running daemon: refreshes
+/// go on with the store, and `/v1/health` names the problem.
+#[test]
+fn refreshes_go_on_when_auth_json_becomes_a_fifo_or_a_folder() {
+    for kind in ["fifo", "folder"] {
+        let upstream = FakeUpstream::start();
+        let account = TestAccount::new("acc-odd").expiring_in(3 * 3600);
+        let env = TestEnv::with_account(&upstream, &account);
+        let daemon = env.start_daemon(&["--no-forward"]);
+        std::fs::remove_file(env.auth_path()).unwrap();
+        match kind {
+            "fifo" => nix::unistd::mkfifo(&env.auth_path(), nix::sys::stat::Mode::S_IRWXU).unwrap(),
+            _ => std::fs::create_dir(env.auth_path()).unwrap(),
+        }
+        let named = || {
+            daemon.get("/v1/health")["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["code"] == "auth_json_invalid")
+        };
+        crate::support::wait_until(Duration::from_secs(10), named)
+            .unwrap_or_else(|| panic!("{kind}: {}", daemon.get("/v1/health")));
+        let (status, body) = daemon.api("GET", "/v1/token?min_ttl=86400", None);
+        assert_eq!(status, 200, "{kind}: {body}");
+        assert_ne!(
+            body["access_token"],
+            account.access_token(),
+            "{kind}: refreshed"
+        );
+        assert_eq!(upstream.rotations(), 1, "{kind}");
+        assert_eq!(
+            env.stored_account("acc-odd")["tokens"]["refresh_token"],
+            "rt-acc-odd-1"
+        );
+    }
+}
