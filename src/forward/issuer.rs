@@ -1,5 +1,6 @@
 //! The issuer's routes: `/oauth/token` refreshes of tokens the broker owns
-//! are answered here from the store; everything else passes to the issuer.
+//! are answered here from the store, and `/oauth/revoke` of them is never
+//! forwarded; everything else passes to the issuer.
 
 use std::collections::HashMap;
 
@@ -67,6 +68,45 @@ impl Forwarder {
         }
     }
 
+    /// `POST /oauth/revoke`: a revoke of a token the broker manages (a
+    /// refresh token, current or retired, its stand-in, or the current
+    /// access token; `codex logout` sends one) is answered here and never
+    /// reaches the issuer, which would end the broker's own login. Any
+    /// other goes to the issuer.
+    pub(super) async fn revoke_endpoint(&self, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = match Limited::new(body, SMALL_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => return body_error(e),
+        };
+        let token = fields(&parts.headers, &bytes).and_then(|mut f| f.remove("token"));
+        if let Some(token) = token
+            && let Some(id) = self.manages(&token)
+        {
+            tracing::info!(account = %id, "a client revoked a token the broker manages; not forwarded (codex-broker accounts remove --revoke ends the login)");
+            return json_response(StatusCode::OK, &json!({}));
+        }
+        let url = format!("{}/oauth/revoke", self.issuer);
+        let headers = forwardable(parts.headers, &[]);
+        match self.send(parts.method, &url, headers, full(bytes)).await {
+            Ok(response) => relay(response).await,
+            Err(answer) => answer,
+        }
+    }
+
+    /// The account whose token `token` is, if the broker manages it.
+    fn manages(&self, token: &str) -> Option<String> {
+        let store = self.shared.refresher.store().ok()?;
+        let account = store.accounts.iter().find(|a| {
+            a.owns_refresh_token(token)
+                || a.has_stand_in(token)
+                || a.tokens
+                    .as_ref()
+                    .is_some_and(|t| t.access_token.expose() == token)
+        })?;
+        Some(account.id.clone())
+    }
+
     /// The current tokens of the account owning `refresh_token` (current,
     /// retired, or its stand-in), in the issuer's response shape; `None` for
     /// a token the broker does not own. A client that presented a stand-in,
@@ -113,20 +153,26 @@ impl Forwarder {
     }
 }
 
-/// The refresh token of a `grant_type=refresh_token` request, JSON or form.
-fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+/// The string fields of a token-endpoint request body, JSON or form.
+fn fields(headers: &HeaderMap, body: &[u8]) -> Option<HashMap<String, String>> {
     let form = header_str(headers, header::CONTENT_TYPE)
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    let fields: HashMap<String, String> = if form {
-        url::form_urlencoded::parse(body).into_owned().collect()
-    } else {
-        let value: Value = serde_json::from_slice(body).ok()?;
+    if form {
+        return Some(url::form_urlencoded::parse(body).into_owned().collect());
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    Some(
         value
             .as_object()?
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect()
-    };
+            .collect(),
+    )
+}
+
+/// The refresh token of a `grant_type=refresh_token` request, JSON or form.
+fn refresh_grant(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let fields = fields(headers, body)?;
     (fields.get("grant_type")?.as_str() == "refresh_token")
         .then(|| fields.get("refresh_token").cloned())
         .flatten()

@@ -181,6 +181,8 @@ impl Forwarder {
             }
         } else if method == Method::POST && path == "/oauth/token" {
             self.token_endpoint(request, &by).await
+        } else if method == Method::POST && path == "/oauth/revoke" {
+            self.revoke_endpoint(request).await
         } else if path.starts_with("/oauth/")
             || path.starts_with("/api/accounts/")
             || path == "/codex/device"

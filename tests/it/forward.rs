@@ -1000,3 +1000,37 @@ fn an_account_in_backoff_is_served_from_memory() {
         "refresh_backoff"
     );
 }
+
+/// `codex logout` revokes the refresh token it holds, at the revoke URL it
+/// derives from the refresh URL (the forwarder). A token the broker manages
+/// is never revoked at the issuer; anyone else's is passed on.
+#[test]
+fn a_revoke_of_a_managed_token_never_reaches_the_issuer() {
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let revoke = |body: String, content_type: &str| {
+        send(
+            "POST",
+            &format!("{}/oauth/revoke", daemon.forwarder()),
+            &[("content-type", content_type)],
+            body.into_bytes(),
+        )
+    };
+    let json = serde_json::json!({"token": main.refresh_token, "token_type_hint": "refresh_token",
+        "client_id": "app_EMoamEEZ73f0CkXaXp7hrann"});
+    assert_eq!(revoke(json.to_string(), "application/json").status, 200);
+    let form = format!("token={}&token_type_hint=access_token", main.access_token());
+    assert_eq!(
+        revoke(form, "application/x-www-form-urlencoded").status,
+        200
+    );
+    assert!(upstream.requests_to("/oauth/revoke").is_empty());
+    let foreign = serde_json::json!({"token": "rt-someone-else"});
+    assert_eq!(revoke(foreign.to_string(), "application/json").status, 200);
+    let passed = upstream.requests_to("/oauth/revoke");
+    assert_eq!(passed.len(), 1);
+    assert_eq!(passed[0].json()["token"], "rt-someone-else");
+    let (status, body) = daemon.api("GET", "/v1/token", None);
+    assert_eq!(status, 200, "the login goes on: {body}");
+}
