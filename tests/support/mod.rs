@@ -402,7 +402,15 @@ impl TestEnv {
             .map_or_else(|| self.socket_path(), |i| PathBuf::from(args[i + 1]));
         let mut daemon = Daemon { child, socket, log };
         let mut buf = [0u8; 256];
-        match notify.recv(&mut buf) {
+        // A signal to this process (a child of another test ending) may
+        // interrupt the wait: that is no answer, wait on.
+        let ready = loop {
+            match notify.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match ready {
             Ok(n) if buf[..n].starts_with(b"READY=1") => daemon,
             other => {
                 let _ = daemon.child.kill();
