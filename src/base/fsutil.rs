@@ -114,9 +114,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 const STALE_TEMPORARY: Duration = Duration::from_secs(60);
 
 /// Removes temporary files of `name` abandoned by killed writers, so that
-/// no stray copy of a credential lingers. Failures are not errors: the
-/// write itself has already succeeded.
-fn remove_stale_temporaries(dir: &Path, name: &str) {
+/// no stray copy of a credential lingers (after each write, and when the
+/// daemon starts). Failures are not errors: nothing depends on it.
+pub fn remove_stale_temporaries(dir: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };

@@ -21,12 +21,13 @@ use tokio_util::task::TaskTracker;
 use crate::base::fsutil;
 use crate::base::paths::Paths;
 use crate::base::server::Limits;
+use crate::codex::auth::AUTH_FILE;
 use crate::codex::watch;
 use crate::engine::Engine;
 use crate::engine::config::Config;
 use crate::engine::refresh::Refresher;
 use crate::engine::scheduler;
-use crate::engine::store::Store;
+use crate::engine::store::{STORE_FILE, Store};
 use crate::follow::leader::Leader;
 use crate::forward::{self, Forwarder};
 use crate::socket;
@@ -159,6 +160,9 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
     prepare_store(&paths, &config, &options)?;
+    // Copies of credentials a killed writer left behind.
+    fsutil::remove_stale_temporaries(&paths.home, STORE_FILE);
+    fsutil::remove_stale_temporaries(&paths.codex_home, AUTH_FILE);
     let (listener, socket_file) = socket::bind(&paths.socket)?;
     let forward_listener = match &options.listen {
         Some(addr) => Some(forward::bind(addr).await?),

@@ -101,3 +101,34 @@ fn sigkill_mid_write_leaves_old_or_new_files() {
     env.ok(&["accounts", "switch", "acc-a"]);
     assert_eq!(std::fs::read(env.auth_path()).unwrap(), versions[0].0);
 }
+
+/// A writer killed between its temporary copy and the rename leaves a
+/// copy of credentials behind; the daemon removes old ones when it starts.
+#[test]
+fn stale_temporary_copies_of_credentials_are_removed_at_start() {
+    let env = TestEnv::new();
+    let account = TestAccount::new("acc-tmp");
+    env.import_account(&account);
+    let old = std::time::SystemTime::now() - Duration::from_secs(600);
+    let plant = |dir: std::path::PathBuf, name: &str| {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_modified(old).unwrap();
+        path
+    };
+    let store_copy = plant(env.broker_home(), ".accounts.json.k1LL3d.tmp");
+    let auth_copy = plant(env.codex_home(), ".auth.json.k1LL3d.tmp");
+    let young = plant(env.codex_home(), ".auth.json.wr1t1ng.tmp");
+    std::fs::File::options()
+        .write(true)
+        .open(&young)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let unrelated = plant(env.codex_home(), ".config.toml.k1LL3d.tmp");
+    let daemon = env.start_daemon(&["--no-forward"]);
+    assert!(!store_copy.exists() && !auth_copy.exists());
+    assert!(young.exists(), "a write may still be under way");
+    assert!(unrelated.exists(), "not ours");
+    daemon.stop();
+}
