@@ -4,8 +4,9 @@
 //! The binary is a thin layer over this library: [`cli`] parses arguments and
 //! calls into the layers below, each of which is testable on its own.
 //!
-//! - [`engine`]: the core: accounts and their store, the refresh engine and
-//!   its journal, routing, quota, settings.
+//! - [`engine`]: the core: accounts and their store (as served, with what
+//!   the disk has not taken yet), when a token is due, the refresh engine
+//!   and its journal, routing, quota, settings.
 //! - [`codex`]: Codex's own files: its auth.json, publishing to it,
 //!   watching it.
 //! - [`daemon`]: `serve`, which runs the servers and tasks below together,

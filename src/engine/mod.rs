@@ -4,6 +4,7 @@
 //! the scheduler and the watcher sit above it; `daemon` only wires them.
 
 pub mod config;
+pub mod due;
 pub mod journal;
 pub mod quota;
 pub mod refresh;
@@ -24,8 +25,9 @@ use serde_json::Value;
 
 use crate::base::paths::Paths;
 use crate::engine::config::Config;
+use crate::engine::due::recently_refreshed;
 use crate::engine::quota::{Quota, Source};
-use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher, recently_refreshed};
+use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher};
 use crate::engine::store::{Account, State, StoreError};
 use crate::follow::leader::Leader;
 use crate::wire::proto::{ForwarderAddress, Health, Problem, ProblemCode};

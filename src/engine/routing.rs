@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::refresh::{
-    Asker, Assessment, LOGIN_HINT, RefreshError, Refresher, assess, servable,
-};
+use crate::engine::due::{Assessment, assess, servable};
+use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher};
 use crate::engine::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 use crate::wire::proto::ErrorCode;
 use crate::wire::proto::MIN_TTL;

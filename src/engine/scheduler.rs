@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::engine::refresh::{Asker, CODEX_STALE_AFTER};
+use crate::engine::due::CODEX_STALE_AFTER;
+use crate::engine::refresh::Asker;
 use crate::engine::store::{Account, Kind, State};
 
 /// An account is not tried again sooner than this after an attempt.

@@ -16,7 +16,8 @@ use super::headers::{forwardable, header_str};
 use super::relay::relay;
 use super::{Forwarder, SMALL_BODY};
 use crate::base::secret::Secret;
-use crate::engine::refresh::{Asker, FORCE_REFRESH, RefreshError, recently_refreshed};
+use crate::engine::due::{FORCE_REFRESH, recently_refreshed};
+use crate::engine::refresh::{Asker, RefreshError};
 use crate::engine::store::{Account, Kind};
 use crate::wire::proto::{ErrorCode, MIN_TTL};
 
