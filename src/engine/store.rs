@@ -706,14 +706,22 @@ pub fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, StoreError> {
                 format!("duplicate account id `{}`", a.id),
             )));
         }
+        // A follower keeps a leader's account that needs a login, or whose
+        // tokens it could not take, without tokens.
         let missing = match a.kind {
-            Kind::Chatgpt => a.tokens.is_none().then_some("tokens"),
-            Kind::ApiKey => a.api_key.is_none().then_some("api_key"),
+            Kind::Chatgpt if a.tokens.is_none() && a.state != State::NeedsLogin => Some((
+                "tokens",
+                "missing for a chatgpt account that does not need a login",
+            )),
+            Kind::ApiKey if a.api_key.is_none() => {
+                Some(("api_key", "missing for an api_key account"))
+            }
+            _ => None,
         };
-        if let Some(field) = missing {
+        if let Some((field, problem)) = missing {
             return Err(invalid(JsonProblem::field(
                 format!("accounts[{i}].{field}"),
-                format!("missing for a {} account", a.kind),
+                problem.to_owned(),
             )));
         }
         for (field, time) in [

@@ -137,7 +137,14 @@ async fn sync(
     for m in &mirrors {
         let known = store.get(&m.id).is_some_and(|a| a.tokens.is_some());
         if !known && !m.needs_login {
-            fresh.push((m.id.clone(), leader.token(&m.id, MIN_TTL.into()).await?));
+            // The leader refusing one account's token is that account's
+            // state here, not a failed round.
+            let answer = match leader.token(&m.id, MIN_TTL.into()).await {
+                Ok(answer) => Ok(answer),
+                Err(LeaderError::Refused { message, .. }) => Err(message),
+                Err(e) => return Err(e),
+            };
+            fresh.push((m.id.clone(), answer));
         }
     }
     let published = mirrors.iter().find(|m| m.published).map(|m| m.id.clone());
@@ -171,8 +178,13 @@ async fn sync(
     Ok(())
 }
 
-/// Brings the follower's store in line with the leader's list.
-fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, TokenAnswer)>) {
+/// The leader's answer to a token request: its tokens, or why it refused.
+type Fetched = Result<TokenAnswer, String>;
+
+/// Brings the follower's store in line with the leader's list. An account
+/// this follower has no tokens for is kept as needing a login (with the
+/// reason), so that the store stays loadable and the account shows.
+fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, Fetched)>) {
     store
         .accounts
         .retain(|a| mirrors.iter().any(|m| m.id == a.id));
@@ -202,7 +214,7 @@ fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, TokenAnswe
             account.mark_ok();
         }
     }
-    for (id, answer) in fresh {
+    for (id, fetched) in fresh {
         let Some(account) = store.get_mut(&id) else {
             continue;
         };
@@ -210,42 +222,159 @@ fn take_in(store: &mut Store, mirrors: &[Mirror], fresh: Vec<(String, TokenAnswe
             .iter()
             .find(|m| m.id == id)
             .and_then(|m| m.last_refresh);
-        let stand_in = account
-            .stand_in
-            .get_or_insert_with(crate::engine::shield::mint)
-            .clone();
-        // Codex rejects an auth.json whose id token is no JWT: such an
-        // answer is not taken.
-        let Some(id_token) = answer
-            .id_token
-            .filter(|t| crate::wire::jwt::decode(t).is_ok())
-        else {
-            tracing::warn!(account = %id, "the leader's id token is not a JWT; not taken");
-            continue;
-        };
-        let expires_at = crate::wire::jwt::decode(&answer.access_token)
-            .ok()
-            .and_then(|c| c.exp)
-            .or(answer.expires_at)
-            .filter(|t| crate::wire::jwt::plausible_time(*t));
-        account.tokens = Some(crate::engine::store::Tokens {
-            id_token: Secret::new(id_token),
-            access_token: Secret::new(answer.access_token),
-            refresh_token: stand_in,
-            codex_extra: Secret::default(),
-        });
-        account.expires_at = expires_at;
-        account.last_refresh = Some(
-            last_refresh.map_or_else(time::OffsetDateTime::now_utc, |t| {
-                t.min(time::OffsetDateTime::now_utc())
-            }),
-        );
-        account.mark_ok();
+        match fetched {
+            Ok(answer) => take_tokens(account, answer, last_refresh),
+            Err(message) => {
+                without_tokens(account, format!("the leader refused its token: {message}"))
+            }
+        }
     }
+    for account in &mut store.accounts {
+        if account.kind == Kind::Chatgpt
+            && account.tokens.is_none()
+            && account.state != State::NeedsLogin
+        {
+            without_tokens(account, "the leader has given no tokens for it yet".into());
+        }
+    }
+}
+
+/// Marks an account this follower cannot serve: no tokens, asked for again
+/// at the next round.
+fn without_tokens(account: &mut Account, reason: String) {
+    account.state = State::NeedsLogin;
+    account.state_reason = Some(reason);
+}
+
+/// Takes the leader's tokens for `account`, with a stand-in of this
+/// follower's own in place of the refresh token.
+fn take_tokens(
+    account: &mut Account,
+    answer: TokenAnswer,
+    last_refresh: Option<time::OffsetDateTime>,
+) {
+    let stand_in = account
+        .stand_in
+        .get_or_insert_with(crate::engine::shield::mint)
+        .clone();
+    // Codex rejects an auth.json whose id token is no JWT: such an
+    // answer is not taken.
+    let Some(id_token) = answer
+        .id_token
+        .filter(|t| crate::wire::jwt::decode(t).is_ok())
+    else {
+        tracing::warn!(account = %account.id, "the leader's id token is not a JWT; not taken");
+        if account.tokens.is_none() {
+            without_tokens(account, "the leader's id token for it is not a JWT".into());
+        }
+        return;
+    };
+    let expires_at = crate::wire::jwt::decode(&answer.access_token)
+        .ok()
+        .and_then(|c| c.exp)
+        .or(answer.expires_at)
+        .filter(|t| crate::wire::jwt::plausible_time(*t));
+    account.tokens = Some(crate::engine::store::Tokens {
+        id_token: Secret::new(id_token),
+        access_token: Secret::new(answer.access_token),
+        refresh_token: stand_in,
+        codex_extra: Secret::default(),
+    });
+    account.expires_at = expires_at;
+    account.last_refresh = Some(
+        last_refresh.map_or_else(time::OffsetDateTime::now_utc, |t| {
+            t.min(time::OffsetDateTime::now_utc())
+        }),
+    );
+    account.mark_ok();
 }
 
 /// A ChatGPT account with no tokens yet.
 fn empty_account(id: &str) -> Account {
     serde_json::from_value(json!({"id": id, "kind": Kind::Chatgpt, "role": Role::Fallback}))
         .expect("a minimal account deserializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::parse_store;
+
+    fn mirror(id: &str, needs_login: bool) -> Mirror {
+        Mirror {
+            id: id.into(),
+            label: None,
+            email: None,
+            plan: None,
+            role: Role::Fallback,
+            needs_login,
+            published: false,
+            last_refresh: None,
+            quota: None,
+        }
+    }
+
+    fn answer(id_token: &str) -> TokenAnswer {
+        serde_json::from_value(json!({
+            "account_id": "acc", "kind": "chatgpt", "access_token": "at",
+            "expires_at": null, "plan": null, "email": null, "headers": {},
+            "id_token": id_token,
+        }))
+        .unwrap()
+    }
+
+    /// The saved store, loaded again as the daemon loads it.
+    fn reloaded(store: &Store) -> Store {
+        let bytes = serde_json::to_vec(store).unwrap();
+        parse_store(std::path::Path::new("accounts.json"), &bytes).expect("the store loads")
+    }
+
+    #[test]
+    fn accounts_without_usable_tokens_are_kept_as_needing_a_login() {
+        let mut store = Store::default();
+        let mirrors = [
+            mirror("acc-jwt", false),
+            mirror("acc-refused", false),
+            mirror("acc-login", true),
+        ];
+        let fresh = vec![
+            ("acc-jwt".to_owned(), Ok(answer("not-a-jwt"))),
+            ("acc-refused".to_owned(), Err("refresh failed".to_owned())),
+        ];
+        take_in(&mut store, &mirrors, fresh);
+        let store = reloaded(&store);
+        for (id, reason) in [
+            ("acc-jwt", "not a JWT"),
+            ("acc-refused", "refused its token: refresh failed"),
+            ("acc-login", "needs a new login on the leader"),
+        ] {
+            let account = store.get(id).unwrap();
+            assert_eq!(account.state, State::NeedsLogin, "{id}");
+            assert!(account.tokens.is_none(), "{id}");
+            let why = account.state_reason.as_deref().unwrap_or_default();
+            assert!(why.contains(reason), "{id}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_valid_answer_is_taken_and_the_account_served() {
+        let mut store = Store::default();
+        let id_token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln";
+        assert!(crate::wire::jwt::decode(id_token).is_ok());
+        take_in(
+            &mut store,
+            &[mirror("acc", false)],
+            vec![("acc".to_owned(), Ok(answer(id_token)))],
+        );
+        let store = reloaded(&store);
+        let account = store.get("acc").unwrap();
+        assert_eq!(account.state, State::Ok);
+        let tokens = account.tokens.as_ref().expect("tokens taken");
+        assert!(
+            tokens
+                .refresh_token
+                .expose()
+                .starts_with("codex-broker-stand-in.")
+        );
+    }
 }

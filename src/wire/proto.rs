@@ -167,7 +167,8 @@ pub struct TokenAnswer {
 }
 
 impl TokenAnswer {
-    /// `None` when the account holds no credential (never for a stored one).
+    /// `None` when the account holds no credential (a stored one only when it
+    /// needs a login, which is refused before it is served).
     pub fn new(account: &Account) -> Option<TokenAnswer> {
         let token = match account.kind {
             Kind::Chatgpt => account.tokens.as_ref()?.access_token.expose(),

@@ -364,3 +364,66 @@ fn a_follower_reaches_its_leader_through_an_ssh_socket_forward() {
         Vec::<String>::new()
     );
 }
+
+/// Sets the state of the leader's account `id` in its store file, replacing
+/// the file at once as the broker does.
+fn set_leader_state(leader: &TestEnv, id: &str, state: &str) {
+    let mut store = leader.read_store();
+    for account in store["accounts"].as_array_mut().unwrap() {
+        if account["id"] == id {
+            account["state"] = serde_json::json!(state);
+        }
+    }
+    let temporary = leader.broker_home().join("store.test.tmp");
+    std::fs::write(&temporary, store.to_string()).unwrap();
+    std::fs::rename(&temporary, leader.store_path()).unwrap();
+}
+
+#[test]
+fn a_follower_keeps_a_leader_account_that_needs_a_login_and_restarts() {
+    let upstream = FakeUpstream::start();
+    let (leader, leader_daemon, follower) = leader_and_follower(&upstream);
+    set_leader_state(&leader, "acc-fallback", "needs_login");
+    let follower_daemon = start_follower(&follower, &leader_daemon.socket);
+    let shown = wait_until(Duration::from_secs(10), || {
+        std::fs::read(follower.store_path()).is_ok_and(|b| {
+            serde_json::from_slice::<Value>(&b).is_ok_and(|s| {
+                s["accounts"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|a| a["id"] == "acc-fallback"))
+            })
+        })
+    });
+    assert!(shown.is_some(), "{}", follower_daemon.log());
+
+    // The store it saved loads: the account shows as the leader reports it,
+    // and the one it can serve is served.
+    let fallback = follower.stored_account("acc-fallback");
+    assert_eq!(fallback["state"], "needs_login", "{fallback}");
+    assert!(
+        fallback.get("tokens").is_none_or(Value::is_null),
+        "{fallback}"
+    );
+    let status = follower.ok(&["status"]);
+    assert!(status.contains("acc-fallback"), "{status}");
+    assert!(status.contains("needs_login"), "{status}");
+    token_of(&follower_daemon, "acc-main");
+    let (code, body) = follower_daemon.api("GET", "/v1/token?account=acc-fallback", None);
+    assert_ne!(code, 200, "{body}");
+
+    // A restarted follower starts, and serves again.
+    assert!(follower_daemon.stop().success());
+    let follower_daemon = start_follower(&follower, &leader_daemon.socket);
+    token_of(&follower_daemon, "acc-main");
+
+    // After the new login on the leader, the follower takes its tokens.
+    set_leader_state(&leader, "acc-fallback", "ok");
+    let taken = wait_until(Duration::from_secs(10), || {
+        follower_daemon
+            .api("GET", "/v1/token?account=acc-fallback", None)
+            .0
+            == 200
+    });
+    assert!(taken.is_some(), "{}", follower_daemon.log());
+    assert_eq!(follower.stored_account("acc-fallback")["state"], "ok");
+}
