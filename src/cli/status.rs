@@ -9,7 +9,7 @@ use crate::base::display::{self, Table};
 use crate::base::paths::Paths;
 use crate::codex::auth::{AuthState, CredentialsStore};
 use crate::engine::config::Config;
-use crate::engine::quota::{Quota, Window};
+use crate::engine::quota::{Quota, Standing, Window};
 use crate::engine::refresh::{Asker, Refresher};
 use crate::engine::store::{Account, Killswitch, Kind, Routing, State, Store};
 use crate::socket::client::{self, Answer};
@@ -352,13 +352,14 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
         t.row("refreshed", display::relative(at.unix_timestamp(), now));
     }
     let quota = a.quota.as_ref();
+    let [(_, five_hour), (_, weekly)] = quota.map(|q| q.standing(now)).unwrap_or_default();
     t.row(
         "5h quota",
-        window_line(quota.and_then(|q| q.five_hour.as_ref()), now),
+        window_line(quota.and_then(|q| q.five_hour.as_ref()), five_hour, now),
     );
     t.row(
         "weekly",
-        window_line(quota.and_then(|q| q.weekly.as_ref()), now),
+        window_line(quota.and_then(|q| q.weekly.as_ref()), weekly, now),
     );
     if let Some(q) = quota {
         t.row(
@@ -380,14 +381,18 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
     text
 }
 
-fn window_line(window: Option<&Window>, now: i64) -> String {
-    let Some(w) = window else {
+fn window_line(window: Option<&Window>, standing: Option<Standing>, now: i64) -> String {
+    let (Some(w), Some(standing)) = (window, standing) else {
         return "unknown (no traffic seen yet)".into();
     };
-    let used = w.used_at(now);
+    let used = standing.used_percent;
     let mut line = format!("{} {:>3.0}%", display::bar(used, 10), used);
-    if let Some(reset) = w.resets_at.filter(|r| *r > now) {
-        line.push_str(&format!("  resets {}", display::relative(reset, now)));
+    if standing.resets_by > now {
+        let when = display::relative(standing.resets_by, now);
+        match w.resets_at {
+            Some(_) => line.push_str(&format!("  resets {when}")),
+            None => line.push_str(&format!("  resets {when} at the latest")),
+        }
     }
     line
 }

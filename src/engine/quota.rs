@@ -231,7 +231,11 @@ impl Quota {
         let window_minutes = slot.as_ref().and_then(|w| w.window_minutes);
         *slot = Some(Window {
             used_percent: 100.0,
-            window_minutes: window_minutes.or(Some(if weekly { 7 * 24 * 60 } else { 300 })),
+            window_minutes: window_minutes.or(Some(if weekly {
+                WEEKLY_MINUTES
+            } else {
+                FIVE_HOUR_MINUTES
+            })),
             resets_at,
         });
         quota.source = Source::UsageLimit;
@@ -321,12 +325,15 @@ impl Quota {
     /// carrying this quota has ([`Quota::from_headers`] reads them back).
     pub fn headers(&self, now: i64) -> Vec<(String, String)> {
         let mut headers = Vec::new();
-        for ([used, minutes, reset], window) in WINDOW_HEADERS
+        for (([used, minutes, reset], window), (_, standing)) in WINDOW_HEADERS
             .into_iter()
             .zip([&self.five_hour, &self.weekly])
+            .zip(self.standing(now))
         {
-            let Some(window) = window else { continue };
-            headers.push((used.to_owned(), window.used_at(now).to_string()));
+            let (Some(window), Some(standing)) = (window, standing) else {
+                continue;
+            };
+            headers.push((used.to_owned(), standing.used_percent.to_string()));
             if let Some(m) = window.window_minutes {
                 headers.push((minutes.to_owned(), m.to_string()));
             }
@@ -338,13 +345,54 @@ impl Quota {
     }
 }
 
+/// The usual lengths of the 5-hour and weekly windows, minutes.
+pub const FIVE_HOUR_MINUTES: i64 = 300;
+pub const WEEKLY_MINUTES: i64 = 7 * 24 * 60;
+
 impl Window {
-    /// The share used now: a window whose reset time has passed is empty again.
-    pub fn used_at(&self, now: i64) -> f64 {
-        match self.resets_at {
-            Some(reset) if reset <= now => 0.0,
-            _ => self.used_percent,
-        }
+    /// The latest time the window resets: its reported reset time, else one
+    /// window length (its own, else `usual_minutes`) after it was seen at
+    /// `observed_at`. A share reported without a usable reset time (a
+    /// header with none, a 429 without `resets_at`, a reset a century
+    /// ahead) blocks no longer than the window lasts.
+    pub fn resets_by(&self, observed_at: i64, usual_minutes: i64) -> i64 {
+        self.resets_at.unwrap_or_else(|| {
+            let minutes = self.window_minutes.unwrap_or(usual_minutes);
+            observed_at.saturating_add(minutes.saturating_mul(60))
+        })
+    }
+}
+
+/// A window as it stands at a moment: the share used, and the latest time
+/// it resets ([`Window::resets_by`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    pub used_percent: f64,
+    pub resets_by: i64,
+}
+
+impl Quota {
+    /// The 5-hour and weekly windows (each named as routing and the status
+    /// name it) as they stand at `now`: a window that has reset by then is
+    /// empty again.
+    pub fn standing(&self, now: i64) -> [(&'static str, Option<Standing>); 2] {
+        let at = |window: &Option<Window>, usual| {
+            window.as_ref().map(|w| {
+                let resets_by = w.resets_by(self.observed_at, usual);
+                Standing {
+                    used_percent: if resets_by <= now {
+                        0.0
+                    } else {
+                        w.used_percent
+                    },
+                    resets_by,
+                }
+            })
+        };
+        [
+            ("5-hour", at(&self.five_hour, FIVE_HOUR_MINUTES)),
+            ("weekly", at(&self.weekly, WEEKLY_MINUTES)),
+        ]
     }
 }
 
@@ -517,6 +565,10 @@ mod tests {
         assert_eq!(q.weekly.unwrap().used_percent, 3.0);
     }
 
+    fn quota(five_hour: Window, observed_at: i64) -> Quota {
+        Quota::seen(Some(five_hour), None, Source::Headers, observed_at).unwrap()
+    }
+
     #[test]
     fn a_reset_window_is_empty() {
         let w = Window {
@@ -524,7 +576,48 @@ mod tests {
             window_minutes: Some(300),
             resets_at: Some(1_000),
         };
-        assert_eq!(w.used_at(999), 93.0);
-        assert_eq!(w.used_at(1_000), 0.0);
+        let q = quota(w, 500);
+        let used = |now| q.standing(now)[0].1.unwrap().used_percent;
+        assert_eq!(used(999), 93.0);
+        assert_eq!(used(1_000), 0.0);
+        assert_eq!(q.standing(999)[1], ("weekly", None));
+    }
+
+    #[test]
+    fn a_full_window_without_a_reset_time_ends_one_window_length_after_it_was_seen() {
+        let now = 1_800_000_000;
+        // A header without a reset, a 429 without `resets_at`, a reset a
+        // century ahead: none blocks for good.
+        let header = Quota::from_headers(
+            |name| (name == "x-codex-primary-used-percent").then_some("100"),
+            now,
+        )
+        .unwrap();
+        let body = serde_json::json!({"error": {"type": "usage_limit_reached"}});
+        let no_reset = Quota::from_usage_limit(&body, None, now).unwrap();
+        let body = serde_json::json!({"error": {"type": "usage_limit_reached", "resets_at": 1e20}});
+        let far = Quota::from_usage_limit(&body, None, now).unwrap();
+        for q in [header, no_reset, far] {
+            let [(_, five), _] = q.standing(now + 60);
+            let five = five.unwrap();
+            assert_eq!((five.used_percent, five.resets_by), (100.0, now + 300 * 60));
+            assert_eq!(q.standing(now + 300 * 60)[0].1.unwrap().used_percent, 0.0);
+        }
+        // Its own length, where it was reported, and the weekly window's
+        // usual length otherwise.
+        let w = Window::checked(100.0, Some(60), None, now).unwrap();
+        assert_eq!(w.resets_by(now, FIVE_HOUR_MINUTES), now + 3600);
+        let weekly = Quota::from_headers(
+            |name| (name == "x-codex-secondary-used-percent").then_some("100"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            weekly.standing(now)[1].1.unwrap().resets_by,
+            now + 7 * 86_400
+        );
+        // A reported reset is kept as it is.
+        let w = Window::checked(100.0, Some(300), Some(now + 10), now).unwrap();
+        assert_eq!(w.resets_by(now - 1_000_000, FIVE_HOUR_MINUTES), now + 10);
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::engine::due::{Assessment, assess, servable};
+use crate::engine::quota::Standing;
 use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher};
 use crate::engine::store::{Account, Kind, LookupError, Role, Routing, State, Store};
 use crate::wire::proto::ErrorCode;
@@ -12,24 +13,25 @@ use crate::wire::proto::MIN_TTL;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Block {
     NeedsLogin,
-    /// A quota window is used up (until `resets_at`, where known).
+    /// A quota window is used up until `resets_at` (the latest it resets,
+    /// where the upstream named no time: [`Standing::resets_by`]).
     UsedUp {
         window: &'static str,
-        resets_at: Option<i64>,
+        resets_at: i64,
     },
     /// Over the killswitch's limit, until the window resets.
     Killswitch {
-        resets_at: Option<i64>,
+        resets_at: i64,
     },
 }
 
 impl Block {
     /// When waiting makes the account usable again; `None` for a block
-    /// that waiting does not lift, or whose end is unknown.
+    /// that waiting does not lift.
     pub fn lifts_at(&self) -> Option<i64> {
         match self {
             Block::NeedsLogin => None,
-            Block::UsedUp { resets_at, .. } | Block::Killswitch { resets_at } => *resets_at,
+            Block::UsedUp { resets_at, .. } | Block::Killswitch { resets_at } => Some(*resets_at),
         }
     }
 }
@@ -38,11 +40,12 @@ impl std::fmt::Display for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Block::NeedsLogin => f.write_str("needs a new login"),
-            Block::UsedUp {
-                window,
-                resets_at: Some(at),
-            } => write!(f, "its {window} quota is used up until unix time {at}"),
-            Block::UsedUp { window, .. } => write!(f, "its {window} quota is used up"),
+            Block::UsedUp { window, resets_at } => {
+                write!(
+                    f,
+                    "its {window} quota is used up until unix time {resets_at}"
+                )
+            }
             Block::Killswitch { .. } => f.write_str("blocked by the killswitch"),
         }
     }
@@ -53,24 +56,23 @@ pub fn blocked(store: &Store, account: &Account, now: i64) -> Option<Block> {
     if account.state == State::NeedsLogin {
         return Some(Block::NeedsLogin);
     }
-    let quota = account.quota.as_ref();
-    let used = |pick: fn(&crate::engine::quota::Quota) -> Option<&crate::engine::quota::Window>| {
-        quota.and_then(pick).map(|w| (w.used_at(now), w.resets_at))
-    };
-    let five_hour = used(|q| q.five_hour.as_ref());
-    let weekly = used(|q| q.weekly.as_ref());
-    for (window, used) in [("5-hour", five_hour), ("weekly", weekly)] {
-        if let Some((percent, resets_at)) = used
-            && percent >= 100.0
+    let standing = account.quota.as_ref().map(|q| q.standing(now));
+    let [(_, five_hour), (_, weekly)] = standing.unwrap_or_default();
+    for (window, standing) in standing.into_iter().flatten() {
+        if let Some(s) = standing
+            && s.used_percent >= 100.0
         {
-            return Some(Block::UsedUp { window, resets_at });
+            return Some(Block::UsedUp {
+                window,
+                resets_at: s.resets_by,
+            });
         }
     }
     if store.killswitch.enabled
         && let Some(limits) = store.killswitch.limits.get(&account.id)
     {
-        let over = |window: Option<(f64, Option<i64>)>, limit: f64| {
-            window.and_then(|(percent, resets_at)| (percent > limit).then_some(resets_at))
+        let over = |window: Option<Standing>, limit: f64| {
+            window.and_then(|s| (s.used_percent > limit).then_some(s.resets_by))
         };
         if let Some(resets_at) =
             over(five_hour, limits.five_hour).or_else(|| over(weekly, limits.weekly))

@@ -781,6 +781,57 @@ fn every_account_used_up_is_answered_with_the_first_reset() {
 }
 
 #[test]
+fn a_used_up_account_without_a_reset_time_waits_one_window_not_a_login() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    // A 429 without `resets_at`, and a full 5-hour window with a reset a
+    // century ahead: neither says when the quota comes back.
+    let reports = [
+        serde_json::json!({"account_id": "acc-main", "status": 429,
+            "body": {"error": {"type": "usage_limit_reached", "resets_at": 1e20}}}),
+        serde_json::json!({"account_id": "acc-fallback", "status": 200,
+            "headers": {"x-codex-primary-used-percent": "100",
+                        "x-codex-primary-reset-at": "99999999999999"}}),
+    ];
+    for report in reports {
+        daemon.api("POST", "/v1/report", Some(&report.to_string()));
+    }
+    let lifts = crate::support::now() + 5 * 3600;
+
+    let out = env.run(&["token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("every account has used its quota"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("login"), "{stderr}");
+
+    let answer = send(
+        "POST",
+        &format!("{}/codex/responses", daemon.forwarder()),
+        &[("content-type", "application/json")],
+        br#"{"model":"m","input":"hi"}"#.to_vec(),
+    );
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["error"]["type"], "usage_limit_reached", "{body}");
+    let resets_at = body["error"]["resets_at"].as_i64().unwrap();
+    assert!((lifts - 10..=lifts).contains(&resets_at), "{body}");
+    let retry: i64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((5 * 3600 - 10..=5 * 3600).contains(&retry), "{retry}");
+    assert!(backend_posts(&upstream).is_empty());
+
+    let status = env.ok(&["status"]);
+    assert!(status.contains("at the latest"), "{status}");
+}
+
+#[test]
 fn a_login_hint_is_kept_when_a_login_would_help() {
     use crate::support::fake_upstream::Refresh;
     let upstream = FakeUpstream::start();
