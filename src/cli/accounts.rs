@@ -8,7 +8,9 @@ use crate::base::paths::Paths;
 use crate::codex::publish::publish;
 use crate::engine::config::Config;
 use crate::engine::journal::{Entry, Event};
+use crate::engine::refresh::Refresher;
 use crate::engine::store::{Account, Role, State, Store};
+use crate::oauth::OAuthClient;
 use crate::wire::view::AccountList;
 
 /// List the accounts, or switch, remove or label one
@@ -43,9 +45,15 @@ pub enum Action {
     /// Delete an account and its credentials from the store
     ///
     /// auth.json is left as it is: Codex stays logged in with whatever it holds.
+    /// The login itself lives on at the issuer until it is revoked: --revoke
+    /// ends it there first (what `codex logout` does not do through the
+    /// broker), and keeps the account when the issuer cannot be told.
     Remove {
         /// Account id, label or unique id prefix
         id: String,
+        /// Revoke the account's refresh token at the issuer before removing it
+        #[arg(long)]
+        revoke: bool,
     },
     /// Give an account a label (an empty NAME removes it)
     Label {
@@ -60,7 +68,10 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     match args.action {
         None => list(paths, args.json),
         Some(Action::Switch { id, shield }) => switch(paths, &id, shield),
-        Some(Action::Remove { id }) => remove(paths, &id),
+        Some(Action::Remove { id, revoke: false }) => {
+            remove(paths, &id, "").and_then(print_removed)
+        }
+        Some(Action::Remove { id, revoke: true }) => revoke_and_remove(paths, &id),
         Some(Action::Label { id, name }) => label(paths, &id, &name),
     }
 }
@@ -149,18 +160,10 @@ fn switch(paths: &Paths, query: &str, shield: bool) -> anyhow::Result<()> {
     Ok(super::print(&text)?)
 }
 
-fn remove(paths: &Paths, query: &str) -> anyhow::Result<()> {
-    let (removed, new_main) = paths.store().update(|store| {
-        let id = store.find(query)?.id.clone();
-        let removed = store.remove(&id).expect("found above");
-        let mut entry = Entry::new(&id, Event::Removed, "command `accounts remove`");
-        if let Some(t) = &removed.tokens {
-            entry = entry.spent(t.refresh_token.expose());
-        }
-        paths.journal().record(&entry);
-        let new_main = store.main_account().map(|a| a.name().to_owned());
-        Ok::<_, anyhow::Error>((removed, new_main))
-    })?;
+/// What `accounts remove` did: the account removed, the new main account.
+type Removed = (Account, Option<String>);
+
+fn print_removed((removed, new_main): Removed) -> anyhow::Result<()> {
     let mut text = format!(
         "Removed {} and its credentials from the store.\n",
         removed.name()
@@ -169,6 +172,66 @@ fn remove(paths: &Paths, query: &str) -> anyhow::Result<()> {
         text.push_str(&format!("{main} is now the main account.\n"));
     }
     Ok(super::print(&text)?)
+}
+
+/// Revokes the account's refresh token at the issuer, then removes it,
+/// holding the account as a refresh does throughout: no refresh of this
+/// home spends (and rotates) the token between the two.
+fn revoke_and_remove(paths: &Paths, query: &str) -> anyhow::Result<()> {
+    let config = Config::load(&paths.home)?;
+    let account = paths.store().load()?.find(query)?.clone();
+    let Some(refresh_token) = account.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
+        return Err(super::Exit::usage(format!(
+            "{} holds no refresh token to revoke (an API key is revoked where it was \
+             made); remove it without --revoke",
+            account.name()
+        )));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let refresher = Refresher::new(paths, &config);
+    let removed = runtime.block_on(async {
+        let _held = refresher.hold(&account.id).await?;
+        // The token as it is now, under the hold: a refresh may have
+        // rotated it since the first read.
+        let current = paths.store().load()?;
+        let refresh_token = current
+            .get(&account.id)
+            .and_then(|a| a.tokens.as_ref())
+            .map_or(refresh_token, |t| t.refresh_token.clone());
+        OAuthClient::new(&config.issuer)
+            .revoke(&refresh_token)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot revoke the login of {} at {}; the account is kept (try again, or \
+                     remove it without --revoke)",
+                    account.name(),
+                    config.issuer
+                )
+            })?;
+        remove(paths, &account.id, " --revoke")
+    })?;
+    print_removed(removed)?;
+    Ok(super::print(
+        "Its login is revoked at the issuer: its tokens no longer work anywhere.\n",
+    )?)
+}
+
+fn remove(paths: &Paths, query: &str, flags: &str) -> anyhow::Result<Removed> {
+    paths.store().update(|store| {
+        let id = store.find(query)?.id.clone();
+        let removed = store.remove(&id).expect("found above");
+        let by = format!("command `accounts remove{flags}`");
+        let mut entry = Entry::new(&id, Event::Removed, &by);
+        if let Some(t) = &removed.tokens {
+            entry = entry.spent(t.refresh_token.expose());
+        }
+        paths.journal().record(&entry);
+        let new_main = store.main_account().map(|a| a.name().to_owned());
+        Ok::<_, anyhow::Error>((removed, new_main))
+    })
 }
 
 fn label(paths: &Paths, query: &str, name: &str) -> anyhow::Result<()> {

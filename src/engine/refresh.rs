@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -197,6 +198,12 @@ struct Inner {
 enum Source {
     Issuer(OAuthClient),
     Leader(Leader),
+}
+
+/// An account held against refreshes ([`Refresher::hold`]).
+pub struct Held {
+    _in_process: OwnedMutexGuard<()>,
+    _across_processes: fsutil::FileLock,
 }
 
 impl Source {
@@ -423,24 +430,14 @@ impl Refresher {
         by: &Asker,
     ) -> Result<Account, RefreshError> {
         let stopped = || RefreshError::Stopped(id.to_owned());
-        let gate = self.gate(id);
-        let _in_process = tokio::select! {
-            guard = gate.lock() => guard,
-            _ = self.inner.stop.cancelled() => return Err(stopped()),
-        };
+        let _in_process = self.in_process(id).await?;
         let account = self.load(id)?;
         match assess(&account, self.now(), need.min_ttl(&account)) {
             Assessment::Fresh => return Ok(account),
             Assessment::NeedsLogin => return Err(needs_login(&account)),
             Assessment::Refresh | Assessment::Wait { .. } => {}
         }
-        fsutil::ensure_private_dir(&self.inner.locks)?;
-        let lock_path = self.lock_path(id);
-        let lock = tokio::task::spawn_blocking(move || fsutil::lock_exclusive(&lock_path));
-        let _across_processes = tokio::select! {
-            lock = lock => lock.expect("the lock task does not panic")?,
-            _ = self.inner.stop.cancelled() => return Err(stopped()),
-        };
+        let _across_processes = self.across_processes(id).await?;
         let account = self.reload_adopting_codex(id)?;
         let now = self.now();
         let min_ttl = need.min_ttl(&account);
@@ -451,6 +448,35 @@ impl Refresher {
             Assessment::Refresh if self.inner.stop.is_cancelled() => Err(stopped()),
             Assessment::Refresh => self.refresh_locked(account, now, min_ttl, by).await,
         }
+    }
+
+    /// Account `id`'s gate: one refresh of it at a time in this process.
+    async fn in_process(&self, id: &str) -> Result<OwnedMutexGuard<()>, RefreshError> {
+        tokio::select! {
+            guard = self.gate(id).lock_owned() => Ok(guard),
+            _ = self.inner.stop.cancelled() => Err(RefreshError::Stopped(id.to_owned())),
+        }
+    }
+
+    /// Account `id`'s lock file: one refresh of it at a time across the
+    /// processes sharing this home.
+    async fn across_processes(&self, id: &str) -> Result<fsutil::FileLock, RefreshError> {
+        fsutil::ensure_private_dir(&self.inner.locks)?;
+        let lock_path = self.lock_path(id);
+        let lock = tokio::task::spawn_blocking(move || fsutil::lock_exclusive(&lock_path));
+        tokio::select! {
+            lock = lock => Ok(lock.expect("the lock task does not panic")?),
+            _ = self.inner.stop.cancelled() => Err(RefreshError::Stopped(id.to_owned())),
+        }
+    }
+
+    /// Holds account `id` as a refresh does (its gate, then its lock file):
+    /// while the answer lives, nothing in this home spends its refresh token.
+    pub async fn hold(&self, id: &str) -> Result<Held, RefreshError> {
+        Ok(Held {
+            _in_process: self.in_process(id).await?,
+            _across_processes: self.across_processes(id).await?,
+        })
     }
 
     /// Re-reads the store, first taking in tokens Codex wrote to auth.json

@@ -188,6 +188,33 @@ impl OAuthClient {
         self.token_call(request).await
     }
 
+    /// Revokes `refresh_token` at the issuer (RFC 7009, with the JSON body
+    /// Codex's logout sends), which ends the login it belongs to.
+    pub async fn revoke(&self, refresh_token: &Secret<String>) -> Result<(), OAuthError> {
+        let body = serde_json::json!({
+            "token": refresh_token.expose(),
+            "token_type_hint": "refresh_token",
+            "client_id": CLIENT_ID,
+        });
+        let url = format!("{}/oauth/revoke", self.issuer);
+        let response = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transient(describe_transport_error(&e)))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Transient(describe_transport_error(&e)))?;
+        Err(classify(status, &body))
+    }
+
     /// Exchanges an authorization code (form body, as Codex sends it).
     pub async fn exchange_code(
         &self,

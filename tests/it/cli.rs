@@ -337,6 +337,66 @@ fn remove_and_label() {
 }
 
 #[test]
+fn remove_with_revoke_ends_the_login_at_the_issuer_first() {
+    use crate::support::fake_upstream::FakeUpstream;
+    let upstream = FakeUpstream::start();
+    let kept = TestAccount::new("acc-kept");
+    let env = TestEnv::with_account(&upstream, &kept);
+    let gone = TestAccount::new("acc-gone");
+    upstream.add_account(&gone);
+    env.import_other(&gone);
+    // A refresh first: what is revoked is the token the store holds now.
+    env.ok(&["token", "--account", "acc-gone", "--min-ttl", "99999999"]);
+    let current = upstream.live_refresh_token("acc-gone").unwrap();
+    assert_eq!(
+        env.stored_account("acc-gone")["tokens"]["refresh_token"],
+        current.as_str()
+    );
+
+    let out = env.ok(&["accounts", "remove", "acc-gone", "--revoke"]);
+    assert!(out.contains("Removed acc-gone"), "{out}");
+    assert!(out.contains("revoked at the issuer"), "{out}");
+    let revokes = upstream.requests_to("/oauth/revoke");
+    assert_eq!(revokes.len(), 1);
+    let body = revokes[0].json();
+    assert_eq!(body["token"], current.as_str());
+    assert_eq!(body["token_type_hint"], "refresh_token");
+    assert!(upstream.live_refresh_token("acc-gone").is_none());
+    assert!(upstream.live_refresh_token("acc-kept").is_some());
+    assert_eq!(env.read_store()["accounts"].as_array().unwrap().len(), 1);
+    let history = env.ok(&["history"]);
+    assert!(history.contains("accounts remove --revoke"), "{history}");
+    assert!(!history.contains(&current), "{history}");
+}
+
+#[test]
+fn remove_with_revoke_keeps_the_account_when_the_issuer_cannot_be_told() {
+    let mut env = TestEnv::new();
+    env.vars
+        .push(("CODEX_BROKER_ISSUER".into(), "http://127.0.0.1:9".into()));
+    env.ok(&["import", &fixture_arg("chatgpt")]);
+    env.ok(&["import", &fixture_arg("apikey")]);
+    let out = env.run(&["accounts", "remove", "acc-fixture-1", "--revoke"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot revoke the login of acc-fixture-1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the account is kept"), "{stderr}");
+    assert_eq!(env.read_store()["accounts"].as_array().unwrap().len(), 2);
+
+    let out = env.run(&["accounts", "remove", "apikey", "--revoke"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("holds no refresh token to revoke"),
+        "{stderr}"
+    );
+    assert_eq!(env.read_store()["accounts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn ambiguous_prefixes_are_refused() {
     let env = TestEnv::new();
     for id in ["acc-one", "acc-two"] {

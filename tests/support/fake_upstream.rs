@@ -482,7 +482,7 @@ async fn handle(
     arrived.notify_all();
     Ok(match (recorded.method.as_str(), recorded.path.as_str()) {
         ("GET", "/oauth/authorize") => authorize(&recorded, &state),
-        ("POST", "/oauth/revoke") => json_response(StatusCode::OK, json!({})),
+        ("POST", "/oauth/revoke") => revoke(&recorded, &state),
         ("POST", "/api/accounts/deviceauth/usercode") => json_response(
             StatusCode::OK,
             json!({"device_auth_id": "dev-auth-1", "user_code": "ABCD-1234", "interval": "1"}),
@@ -713,6 +713,21 @@ fn oauth_error(status: StatusCode, code: &str, message: &str) -> Response<Body> 
         status,
         json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
     )
+}
+
+/// RFC 7009: the refresh token named (JSON, as Codex sends it) can no
+/// longer be spent; any token, known or not, is answered 200.
+fn revoke(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
+    let body = req.json();
+    if body["token_type_hint"] == "refresh_token"
+        && body["client_id"] != "app_EMoamEEZ73f0CkXaXp7hrann"
+    {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "unknown client");
+    }
+    if let Some(token) = body["token"].as_str() {
+        state.lock().unwrap().live.remove(token);
+    }
+    json_response(StatusCode::OK, json!({}))
 }
 
 fn token(req: &Recorded, state: &Mutex<State>) -> Response<Body> {
