@@ -250,7 +250,7 @@ fn walk_frames(way: Way, deflate: Option<Deflate>, stream: &[u8], piece: usize) 
         });
         Messages::new(deflate, observer)
     });
-    let mut frames = Frames::new(way, messages);
+    let mut frames = Frames::new(way, deflate.is_some(), messages);
     let mut buf = Vec::new();
     let mut passed = 0;
     let mut error = None;

@@ -9,10 +9,11 @@
 //! refuse what the protocol forbids. The upstream's text messages go to an
 //! observer ([`Messages`]) that learns quota and limits from them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,9 @@ const IDLE_CHUNK: usize = 512;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a peer has to answer a close frame the relay sent.
 const CLOSE_ANSWER: Duration = Duration::from_secs(1);
+/// How long the connections stay once close frames went both ways, for
+/// the sides to hang up themselves.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 /// One way of the relay: reads frames from `from`, writes them to `to`.
 struct Pump<R, W> {
@@ -45,6 +49,8 @@ struct Pump<R, W> {
     sent_close: bool,
     /// Whether the last read filled its buffer: more is likely waiting.
     busy: bool,
+    /// Whether this way's close frame was passed on and told to `Activity`.
+    close_passed: bool,
 }
 
 /// Why a pump stopped.
@@ -62,16 +68,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    fn new(from: R, to: W, way: Way, messages: Option<Messages>) -> Self {
+    fn new(from: R, to: W, way: Way, frames: Frames) -> Self {
         Pump {
             from,
             to,
             way,
             buf: Vec::new(),
-            frames: Frames::new(way, messages),
+            frames,
             clean: true,
             sent_close: false,
             busy: false,
+            close_passed: false,
         }
     }
 
@@ -106,6 +113,10 @@ where
                 }
                 self.buf.drain(..consumed);
                 self.clean = self.frames.at_boundary();
+                if self.frames.closed() && !self.close_passed {
+                    self.close_passed = true;
+                    activity.close_passed();
+                }
             }
             if self.buf.is_empty() && !self.busy {
                 self.buf = Vec::new();
@@ -151,10 +162,13 @@ where
     }
 }
 
-/// When a frame last moved, for the idle timeout.
+/// When a frame last moved, for the idle timeout, and how many ways passed
+/// a close frame on, for the end of the close handshake.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    closes: AtomicU8,
+    closed: Notify,
 }
 
 impl Activity {
@@ -162,7 +176,28 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            closes: AtomicU8::new(0),
+            closed: Notify::new(),
         }
+    }
+
+    fn close_passed(&self) {
+        self.closes.fetch_add(1, Ordering::Relaxed);
+        self.closed.notify_waiters();
+    }
+
+    /// Resolves [`HANDSHAKE_GRACE`] after close frames went both ways.
+    async fn handshake_done(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closes.load(Ordering::Relaxed) >= 2 {
+                break;
+            }
+            notified.await;
+        }
+        tokio::time::sleep(HANDSHAKE_GRACE).await;
     }
 
     fn touch(&self) {
@@ -216,9 +251,14 @@ impl Relay {
     {
         let (client_read, client_write) = tokio::io::split(client);
         let (upstream_read, upstream_write) = tokio::io::split(upstream);
+        // Both ways are held to the protocol; only the upstream's messages
+        // are read.
+        let deflate = self.deflate.is_some();
         let messages = Messages::new(self.deflate, self.observer);
-        let mut up = Pump::new(client_read, upstream_write, Way::ToUpstream, None);
-        let mut down = Pump::new(upstream_read, client_write, Way::ToClient, Some(messages));
+        let up_frames = Frames::new(Way::ToUpstream, deflate, None);
+        let down_frames = Frames::new(Way::ToClient, deflate, Some(messages));
+        let mut up = Pump::new(client_read, upstream_write, Way::ToUpstream, up_frames);
+        let mut down = Pump::new(upstream_read, client_write, Way::ToClient, down_frames);
         let activity = Activity::new();
         let ended = {
             let up_run = up.run(&activity);
@@ -233,6 +273,7 @@ impl Relay {
                     _ = self.stop.cancelled() => break Ended::Stopped,
                     _ = activity.idle(self.idle), if !either_done => break Ended::Idle,
                     _ = tokio::time::sleep(CLOSE_WAIT), if either_done => break Ended::Closed,
+                    _ = activity.handshake_done() => break Ended::Closed,
                 }
                 match (up_end.take(), down_end.take()) {
                     (Some(PumpEnd::Eof), Some(PumpEnd::Eof)) => break Ended::Closed,
@@ -554,6 +595,68 @@ mod tests {
         );
         assert_eq!(close_of(&to_upstream).0, GOING_AWAY);
         assert!(matches!(h.relay.await.unwrap(), Ended::Protocol(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_message_the_protocol_forbids_never_reaches_the_upstream() {
+        let started = frame(TEXT, b"{\"type\":", Way::ToUpstream);
+        for (before, bad, why) in [
+            (
+                vec![],
+                frame(0x80 | 0x40 | TEXT, b"x", Way::ToUpstream),
+                "RSV1",
+            ),
+            (
+                vec![],
+                frame(0x80 | CONTINUATION, b"x", Way::ToUpstream),
+                "continuation",
+            ),
+            (
+                started,
+                frame(0x80 | TEXT, b"x", Way::ToUpstream),
+                "a new message",
+            ),
+        ] {
+            let mut h = harness(None, Duration::from_secs(60));
+            h.client.write_all(&before).await.unwrap();
+            assert_eq!(read_exactly(&mut h.upstream, before.len()).await, before);
+            h.client.write_all(&bad).await.unwrap();
+            let to_client = read_to_end(&mut h.client).await;
+            let (code, reason) = close_of(&to_client);
+            assert_eq!(code, PROTOCOL_ERROR, "{why}");
+            assert!(reason.contains(why), "{reason}");
+            // The upstream gets the relay's close, not the frame.
+            let to_upstream = read_to_end(&mut h.upstream).await;
+            assert_eq!(close_of(&to_upstream).0, GOING_AWAY, "{why}");
+            assert!(matches!(h.relay.await.unwrap(), Ended::Protocol(_)));
+        }
+        // With permessage-deflate agreed, a compressed client message passes.
+        let mut h = harness(Some(Deflate::default()), Duration::from_secs(60));
+        let compressed = frame(0x80 | 0x40 | TEXT, &[0x02, 0x00], Way::ToUpstream);
+        h.client.write_all(&compressed).await.unwrap();
+        assert_eq!(
+            read_exactly(&mut h.upstream, compressed.len()).await,
+            compressed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_close_handshake_ends_the_relay_though_nobody_hangs_up() {
+        let mut h = harness(None, Duration::from_secs(1800));
+        let close = frame(0x80 | CLOSE, b"\x03\xe8", Way::ToUpstream);
+        h.client.write_all(&close).await.unwrap();
+        assert_eq!(read_exactly(&mut h.upstream, close.len()).await, close);
+        let answer = frame(0x80 | CLOSE, b"\x03\xe8", Way::ToClient);
+        h.upstream.write_all(&answer).await.unwrap();
+        assert_eq!(read_exactly(&mut h.client, answer.len()).await, answer);
+        // Neither side closes its connection: the relay lets both go after
+        // the grace, long before the idle timeout.
+        let ended = tokio::time::timeout(Duration::from_secs(5), h.relay)
+            .await
+            .expect("the relay ends after the handshake");
+        assert!(matches!(ended.unwrap(), Ended::Closed));
+        assert!(read_to_end(&mut h.client).await.is_empty());
+        assert!(read_to_end(&mut h.upstream).await.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,31 +52,17 @@ impl Messages {
         }
     }
 
-    /// A frame begins: refused when it cannot start or continue a message.
-    pub(super) fn frame_start(&mut self, head: &Head) -> Result<(), &'static str> {
-        if head.is_control() {
-            return if head.rsv1 {
-                Err("RSV1 on a control frame")
-            } else {
-                Ok(())
-            };
-        }
-        match (head.opcode, self.message.is_some()) {
-            (CONTINUATION, false) => return Err("a continuation frame outside a message"),
-            (CONTINUATION, true) if head.rsv1 => return Err("RSV1 on a continuation frame"),
-            (CONTINUATION, true) => return Ok(()),
-            (_, true) => return Err("a new message before the last one ended"),
-            _ => {}
-        }
-        if head.rsv1 && self.deflate.is_none() {
-            return Err("RSV1 without permessage-deflate agreed");
+    /// A frame begins ([`super::ws_walk::Frames`] has checked that it may
+    /// start or continue a message).
+    pub(super) fn frame_start(&mut self, head: &Head) {
+        if head.is_control() || head.opcode == CONTINUATION {
+            return;
         }
         self.message = Some(Reading {
             text: head.opcode == TEXT,
             compressed: head.rsv1,
             over: false,
         });
-        Ok(())
     }
 
     /// Payload bytes of the current frame.

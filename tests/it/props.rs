@@ -356,7 +356,7 @@ proptest! {
         let observer = Box::new(move |text: &[u8]| {
             recorded.lock().unwrap().push(String::from_utf8(text.to_vec()).unwrap());
         });
-        let mut frames = Frames::new(Way::ToClient, Some(Messages::new(deflate, observer)));
+        let mut frames = Frames::new(Way::ToClient, compressed, Some(Messages::new(deflate, observer)));
         let mut buf = Vec::new();
         for bytes in stream.chunks(piece) {
             buf.extend_from_slice(bytes);
