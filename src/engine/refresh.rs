@@ -438,7 +438,10 @@ impl Refresher {
             Assessment::Refresh | Assessment::Wait { .. } => {}
         }
         let _across_processes = self.across_processes(id).await?;
-        let account = self.reload_adopting_codex(id)?;
+        let owned = id.to_owned();
+        let account = self
+            .blocking(move |engine| engine.reload_adopting_codex(&owned))
+            .await?;
         let now = self.now();
         let min_ttl = need.min_ttl(&account);
         match assess(&account, now, min_ttl) {
@@ -448,6 +451,20 @@ impl Refresher {
             Assessment::Refresh if self.inner.stop.is_cancelled() => Err(stopped()),
             Assessment::Refresh => self.refresh_locked(account, now, min_ttl, by).await,
         }
+    }
+
+    /// Runs `work` on the blocking pool: the store, auth.json and the
+    /// journal are files (any of them may be slow, or not regular), and a
+    /// refresh holds its account's locks while it reads and writes them,
+    /// which must not stall a runtime worker.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Refresher) -> T + Send + 'static,
+    ) -> T {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .expect("the file work of a refresh does not panic")
     }
 
     /// Account `id`'s gate: one refresh of it at a time in this process.
@@ -512,27 +529,41 @@ impl Refresher {
         let Some(spent) = account.tokens.as_ref().map(|t| t.refresh_token.clone()) else {
             return Err(RefreshError::Unknown(id));
         };
-        let journal = &self.inner.journal;
-        let after_interrupted: Vec<String> = journal
-            .interrupted(now)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.account == id)
-            .map(|i| i.flight)
-            .collect();
         let flight = new_flight();
-        let entry = |event| {
-            let mut e = Entry::new(&id, event, by.as_str()).spent(spent.expose());
-            e.flight = Some(flight.clone());
-            e
+        let entry = {
+            let (id, by, spent, flight) = (id.clone(), by.clone(), spent.clone(), flight.clone());
+            move |event| {
+                let mut e = Entry::new(&id, event, by.as_str()).spent(spent.expose());
+                e.flight = Some(flight.clone());
+                e
+            }
         };
-        journal.record(&entry(Event::InFlight));
+        let in_flight = entry(Event::InFlight);
+        let after_interrupted = self
+            .blocking(move |engine| {
+                let journal = &engine.inner.journal;
+                let after: Vec<String> = journal
+                    .interrupted(now)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|i| i.account == in_flight.account)
+                    .map(|i| i.flight)
+                    .collect();
+                journal.record(&in_flight);
+                after
+            })
+            .await;
         tracing::info!(account = %id, by = by.as_str(), "refreshing the access token");
         let answer = self.ask(&account, &spent, min_ttl).await;
         let failure = match answer {
             Ok(response) => {
                 let rotated = rotate(&account, response, (self.inner.clock)());
-                return self.save_rotation(spent, rotated, flight, by.clone(), after_interrupted);
+                let by = by.clone();
+                return self
+                    .blocking(move |engine| {
+                        engine.save_rotation(spent, rotated, flight, by, after_interrupted)
+                    })
+                    .await;
             }
             Err(e) => without_secrets(e, &account),
         };
@@ -544,8 +575,11 @@ impl Refresher {
         let mut e = entry(event);
         (e.code, e.reason) = (code, reason);
         e.after_interrupted = after_interrupted;
-        journal.record(&e);
-        self.settle_failure(&account, failure, now)
+        self.blocking(move |engine| {
+            engine.inner.journal.record(&e);
+            engine.settle_failure(&account, failure, now)
+        })
+        .await
     }
 
     /// What a refresh that did not rotate leaves: a rejected token needs a

@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::fake_upstream::{FakeUpstream, Refresh};
-use crate::support::{TestAccount, TestEnv};
+use crate::support::{TestAccount, TestEnv, wait_until};
 
 #[test]
 fn a_fresh_token_is_served_without_asking_the_issuer() {
@@ -429,4 +429,73 @@ fn a_408_or_429_from_the_issuer_stays_transient() {
         store["accounts"][0]["backoff_until"] = serde_json::json!(0);
         std::fs::write(env.store_path(), store.to_string()).unwrap();
     }
+}
+
+/// A refresh whose files are slow (here: the journal's lock, held by
+/// another process) waits for them off the runtime's threads: a
+/// one-thread runtime goes on with other work meanwhile.
+#[test]
+fn a_refresh_waiting_on_its_files_leaves_the_runtime_free() {
+    use codex_broker::base::paths::{Overrides, Paths};
+    use codex_broker::engine::refresh::{Asker, Refresher, system_clock};
+    use codex_broker::oauth::OAuthClient;
+    use fs2::FileExt;
+
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-files").expiring_in(60);
+    let env = TestEnv::with_account(&upstream, &account);
+    let paths = Paths::resolve(Overrides {
+        home: Some(env.broker_home()),
+        codex_home: Some(env.codex_home()),
+        socket: None,
+    })
+    .unwrap();
+    let engine = Refresher::with_parts(&paths, OAuthClient::new(&upstream.url()), system_clock());
+    let lock = std::fs::File::create(env.broker_home().join("journal.lock")).unwrap();
+    lock.lock_exclusive().unwrap();
+
+    let inode = std::os::unix::fs::MetadataExt::ino(&lock.metadata().unwrap());
+    let (go, go_seen) = tokio::sync::oneshot::channel::<()>();
+    let (other_ran, ran) = std::sync::mpsc::channel();
+    let refreshing = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let by = Asker::command("test");
+            let refresh = engine.fresh("acc-files", 300, &by);
+            let other = async {
+                go_seen.await.unwrap();
+                other_ran.send(()).unwrap();
+            };
+            tokio::join!(refresh, other).0
+        })
+    });
+    // The refresh waits for the journal's lock (a waiter in /proc/locks);
+    // then other work of the runtime must still get its turn.
+    let waiting = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|locks| {
+            locks
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&format!(":{inode} ")))
+        })
+    });
+    assert!(
+        waiting.is_some(),
+        "the refresh never waited for the journal's lock"
+    );
+    go.send(()).unwrap();
+    let free = ran.recv_timeout(Duration::from_secs(20));
+    lock.unlock().unwrap();
+    let refreshed = refreshing.join().unwrap().unwrap();
+    assert!(
+        free.is_ok(),
+        "the runtime's one thread waited on the journal's lock"
+    );
+    assert_ne!(
+        refreshed.tokens.unwrap().access_token.expose(),
+        &account.access_token()
+    );
+    assert_eq!(upstream.requests_to("/oauth/token").len(), 1);
 }
