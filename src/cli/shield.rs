@@ -71,8 +71,9 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     }
     if on {
         text.push_str(
-            "Codex refreshes only through the forwarder now: set \
-             CODEX_REFRESH_TOKEN_URL_OVERRIDE=http://127.0.0.1:1456/oauth/token in its \
+            "Codex refreshes only through the forwarder now: auth.json names it as the issuer \
+             (Codex 0.166 and later refresh there); older versions need \
+             CODEX_REFRESH_TOKEN_URL_OVERRIDE=http://127.0.0.1:1456/oauth/token in their \
              environment.\n",
         );
     }

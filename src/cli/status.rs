@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::base::display::{self, Table};
 use crate::base::paths::Paths;
 use crate::codex::auth::{AuthState, CredentialsStore};
+use crate::codex::provenance::{self, DEFAULT_FORWARDER};
 use crate::engine::config::Config;
 use crate::engine::quota::{Quota, Standing, Window};
 use crate::engine::refresh::{Asker, Refresher};
@@ -317,6 +318,20 @@ fn auth_line(auth: &CodexAuth, store: &Store) -> String {
     }
 }
 
+/// The issuer the account's login came from (`tokens.oauth_provenance`),
+/// and the forwarder auth.json names instead while it is shielded.
+fn provenance_line(store: &Store, a: &Account) -> Option<String> {
+    let tokens = a.tokens.as_ref()?;
+    let original = provenance::issuer(tokens.codex_extra.expose());
+    let forwarder = store.forwarder.as_deref().unwrap_or(DEFAULT_FORWARDER);
+    match (original, store.shield && a.stand_in.is_some()) {
+        (Some(issuer), true) => Some(format!("{issuer} (auth.json names {forwarder})")),
+        (None, true) => Some(format!("- (auth.json names {forwarder})")),
+        (Some(issuer), false) => Some(issuer.to_owned()),
+        (None, false) => None,
+    }
+}
+
 fn account_block(store: &Store, a: &Account, now: i64) -> String {
     let published = if store.published.as_deref() == Some(a.id.as_str()) {
         "  published"
@@ -338,6 +353,9 @@ fn account_block(store: &Store, a: &Account, now: i64) -> String {
     t.row("plan", a.plan.clone().unwrap_or_else(|| a.kind.to_string()));
     if let Some(reason) = &a.state_reason {
         t.row("problem", reason.clone());
+    }
+    if let Some(issuer) = provenance_line(store, a) {
+        t.row("issuer", issuer);
     }
     let token = match a.expires_at {
         Some(at) if a.api_key.is_none() => format!(

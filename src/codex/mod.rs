@@ -3,5 +3,6 @@
 //! `codex login` writes.
 
 pub mod auth;
+pub mod provenance;
 pub mod publish;
 pub mod watch;

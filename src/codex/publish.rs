@@ -10,7 +10,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::base::fsutil::FsError;
 use crate::base::json::JsonProblem;
+use crate::base::secret::Secret;
 use crate::codex::auth::{AuthDotJson, AuthState, CodexHome, Replace, Snapshot};
+use crate::codex::provenance::{self, DEFAULT_FORWARDER};
 use crate::engine::journal::{Entry, Event, Journal};
 use crate::engine::store::{Account, Kind, Store, Upsert};
 
@@ -56,8 +58,17 @@ pub fn adopt_from_snapshot(
         return None;
     }
     let auth = snapshot.valid()?;
-    let account = Account::from_auth(auth).ok()?;
+    let mut account = Account::from_auth(auth).ok()?;
     let id = account.id.clone();
+    let original = store
+        .get(&id)
+        .and_then(|a| a.tokens.as_ref())
+        .map(|t| t.codex_extra.expose());
+    if let Some(tokens) = account.tokens.as_mut() {
+        let mut extra = tokens.codex_extra.expose().clone();
+        provenance::keep_original(&mut extra, original);
+        tokens.codex_extra = Secret::new(extra);
+    }
     let replaced = store
         .get(&id)
         .and_then(|a| a.tokens.as_ref())
@@ -126,6 +137,10 @@ pub fn publish(
             (shield, &account.stand_in, new.tokens.as_mut())
         {
             tokens.refresh_token = stand_in.clone();
+            let mut extra = tokens.extra.expose().clone();
+            let forwarder = store.forwarder.as_deref();
+            provenance::through_forwarder(&mut extra, forwarder.unwrap_or(DEFAULT_FORWARDER));
+            tokens.extra = Secret::new(extra);
         }
         if let Some(auth) = current.filter(|_| same_account) {
             keep_timestamp_spelling(auth, &mut new);

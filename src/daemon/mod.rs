@@ -159,11 +159,6 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     raise_open_file_limit();
     fsutil::ensure_private_dir(&paths.home)?;
     let _instance = lock_instance(&paths.home)?;
-    prepare_store(&paths, &config, &options)?;
-    // Copies of credentials a killed writer left behind.
-    fsutil::remove_stale_temporaries(&paths.home, STORE_FILE);
-    fsutil::remove_stale_temporaries(&paths.codex_home, AUTH_FILE);
-    let (listener, socket_file) = socket::bind(&paths.socket)?;
     let forward_listener = match &options.listen {
         Some(addr) => Some(forward::bind(addr).await?),
         None => None,
@@ -172,6 +167,11 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    prepare_store(&paths, &config, &options, forward_addr)?;
+    // Copies of credentials a killed writer left behind.
+    fsutil::remove_stale_temporaries(&paths.home, STORE_FILE);
+    fsutil::remove_stale_temporaries(&paths.codex_home, AUTH_FILE);
+    let (listener, socket_file) = socket::bind(&paths.socket)?;
     fsutil::create_dir_if_missing(&paths.codex_home)?;
     let watcher = watch::HomeWatcher::start(&paths.codex_home, &paths.home)
         .context("cannot watch the Codex home and the broker home")?;
@@ -216,11 +216,20 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
     Ok(())
 }
 
-/// Takes the shield setting into the store, and makes the home a
-/// follower's with `--follow`; a follower's home refuses to lead.
-fn prepare_store(paths: &Paths, config: &Config, options: &Options) -> anyhow::Result<()> {
+/// Takes the shield setting and the forwarder's address into the store,
+/// and makes the home a follower's with `--follow`; a follower's home
+/// refuses to lead.
+fn prepare_store(
+    paths: &Paths,
+    config: &Config,
+    options: &Options,
+    forwarder: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     paths.store().update(|store| {
         store.shield |= config.shield;
+        if let Some(addr) = forwarder {
+            store.forwarder = Some(format!("http://{addr}"));
+        }
         match (&options.follow, &store.follows) {
             (Some(leader), _) => become_follower(store, leader, &paths.home),
             (None, Some(leader)) => anyhow::bail!(

@@ -456,6 +456,11 @@ pub struct Store {
     /// ([`crate::follow::leader`]): it holds no refresh token, only stand-ins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<PathBuf>,
+    /// The forwarder the daemon last served (`http://127.0.0.1:1456`): in
+    /// shield mode auth.json names it as the issuer Codex refreshes at
+    /// ([`crate::codex::provenance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<String>,
     #[serde(default)]
     pub accounts: Vec<Account>,
     #[serde(flatten)]
@@ -471,6 +476,7 @@ impl Default for Store {
             published: None,
             shield: false,
             follows: None,
+            forwarder: None,
             accounts: Vec::new(),
             extra: Secret::default(),
         }

@@ -29,6 +29,10 @@ pub struct AccountView<'a> {
     /// (shield mode): tools may hold it, and the forwarder honours it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shielded: bool,
+    /// The issuer the login came from, as auth.json's
+    /// `tokens.oauth_provenance` named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance_issuer: Option<&'a str>,
 }
 
 impl<'a> AccountView<'a> {
@@ -48,6 +52,10 @@ impl<'a> AccountView<'a> {
             quota: account.quota.as_ref(),
             killswitch: store.killswitch.limits.get(&account.id).copied(),
             shielded: account.stand_in.is_some(),
+            provenance_issuer: account
+                .tokens
+                .as_ref()
+                .and_then(|t| crate::codex::provenance::issuer(t.codex_extra.expose())),
         }
     }
 }

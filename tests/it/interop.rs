@@ -595,6 +595,44 @@ fn codex_runs_on_a_shielded_auth_json_and_refreshes_through_the_forwarder() {
 }
 
 #[test]
+fn codex_refreshes_at_the_issuer_a_shielded_auth_json_names_without_an_override() {
+    isolated!(codex_refreshes_at_the_issuer_a_shielded_auth_json_names_without_an_override);
+    let upstream = FakeUpstream::start();
+    let mut env = TestEnv::with_backend(&upstream);
+    env.vars
+        .push(("CODEX_BROKER_REFRESH_AHEAD".into(), "60".into()));
+    let account = TestAccount::new("acc-provenance").expiring_in(240);
+    upstream.add_account(&account);
+    env.import_account(&account);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+    env.ok(&["shield", "on"]);
+    assert_eq!(
+        env.read_auth()["tokens"]["oauth_provenance"]["issuer"],
+        forwarder.as_str()
+    );
+
+    // No CODEX_REFRESH_TOKEN_URL_OVERRIDE: the token is inside Codex's own
+    // refresh window, and the only issuer it can reach is the one auth.json
+    // names.
+    let out = codex(&env)
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    assert!(
+        daemon.log().contains("answered a token refresh"),
+        "Codex refreshed at the forwarder:\n{stderr}\n{}",
+        daemon.log()
+    );
+    assert!(upstream.reused_tokens().is_empty());
+}
+
+#[test]
 fn codex_on_a_follower_runs_on_the_leaders_tokens_and_never_refreshes_there() {
     isolated!(codex_on_a_follower_runs_on_the_leaders_tokens_and_never_refreshes_there);
     let upstream = FakeUpstream::start();

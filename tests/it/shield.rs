@@ -168,3 +168,60 @@ fn a_codex_login_in_a_shielded_home_is_adopted_and_shielded() {
         other.refresh_token
     );
 }
+
+#[test]
+fn shield_mode_names_the_forwarder_as_the_issuer_codex_refreshes_at() {
+    let upstream = FakeUpstream::start();
+    let account = TestAccount::new("acc-prov");
+    upstream.add_account(&account);
+    let env = TestEnv::with_backend(&upstream);
+    let original = serde_json::json!({"issuer": "https://auth.openai.com", "client_id": "app_x"});
+    let mut auth: Value = serde_json::from_str(&account.auth_json()).unwrap();
+    auth["tokens"]["oauth_provenance"] = original.clone();
+    let file = env.dir.path().join("auth-with-provenance.json");
+    std::fs::write(&file, auth.to_string()).unwrap();
+    env.ok(&["import", file.to_str().unwrap()]);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+
+    env.ok(&["shield", "on"]);
+    let published = env.read_auth()["tokens"]["oauth_provenance"].clone();
+    assert_eq!(published["issuer"], forwarder.as_str(), "{published}");
+    assert_eq!(published["client_id"], "app_x");
+    // Codex refreshes at that issuer: the broker answers, with the stand-in.
+    let stand_in = auth_refresh_token(&env);
+    let answer = refresh_through(published["issuer"].as_str().unwrap(), &stand_in);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["refresh_token"], stand_in.as_str());
+    // The store keeps where the login came from; status shows both.
+    let stored = env.stored_account("acc-prov");
+    assert_eq!(
+        stored["tokens"]["codex_extra"]["oauth_provenance"],
+        original
+    );
+    assert_eq!(
+        status(&env)["accounts"][0]["provenance_issuer"],
+        "https://auth.openai.com"
+    );
+    let text = env.ok(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "https://auth.openai.com (auth.json names {forwarder})"
+        )),
+        "{text}"
+    );
+
+    // A daemon restarted on another port publishes its new address.
+    assert!(daemon.stop().success());
+    let daemon = env.start_daemon(&[]);
+    let moved = daemon.forwarder();
+    let renamed = wait_until(Duration::from_secs(10), || {
+        env.read_auth()["tokens"]["oauth_provenance"]["issuer"] == moved.as_str()
+    });
+    assert!(renamed.is_some() || moved == forwarder, "{}", daemon.log());
+
+    // Off: the original issuer is published again.
+    env.ok(&["shield", "off"]);
+    assert_eq!(env.read_auth()["tokens"]["oauth_provenance"], original);
+    assert_eq!(env.ok(&["status"]).matches("auth.json names").count(), 0);
+}
