@@ -20,7 +20,7 @@ use std::time::Instant;
 
 mod targets;
 
-use targets::{TARGETS, Target};
+use targets::{TARGETS, Target, Verdict};
 
 /// The system allocator, counting the bytes in use and their peak.
 struct Counting;
@@ -232,21 +232,21 @@ enum Finding {
     Allocation(usize),
 }
 
-fn run_one(target: &Target, input: &[u8], max_alloc: usize) -> Option<Finding> {
+fn run_one(target: &Target, input: &[u8], max_alloc: usize) -> Result<Verdict, Finding> {
     let base = IN_USE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
     let grew = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     match outcome {
-        Err(panic) => Some(Finding::Panic(
+        Err(panic) => Err(Finding::Panic(
             panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default(),
         )),
-        Ok(()) if grew > max_alloc => Some(Finding::Allocation(grew)),
-        Ok(()) => None,
+        Ok(_) if grew > max_alloc => Err(Finding::Allocation(grew)),
+        Ok(verdict) => Ok(verdict),
     }
 }
 
@@ -315,6 +315,7 @@ fn main() {
         let mut rng = Rng(options.seed ^ (target.name.len() as u64).wrapping_mul(0x9e37_79b9));
         let started = Instant::now();
         let mut found = Vec::new();
+        let (mut accepted, mut seeds_accepted) = (0u64, 0usize);
         let inputs = corpus
             .iter()
             .cloned()
@@ -334,7 +335,16 @@ fn main() {
                     _ => mutate(&mut rng, a, b),
                 }
             });
-            if let Some(finding) = run_one(target, &input, options.max_alloc) {
+            let finding = match run_one(target, &input, options.max_alloc) {
+                Ok(Verdict::Accepted) => {
+                    accepted += 1;
+                    seeds_accepted += usize::from(n < corpus.len());
+                    None
+                }
+                Ok(Verdict::Rejected) => None,
+                Err(finding) => Some(finding),
+            };
+            if let Some(finding) = finding {
                 let what = match finding {
                     Finding::Panic(message) => format!("panic: {message}"),
                     Finding::Allocation(bytes) => format!("allocated {} MiB at once", bytes >> 20),
@@ -350,14 +360,26 @@ fn main() {
         let executions = corpus.len() as u64 + options.runs;
         let seconds = started.elapsed().as_secs_f64();
         println!(
-            "{:<18} {:>9} executions ({} seeds) in {:>6.2} s, {:>8.0}/s, {} findings",
+            "{:<18} {:>9} executions ({} seeds, {} accepted) in {:>6.2} s, {:>8.0}/s, {:>5.1}% \
+             accepted, {} findings",
             target.name,
             executions,
             corpus.len(),
+            seeds_accepted,
             seconds,
             executions as f64 / seconds.max(1e-9),
+            100.0 * accepted as f64 / executions as f64,
             found.len()
         );
+        // A parser that refuses every valid seed would pass every other
+        // check.
+        if seeds_accepted == 0 {
+            eprintln!(
+                "fuzz: {}: no seed in fixtures/fuzz/{} is accepted",
+                target.name, target.name
+            );
+            findings += 1;
+        }
         findings += found.len();
     }
     if findings > 0 {

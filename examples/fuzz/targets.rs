@@ -1,6 +1,9 @@
 //! The parsers of outside input, each behind one entry point that takes
 //! arbitrary bytes and checks what must hold for any input: no panic, and a
 //! value that is accepted survives being written and read back unchanged.
+//! Each says whether its parser accepted the input, so that a test can hold
+//! valid input to being accepted (a parser that refused everything would
+//! pass every other check).
 //! The property tests and the corpus harness (`cargo run --release
 //! --example fuzz`) drive the same targets.
 
@@ -16,12 +19,29 @@ use codex_broker::wire::ws_frame::Way;
 use codex_broker::wire::ws_message::{Deflate, INSPECT_CAP, Messages};
 use codex_broker::wire::ws_walk::Frames;
 
+/// What a parser made of one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Rejected,
+}
+
+impl From<bool> for Verdict {
+    fn from(accepted: bool) -> Verdict {
+        if accepted {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        }
+    }
+}
+
 /// One parser under test.
 pub struct Target {
     /// Also the name of its corpus directory under `fixtures/fuzz/`.
     pub name: &'static str,
     /// Runs the parser on `input`; panics when an invariant breaks.
-    pub run: fn(&[u8]),
+    pub run: fn(&[u8]) -> Verdict,
 }
 
 /// Every target, in the order the harness runs them.
@@ -77,9 +97,9 @@ pub fn target(name: &str) -> Option<&'static Target> {
 const NOW: i64 = 1_800_000_000;
 
 /// auth.json: accepted files round-trip, and their account reads back.
-fn auth_json(input: &[u8]) {
+fn auth_json(input: &[u8]) -> Verdict {
     let Ok(auth) = AuthDotJson::parse(input) else {
-        return;
+        return Verdict::Rejected;
     };
     let written = auth.to_bytes();
     let again = AuthDotJson::parse(&written).expect("a written auth.json parses");
@@ -90,36 +110,42 @@ fn auth_json(input: &[u8]) {
             AuthDotJson::parse(&back.to_bytes()).expect("an account's auth.json parses");
         }
     }
+    Verdict::Accepted
 }
 
 /// accounts.json: accepted stores save and load to the same bytes.
-fn accounts_json(input: &[u8]) {
+fn accounts_json(input: &[u8]) -> Verdict {
     let path = Path::new("accounts.json");
     let Ok(store) = codex_broker::engine::store::parse_store(path, input) else {
-        return;
+        return Verdict::Rejected;
     };
     let written = serde_json::to_vec_pretty(&store).expect("a store serializes");
     let again =
         codex_broker::engine::store::parse_store(path, &written).expect("a written store parses");
     let rewritten = serde_json::to_vec_pretty(&again).expect("a store serializes");
     assert_eq!(rewritten, written, "accounts.json round-trip");
+    Verdict::Accepted
 }
 
 /// config.toml: any file gives a config or an error, never a panic.
-fn config_toml(input: &[u8]) {
-    let _ = codex_broker::engine::config::Config::parse(Path::new("config.toml"), input);
+fn config_toml(input: &[u8]) -> Verdict {
+    codex_broker::engine::config::Config::parse(Path::new("config.toml"), input)
+        .is_ok()
+        .into()
 }
 
 /// JWT claims: decoding never panics and dates stay in range.
-fn jwt(input: &[u8]) {
+fn jwt(input: &[u8]) -> Verdict {
     let Ok(text) = std::str::from_utf8(input) else {
-        return;
+        return Verdict::Rejected;
     };
-    if let Ok(claims) = codex_broker::wire::jwt::decode(text) {
-        for date in [claims.exp, claims.iat].into_iter().flatten() {
-            assert!(date.unsigned_abs() <= 253_402_300_799, "date {date}");
-        }
+    let Ok(claims) = codex_broker::wire::jwt::decode(text) else {
+        return Verdict::Rejected;
+    };
+    for date in [claims.exp, claims.iat].into_iter().flatten() {
+        assert!(date.unsigned_abs() <= 253_402_300_799, "date {date}");
     }
+    Verdict::Accepted
 }
 
 /// A quota that the store takes must be one it can read back.
@@ -130,73 +156,83 @@ fn assert_storable(quota: &Quota) {
 }
 
 /// Quota headers, one `name: value` per line.
-fn quota_headers(input: &[u8]) {
+fn quota_headers(input: &[u8]) -> Verdict {
     let text = String::from_utf8_lossy(input);
     let headers: HashMap<String, &str> = text
         .lines()
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value))
         .collect();
-    if let Some(quota) = Quota::from_headers(|name| headers.get(name).copied(), NOW) {
-        assert_storable(&quota);
+    let quota = Quota::from_headers(|name| headers.get(name).copied(), NOW);
+    if let Some(quota) = &quota {
+        assert_storable(quota);
     }
+    quota.is_some().into()
 }
 
 /// 429 `usage_limit_reached` bodies and `/wham/usage` answers.
-fn usage_bodies(input: &[u8]) {
+fn usage_bodies(input: &[u8]) -> Verdict {
     let Ok(body) = serde_json::from_slice::<Value>(input) else {
-        return;
+        return Verdict::Rejected;
     };
     let usage = Quota::from_usage(&body, NOW);
     if let Some(quota) = &usage {
         assert_storable(quota);
     }
+    let mut limit = false;
     for previous in [None, usage.as_ref()] {
         if let Some(quota) = Quota::from_usage_limit(&body, previous, NOW) {
             assert_storable(&quota);
+            limit = true;
         }
     }
+    (usage.is_some() || limit).into()
 }
 
 /// SSE framing, as assembled into a `stream:false` answer.
-fn sse(input: &[u8]) {
+fn sse(input: &[u8]) -> Verdict {
     match codex_broker::wire::responses::assemble(input) {
         Ok(answer) => {
             serde_json::to_vec(&answer).expect("an assembled answer serializes");
+            Verdict::Accepted
         }
         Err((status, body)) => {
             assert!(status.is_client_error() || status.is_server_error());
             assert!(body.get("error").is_some(), "{body}");
+            Verdict::Rejected
         }
     }
 }
 
 /// The `/v1/responses` rewrite into the Codex shape.
-fn responses_rewrite(input: &[u8]) {
+fn responses_rewrite(input: &[u8]) -> Verdict {
     let Ok(body) = serde_json::from_slice::<Value>(input) else {
-        return;
+        return Verdict::Rejected;
     };
-    if let Ok((rewritten, _stream)) = codex_broker::wire::responses::rewrite(body) {
-        let written = serde_json::to_vec(&rewritten).expect("a rewritten body serializes");
-        let again: Value = serde_json::from_slice(&written).expect("it parses back");
-        let (twice, _) =
-            codex_broker::wire::responses::rewrite(again.clone()).expect("a rewrite is accepted");
-        assert_eq!(twice, again, "the rewrite is idempotent");
-    }
+    let Ok((rewritten, _stream)) = codex_broker::wire::responses::rewrite(body) else {
+        return Verdict::Rejected;
+    };
+    let written = serde_json::to_vec(&rewritten).expect("a rewritten body serializes");
+    let again: Value = serde_json::from_slice(&written).expect("it parses back");
+    let (twice, _) =
+        codex_broker::wire::responses::rewrite(again.clone()).expect("a rewrite is accepted");
+    assert_eq!(twice, again, "the rewrite is idempotent");
+    Verdict::Accepted
 }
 
 /// A socket API request: the query on the first line, the body after it.
-fn socket_request(input: &[u8]) {
+fn socket_request(input: &[u8]) -> Verdict {
     let (query, body) = match input.iter().position(|b| *b == b'\n') {
         Some(i) => (&input[..i], &input[i + 1..]),
         None => (input, &[][..]),
     };
     let query = String::from_utf8_lossy(query);
-    if let Ok(ttl) = codex_broker::socket::min_ttl(&codex_broker::socket::parse_query(Some(&query)))
-    {
+    let ttl = codex_broker::socket::min_ttl(&codex_broker::socket::parse_query(Some(&query)));
+    if let Ok(ttl) = ttl {
         assert!((0..=i64::from(u32::MAX)).contains(&ttl), "min_ttl {ttl}");
     }
-    if let Ok(report) = codex_broker::socket::parse_report(body) {
+    let report = codex_broker::socket::parse_report(body);
+    if let Ok(report) = &report {
         let headers: HashMap<String, &str> = report
             .headers
             .iter()
@@ -209,15 +245,16 @@ fn socket_request(input: &[u8]) {
             assert_storable(&quota);
         }
     }
+    (ttl.is_ok() && report.is_ok()).into()
 }
 
 /// WebSocket frames, one way: the first byte picks the way and whether
 /// permessage-deflate was agreed, the second how the rest arrives in
 /// pieces. Walked whole and in pieces, the frames give the same messages
 /// and the same verdict, and the walker never passes on more than it got.
-fn websocket_frames(input: &[u8]) {
+fn websocket_frames(input: &[u8]) -> Verdict {
     let [flags, piece, stream @ ..] = input else {
-        return;
+        return Verdict::Rejected;
     };
     let way = if flags & 1 == 0 {
         Way::ToClient
@@ -230,6 +267,7 @@ fn websocket_frames(input: &[u8]) {
     let whole = walk_frames(way, deflate, stream, stream.len().max(1));
     let pieces = walk_frames(way, deflate, stream, usize::from(*piece).max(1));
     assert_eq!(whole, pieces, "the same frames, in pieces");
+    whole.2.is_none().into()
 }
 
 /// What walking `stream` in pieces of `piece` bytes gives: the messages

@@ -17,10 +17,23 @@ use codex_broker::wire::ws_message::{Deflate, Messages};
 use codex_broker::wire::ws_walk::Frames;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use targets::{TARGETS, target};
+use targets::{TARGETS, Verdict, target};
 
-fn run(name: &str, input: &[u8]) {
-    (target(name).expect("a target of that name").run)(input);
+fn run(name: &str, input: &[u8]) -> Verdict {
+    (target(name).expect("a target of that name").run)(input)
+}
+
+/// Runs the target on input that is valid: it must be accepted, or the
+/// target's round trips were never exercised.
+fn accepted(name: &str, input: &[u8]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        run(name, input),
+        Verdict::Accepted,
+        "{} refused valid input: {}",
+        name,
+        String::from_utf8_lossy(input)
+    );
+    Ok(())
 }
 
 #[test]
@@ -28,13 +41,14 @@ fn the_seed_corpus_replays_clean() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fuzz");
     for t in TARGETS {
         let dir = root.join(t.name);
-        let mut seeds = 0;
+        let (mut seeds, mut taken) = (0, 0);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
-            (t.run)(&std::fs::read(&path).unwrap());
+            taken += usize::from((t.run)(&std::fs::read(&path).unwrap()) == Verdict::Accepted);
             seeds += 1;
         }
         assert!(seeds > 0, "no seeds for {}", t.name);
+        assert!(taken > 0, "no seed of {} is accepted", t.name);
     }
 }
 
@@ -199,6 +213,117 @@ fn store() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A unix time the broker believes (years 1970 to 2100).
+fn plausible_time() -> impl Strategy<Value = i64> {
+    0i64..4_102_444_800
+}
+
+/// Claims the issuer sends: a ChatGPT account, its plan, dates in range.
+fn valid_claims() -> impl Strategy<Value = Value> {
+    (
+        plausible_time(),
+        plausible_time(),
+        "acc-[a-z0-9]{1,8}",
+        prop::sample::select(&["plus", "pro", "team"][..]),
+    )
+        .prop_map(|(exp, iat, account, plan)| {
+            json!({
+                "exp": exp,
+                "iat": iat,
+                "email": "a@example.com",
+                "https://api.openai.com/auth": {
+                    "chatgpt_account_id": account,
+                    "chatgpt_plan_type": plan,
+                },
+            })
+        })
+}
+
+/// auth.json as Codex writes it after a ChatGPT login.
+fn valid_auth_json() -> impl Strategy<Value = Value> {
+    (valid_claims(), "rt-[a-zA-Z0-9_-]{1,40}", any::<bool>()).prop_map(|(claims, refresh, mode)| {
+        let account = claims["https://api.openai.com/auth"]["chatgpt_account_id"].clone();
+        let mut auth = json!({
+            "tokens": {
+                "id_token": jwt_with(claims.clone()),
+                "access_token": jwt_with(claims),
+                "refresh_token": refresh,
+                "account_id": account,
+            },
+            "last_refresh": "2026-11-01T10:00:00Z",
+        });
+        if mode {
+            auth["auth_mode"] = json!("chatgpt");
+        }
+        auth
+    })
+}
+
+/// A used share, window and reset the backend sends.
+fn valid_window() -> impl Strategy<Value = (f64, i64, i64)> {
+    (0.0f64..=100.0, 1i64..=10_080, 0i64..366 * 86_400)
+}
+
+/// accounts.json as the broker writes it: distinct ids, stored quota.
+fn valid_store() -> impl Strategy<Value = Value> {
+    let account = (
+        valid_claims(),
+        prop::option::of(plausible_time()),
+        prop::option::of(valid_window()),
+        any::<bool>(),
+    );
+    prop::collection::vec(account, 0..4).prop_map(|accounts| {
+        let accounts: Vec<Value> = accounts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (claims, expires, window, main))| {
+                let token = jwt_with(claims);
+                let mut a = json!({
+                    "id": format!("acc-{i}"),
+                    "kind": "chatgpt",
+                    "role": if main { "main" } else { "fallback" },
+                    "tokens": {"id_token": token, "access_token": token, "refresh_token": format!("rt-{i}")},
+                    "last_refresh": "2026-11-01T10:00:00Z",
+                    "expires_at": expires,
+                });
+                if let Some((used, minutes, reset)) = window {
+                    a["quota"] = json!({"five_hour": {"used_percent": used,
+                        "window_minutes": minutes, "resets_at": 1_800_000_000 + reset},
+                        "source": "headers", "observed_at": 1_800_000_000});
+                }
+                a
+            })
+            .collect();
+        json!({"version": 1, "routing": "main-first", "accounts": accounts})
+    })
+}
+
+/// A streamed answer as the backend sends it: created, text deltas, done.
+fn valid_sse() -> impl Strategy<Value = Vec<u8>> {
+    (prop::collection::vec("[ -~]{0,20}", 0..6), any::<bool>()).prop_map(|(deltas, crlf)| {
+        let end = if crlf { "\r\n" } else { "\n" };
+        let event = |name: &str, data: Value| format!("event: {name}{end}data: {data}{end}{end}");
+        let mut out = event(
+            "response.created",
+            json!({"type": "response.created", "response": {"id": "r", "status": "in_progress", "output": []}}),
+        );
+        for delta in &deltas {
+            out += &event(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "delta": delta}),
+            );
+        }
+        let text = deltas.concat();
+        out += &event(
+            "response.completed",
+            json!({"type": "response.completed", "response": {"id": "r", "status": "completed",
+                "output": [{"type": "message", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text}]}]}}),
+        );
+        out.into_bytes()
+    })
+}
+
 /// SSE streams: known and unknown events, broken data lines, both line ends.
 fn sse_stream() -> impl Strategy<Value = Vec<u8>> {
     let event = (
@@ -225,6 +350,43 @@ fn sse_stream() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn valid_files_and_bodies_are_accepted(
+        auth in valid_auth_json(),
+        store in valid_store(),
+        ahead in 0u32..86_400,
+        claims in valid_claims(),
+        (used, minutes, reset) in valid_window(),
+        sse in valid_sse(),
+        prompt in "[ -~]{1,40}",
+        stream in any::<bool>(),
+        min_ttl in 0u32..86_400,
+    ) {
+        accepted("auth_json", &serde_json::to_vec(&auth).unwrap())?;
+        accepted("accounts_json", &serde_json::to_vec(&store).unwrap())?;
+        let config = format!("issuer = \"https://auth.example\"\nrefresh_ahead = {ahead}\n");
+        accepted("config_toml", config.as_bytes())?;
+        accepted("jwt", jwt_with(claims).as_bytes())?;
+        let now = 1_800_000_000;
+        let headers = format!(
+            "x-codex-primary-used-percent: {used}\nx-codex-primary-window-minutes: {minutes}\n\
+             x-codex-primary-reset-at: {}\n",
+            now + reset
+        );
+        accepted("quota_headers", headers.as_bytes())?;
+        let limit = json!({"error": {"type": "usage_limit_reached", "resets_at": now + reset}});
+        accepted("usage_bodies", &serde_json::to_vec(&limit).unwrap())?;
+        let usage = json!({"rate_limit": {"primary_window": {"used_percent": used,
+            "limit_window_seconds": minutes * 60, "reset_at": now + reset}}});
+        accepted("usage_bodies", &serde_json::to_vec(&usage).unwrap())?;
+        accepted("sse", &sse)?;
+        let body = json!({"model": "m", "input": prompt, "stream": stream});
+        accepted("responses_rewrite", &serde_json::to_vec(&body).unwrap())?;
+        let report = json!({"account_id": "acc-1", "status": 429,
+            "headers": {"x-codex-primary-used-percent": used.to_string()}, "body": limit});
+        accepted("socket_request", format!("account=acc-1&min_ttl={min_ttl}\n{report}").as_bytes())?;
+    }
 
     #[test]
     fn auth_json_files_round_trip(auth in auth_json()) {
@@ -369,7 +531,7 @@ proptest! {
         let flags = 2 * u8::from(compressed) + 4 * u8::from(no_takeover);
         let mut input = vec![flags, piece as u8];
         input.extend_from_slice(&stream);
-        run("websocket_frames", &input);
+        accepted("websocket_frames", &input)?;
     }
 }
 
