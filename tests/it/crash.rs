@@ -132,3 +132,155 @@ fn stale_temporary_copies_of_credentials_are_removed_at_start() {
     assert!(unrelated.exists(), "not ours");
     daemon.stop();
 }
+
+/// `strace ARGS codex-broker accounts switch ID` with the environment
+/// `env` gives the broker.
+fn switch_under_strace(
+    env: &TestEnv,
+    strace: &std::path::Path,
+    args: &[&str],
+    id: &str,
+) -> Command {
+    let broker = env.std_cmd();
+    let mut cmd = Command::new(strace);
+    cmd.env_clear()
+        .envs(broker.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(env.dir.path())
+        .args(args)
+        .arg("--")
+        .arg(broker.get_program())
+        .args(["accounts", "switch", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// strace, where the system has it.
+fn strace() -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("strace"))
+        .find(|p| p.is_file())
+}
+
+/// The syscalls of a write that a kill is aimed at: the temporary file's
+/// creation, each write and sync, the rename, the removal of a copy.
+const SYSCALLS: &[&str] = &[
+    "openat",
+    "write",
+    "fsync",
+    "fdatasync",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "ftruncate",
+];
+
+/// How many times a switch to `id` makes each of [`SYSCALLS`].
+fn syscall_counts(env: &TestEnv, strace: &std::path::Path, id: &str) -> Vec<(&'static str, usize)> {
+    let trace = env.dir.path().join("switch.trace");
+    let trace_arg = trace.to_str().unwrap().to_owned();
+    let set = format!("trace={}", SYSCALLS.join(","));
+    let args = ["-f", "-qq", "-o", &trace_arg, "-e", &set];
+    assert!(
+        switch_under_strace(env, strace, &args, id)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    SYSCALLS
+        .iter()
+        .map(|s| {
+            let call = format!("{s}(");
+            let calls = text
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|c| c.starts_with(&call))
+                })
+                .count();
+            (*s, calls)
+        })
+        .filter(|(_, calls)| *calls > 0)
+        .collect()
+}
+
+/// A kill at the entry of every syscall a write makes, one at a time (strace
+/// delivers SIGKILL as the call begins): whatever step of writing auth.json
+/// or the store the kill meets, each file is whole, old or new. A writer
+/// that truncated and rewrote a file in place would leave it torn here.
+#[test]
+fn sigkill_at_each_step_of_a_write_leaves_old_or_new_files() {
+    let Some(strace) = strace() else {
+        crate::support::skip("strace is not installed (apt-get install strace); it aims the kills");
+        return;
+    };
+    let env = TestEnv::new();
+    for id in ["acc-a", "acc-b"] {
+        let path = env.dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, TestAccount::new(id).auth_json()).unwrap();
+        env.ok(&["import", path.to_str().unwrap()]);
+    }
+    let mut versions = Vec::new();
+    for id in ["acc-a", "acc-b"] {
+        assert!(switch(&env, id).status().unwrap().success());
+        versions.push((
+            std::fs::read(env.auth_path()).unwrap(),
+            std::fs::read(env.store_path()).unwrap(),
+        ));
+    }
+    // From acc-b's files to acc-a's, and back: each switch writes both.
+    let mut kills = 0;
+    for (id, other) in [("acc-a", "acc-b"), ("acc-b", "acc-a")] {
+        assert!(switch(&env, other).status().unwrap().success());
+        let counts = syscall_counts(&env, &strace, id);
+        assert!(
+            counts.iter().any(|(s, _)| s.starts_with("rename")),
+            "a switch renames: {counts:?}"
+        );
+        // Back to where the counted run started.
+        assert!(switch(&env, other).status().unwrap().success());
+        for (syscall, calls) in counts {
+            for n in 1..=calls {
+                let inject = format!("inject={syscall}:signal=KILL:when={n}");
+                let args = [
+                    "-f",
+                    "-qq",
+                    "-o",
+                    "/dev/null",
+                    "-e",
+                    &format!("trace={syscall}"),
+                    "-e",
+                    &inject,
+                ];
+                let status = switch_under_strace(&env, &strace, &args, id)
+                    .status()
+                    .unwrap();
+                let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+                kills += usize::from(signal == Some(9));
+                let auth = std::fs::read(env.auth_path()).unwrap();
+                let store = std::fs::read(env.store_path()).unwrap();
+                let at = format!("kill at {syscall} #{n} of a switch to {id}");
+                assert!(
+                    versions.iter().any(|(a, _)| *a == auth),
+                    "{at}: auth.json is torn:\n{}",
+                    String::from_utf8_lossy(&auth)
+                );
+                assert!(
+                    versions.iter().any(|(_, s)| *s == store),
+                    "{at}: the store is torn:\n{}",
+                    String::from_utf8_lossy(&store)
+                );
+                // The next kill starts from the same files.
+                assert!(switch(&env, other).status().unwrap().success());
+            }
+        }
+    }
+    eprintln!("{kills} kills, each at the start of a syscall of a write");
+    assert!(kills >= 10, "only {kills} kills landed");
+    env.ok(&["accounts", "switch", "acc-a"]);
+    assert_eq!(std::fs::read(env.auth_path()).unwrap(), versions[0].0);
+}
