@@ -75,6 +75,11 @@ impl Paths {
         Journal::new(&self.home)
     }
 
+    /// The token usage file ([`crate::engine::usage`]).
+    pub fn usage(&self) -> PathBuf {
+        self.home.join("usage.json")
+    }
+
     pub fn codex(&self) -> CodexHome {
         CodexHome::new(&self.codex_home)
     }

@@ -23,6 +23,7 @@ mod service;
 mod shield;
 mod status;
 mod token;
+mod usage;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -109,6 +110,7 @@ pub enum Command {
     Killswitch(killswitch::Args),
     Shield(shield::Args),
     History(history::Args),
+    Usage(usage::Args),
     Completions(completions::Args),
 }
 
@@ -230,6 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
         Command::Shield(args) => shield::run(&paths()?, args),
         Command::History(args) => history::run(&paths()?, args),
+        Command::Usage(args) => usage::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -206,6 +206,7 @@ async fn serve(paths: Paths, config: Config, options: Options) -> anyhow::Result
         tracing::warn!("tasks still running after {grace:?}; exiting anyway");
     }
     drop(socket_file);
+    save_usage_now(&engine).await;
     if engine.refresher.busy() {
         tracing::info!("finishing the refresh in flight before exiting");
     }
@@ -267,6 +268,7 @@ fn spawn_tasks(
             shutdown.clone(),
         ));
     }
+    tracker.spawn(save_usage(engine.clone(), shutdown.clone()));
     tracker.spawn(socket::serve(
         servers.socket,
         engine.clone(),
@@ -283,6 +285,32 @@ fn spawn_tasks(
         ));
     }
     tracker.close();
+}
+
+/// How often the usage table is saved when it changed.
+const USAGE_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Saves the usage table every few seconds while it changes; the daemon
+/// saves it once more after its servers stopped.
+async fn save_usage(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(USAGE_SAVE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => save_usage_now(&engine).await,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn save_usage_now(engine: &Arc<Engine>) {
+    let saver = engine.clone();
+    let saved = tokio::task::spawn_blocking(move || saver.usage.save(saver.refresher.now()))
+        .await
+        .expect("the usage save does not panic");
+    if let Err(e) = saved {
+        tracing::warn!("cannot save token usage: {e}");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -208,7 +208,7 @@ fn duration_value(value: &toml::Value) -> Option<i64> {
     }
 }
 
-/// `90`, `90s`, `30m`, `1h`: a non-negative number of seconds.
+/// `90`, `90s`, `30m`, `1h`, `7d`: a non-negative number of seconds.
 pub fn parse_duration(text: &str) -> Option<i64> {
     let text = text.trim();
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -219,6 +219,7 @@ pub fn parse_duration(text: &str) -> Option<i64> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
+        "d" => 86_400,
         _ => return None,
     };
     digits.parse::<i64>().ok()?.checked_mul(scale)

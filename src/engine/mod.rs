@@ -13,6 +13,7 @@ pub mod scheduler;
 pub mod served;
 pub mod shield;
 pub mod store;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub struct Engine {
     /// skipped (the next one carries newer numbers), so that a leader that
     /// hangs cannot pile them up.
     reports: Arc<tokio::sync::Semaphore>,
+    /// Token usage of the answers the forwarder relayed.
+    pub usage: usage::Usage,
 }
 
 /// Quota reports to the leader that may be under way at once.
@@ -91,6 +94,7 @@ impl Engine {
             .home
             .canonicalize()
             .unwrap_or_else(|_| paths.home.clone());
+        let paths_usage = paths.usage();
         Engine {
             paths,
             home_real,
@@ -103,6 +107,7 @@ impl Engine {
             leader: None,
             leader_problem: Mutex::new(None),
             reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT)),
+            usage: usage::Usage::open(paths_usage),
         }
     }
 

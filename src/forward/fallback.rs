@@ -2,13 +2,14 @@
 //! to the next account on 401, 403 or 429 while nothing reached the client.
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
 use serde_json::Value;
 
 use super::answer::{body_error, unavailable};
 use super::body::{Body, Outgoing, full};
 use super::headers::{CHATGPT_ACCOUNT_ID, declared_length, forwardable, header_str};
+use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER, upstream};
 use crate::engine::Engine;
@@ -17,6 +18,11 @@ use crate::engine::refresh::{Asker, RefreshError};
 use crate::engine::routing::{self, Pick, Picked};
 use crate::engine::store::Account;
 use crate::wire::proto::MIN_TTL;
+use crate::wire::usage;
+
+/// The Codex backend's inference route (through either prefix), whose
+/// answers are counted.
+const INFERENCE: [&str; 2] = ["/codex/responses", "/backend-api/codex/responses"];
 
 impl Forwarder {
     pub(super) async fn to_backend(
@@ -31,11 +37,24 @@ impl Forwarder {
             Ok(o) => o,
             Err(e) => return body_error(e),
         };
-        let headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
+        // An inference answer is read for its usage: it comes uncompressed.
+        let inference = parts.method == Method::POST && INFERENCE.contains(&parts.uri.path());
+        let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
+        let mut headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
+        if inference {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         match self
             .with_fallback(parts.method, &url, headers, outgoing, by)
             .await
         {
+            Ok((account, response)) if inference => {
+                let meter = Meter::new(self.shared.clone(), &account.id, client);
+                metered(relay(response).await, meter)
+            }
             Ok((_, response)) => relay(response).await,
             Err(answer) => answer,
         }

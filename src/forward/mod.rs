@@ -10,6 +10,7 @@ mod fallback;
 mod guard;
 mod headers;
 mod issuer;
+mod metered;
 mod relay;
 mod responses;
 mod upstream;

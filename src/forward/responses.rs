@@ -10,13 +10,15 @@ use serde_json::{Map, Value, json};
 
 use super::answer::{body_error, error_response, json_response};
 use super::body::{Body, Outgoing, full};
-use super::headers::{CHATGPT_ACCOUNT_ID, forwardable};
+use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
+use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER};
 use crate::engine::refresh::Asker;
 use crate::wire::encoding::{DecodeError, decode, is_encoded};
 use crate::wire::proto::ErrorCode;
 use crate::wire::responses::{MAX_ASSEMBLED, assemble, rewrite};
+use crate::wire::usage;
 
 /// The Codex version whose model list `/v1/models` asks for.
 const CODEX_CLIENT_VERSION: &str = "0.169.0";
@@ -31,18 +33,20 @@ impl Forwarder {
             Ok(rewritten) => rewritten,
             Err(refused) => return refused,
         };
+        let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
         let headers = codex_headers(parts.headers);
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
-        let response = match self
+        let (account, response) = match self
             .with_fallback(Method::POST, &url, headers, outgoing, by)
             .await
         {
-            Ok((_, response)) => response,
+            Ok(answered) => answered,
             Err(answer) => return answer,
         };
+        let mut meter = Meter::new(self.shared.clone(), &account.id, client);
         if client_stream || !response.status().is_success() {
-            return relay(response).await;
+            return metered(relay(response).await, meter);
         }
         let stream = match collect(response).await {
             Ok(stream) => stream,
@@ -55,7 +59,12 @@ impl Forwarder {
             }
         };
         match assemble(&stream) {
-            Ok(value) => json_response(StatusCode::OK, &value),
+            Ok(value) => {
+                if let Some((tokens, model)) = usage::completed(&value) {
+                    meter.completed(tokens, model.as_deref());
+                }
+                json_response(StatusCode::OK, &value)
+            }
             Err((status, value)) => json_response(status, &value),
         }
     }

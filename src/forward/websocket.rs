@@ -32,7 +32,9 @@ use crate::engine::config::WebSockets;
 use crate::engine::quota::{Quota, Source};
 use crate::engine::refresh::Asker;
 use crate::engine::store::Account;
+use crate::engine::usage::Answered;
 use crate::wire::proto::ErrorCode;
+use crate::wire::usage;
 use crate::wire::ws_message::Deflate;
 
 /// The forwarded WebSocket connections of one forwarder.
@@ -184,6 +186,7 @@ impl Forwarder {
             Err(refused) => return *refused,
         };
         let client_upgrade = hyper::upgrade::on(&mut request);
+        let client = usage::client(header_str(request.headers(), header::USER_AGENT));
         let headers = handshake_headers(request.into_parts().0.headers);
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
@@ -214,7 +217,9 @@ impl Forwarder {
             deflate,
             idle: sessions.idle,
             stop: sessions.stop.clone(),
-            observer: Box::new(move |text| observe_event(&engine, &account, text, &observer_by)),
+            observer: Box::new(move |text| {
+                observe_event(&engine, &account, &client, text, &observer_by);
+            }),
         };
         sessions.tracker.spawn(async move {
             let _permit = permit;
@@ -344,11 +349,12 @@ fn event_headers(event: &Value) -> HeaderMap {
 }
 
 /// Takes in one text message of the backend: a `codex.rate_limits` event
-/// updates the account's quota, an `error` event is judged as an HTTP
-/// answer with its status, headers and body would be (a limit reached
-/// marks the account used up, so that the client's next connection lands
-/// on another account).
-fn observe_event(engine: &Engine, account: &Account, text: &[u8], by: &Asker) {
+/// updates the account's quota, a `response.completed` counts a request
+/// and its tokens, an `error` event counts a failed one and is judged as
+/// an HTTP answer with its status, headers and body would be (a limit
+/// reached marks the account used up, so that the client's next
+/// connection lands on another account).
+fn observe_event(engine: &Engine, account: &Account, client: &str, text: &[u8], by: &Asker) {
     #[derive(Deserialize)]
     struct Kind<'a> {
         #[serde(rename = "type", borrow)]
@@ -358,13 +364,26 @@ fn observe_event(engine: &Engine, account: &Account, text: &[u8], by: &Asker) {
     let Ok(Kind { kind: Some(kind) }) = serde_json::from_slice::<Kind>(text) else {
         return;
     };
-    if kind != "codex.rate_limits" && kind != "error" {
+    if !matches!(&*kind, "codex.rate_limits" | "error" | "response.completed") {
         return;
     }
     let Ok(event) = serde_json::from_slice::<Value>(text) else {
         return;
     };
     let now = engine.refresher.now();
+    if kind != "codex.rate_limits" {
+        let completed = usage::completed(&event);
+        let answered = Answered {
+            account: &account.id,
+            client,
+            model: completed.as_ref().and_then(|(_, m)| m.as_deref()),
+            tokens: completed.as_ref().map(|(t, _)| *t),
+        };
+        engine.usage.record(&answered, now);
+    }
+    if kind == "response.completed" {
+        return;
+    }
     if kind == "codex.rate_limits" {
         engine.record_quota(
             &account.id,

@@ -344,18 +344,25 @@ async fn route(
             let store = shared.refresher.store().map_err(ApiError::internal)?;
             Ok(quota_json(&store.accounts))
         }
-        (_, "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota") => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::MethodNotAllowed,
-                format!("{} does not accept {}", path, request.method()),
-            ))
+        (&Method::GET, "/v1/usage") => {
+            let now = shared.refresher.now();
+            let since = since(&query, now)?;
+            Ok(json!({"since": since, "until": now, "rows": shared.usage.totals(since)}))
         }
+        (
+            _,
+            "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota" | "/v1/usage",
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            format!("{} does not accept {}", path, request.method()),
+        )),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             format!(
-                "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts and /v1/quota"
+                "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts, \
+                 /v1/quota and /v1/usage"
             ),
         )),
     }
@@ -365,6 +372,23 @@ pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
         .collect()
+}
+
+/// The start of the span `?since=SECS` asks for, unix seconds: a number
+/// below a billion is that many seconds before `now`, a larger one a unix
+/// time; without one, the last day.
+pub fn since(query: &HashMap<String, String>, now: i64) -> Result<i64, ApiError> {
+    const DAY: i64 = 86_400;
+    match query.get("since") {
+        None => Ok(now - DAY),
+        Some(text) => match text.parse::<i64>() {
+            Ok(ago @ 0..1_000_000_000) => Ok(now - ago),
+            Ok(at) if crate::wire::jwt::plausible_time(at) => Ok(at.min(now)),
+            _ => Err(ApiError::bad_request(format!(
+                "since must be a number of seconds before now or a unix time, not `{text}`"
+            ))),
+        },
+    }
 }
 
 pub fn min_ttl(query: &HashMap<String, String>) -> Result<i64, ApiError> {

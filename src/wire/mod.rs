@@ -8,6 +8,8 @@ pub mod encoding;
 pub mod jwt;
 pub mod proto;
 pub mod responses;
+pub mod sse_scan;
+pub mod usage;
 pub mod view;
 pub mod ws_frame;
 pub mod ws_message;

@@ -20,4 +20,5 @@ mod props;
 mod refresh;
 mod service;
 mod shield;
+mod usage;
 mod websocket;

@@ -535,3 +535,29 @@ fn compressed_frames_pass_unchanged_and_are_read_for_quota() {
     });
     assert_eq!(quota["source"], "websocket");
 }
+
+#[test]
+fn each_completed_response_on_a_websocket_counts_its_tokens() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let base = daemon.forwarder();
+    runtime().block_on(async {
+        let (mut ws, _) = connect(&base, "/codex/responses").await.unwrap();
+        for _ in 0..3 {
+            let events = turn(&mut ws).await;
+            assert_eq!(types(&events).last(), Some(&"response.completed"));
+        }
+    });
+    // Counted as the events pass, before the connection ends.
+    let (status, body) = daemon.api("GET", "/v1/usage", None);
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    let row = &rows[0];
+    assert_eq!(row["account_id"], "acc-main");
+    assert_eq!(row["client"], "unknown", "tungstenite sends no User-Agent");
+    assert_eq!(row["requests"], 3);
+    assert_eq!(row["input_tokens"], 3 * 1200);
+    assert_eq!(row["reasoning_tokens"], 3 * 128);
+}

@@ -106,6 +106,9 @@ struct State {
     /// Accounts, and access tokens, whose inference requests get 401 (a
     /// revoked access token).
     rejected: HashSet<String>,
+    /// The status every inference request gets instead of an answer (a
+    /// failure the fallback loop passes on), while set.
+    inference_error: Option<u16>,
     /// Per account: the 5-hour used percent sent in quota headers.
     quota: HashMap<String, f64>,
     /// While set, SSE answers hold after their first event until notified.
@@ -209,6 +212,11 @@ impl FakeUpstream {
         let mut state = self.state.lock().unwrap();
         state.limited.insert(account_id.into());
         state.limited_until.insert(account_id.into(), resets_at);
+    }
+
+    /// Makes every inference request answer `status` (a 500, say) while set.
+    pub fn fail_inference(&self, status: Option<u16>) {
+        self.state.lock().unwrap().inference_error = status;
     }
 
     /// Compresses inference error bodies with `coding` (`zstd`, `gzip`,
@@ -527,7 +535,13 @@ async fn handle(
                 )
             };
             let rejected = is_rejected(&state.lock().unwrap(), &recorded);
-            let mut response = if rejected {
+            let failing = state.lock().unwrap().inference_error;
+            let mut response = if let Some(status) = failing {
+                json_response(
+                    StatusCode::from_u16(status).unwrap(),
+                    json!({"error": {"type": "server_error", "message": "the model failed"}}),
+                )
+            } else if rejected {
                 rejected_answer(&state.lock().unwrap(), &recorded)
             } else if limited {
                 limited_answer(&state.lock().unwrap(), &recorded, &account)
@@ -1056,8 +1070,12 @@ async fn serve_websocket<S>(
     }
 }
 
+/// The model the fake's answers name.
+pub const FAKE_MODEL: &str = "gpt-fake-codex";
+
 /// The events of a finished answer: created, one assistant message,
-/// completed.
+/// completed (with the usage every answer reports: 1200 input tokens, 1024
+/// of them cached, 300 output, 128 of them reasoning).
 fn response_events() -> Vec<Value> {
     vec![
         json!({"type": "response.created", "response": {"id": "resp_fake"}}),
@@ -1065,9 +1083,11 @@ fn response_events() -> Vec<Value> {
             "type": "message", "role": "assistant", "id": "msg_fake",
             "content": [{"type": "output_text", "text": "hello from the fake backend"}]
         }}),
-        json!({"type": "response.completed", "response": {"id": "resp_fake", "usage": {
-            "input_tokens": 1, "input_tokens_details": null, "output_tokens": 1,
-            "output_tokens_details": null, "total_tokens": 2
+        json!({"type": "response.completed", "response": {"id": "resp_fake",
+            "model": FAKE_MODEL, "usage": {
+            "input_tokens": 1200, "input_tokens_details": {"cached_tokens": 1024},
+            "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 128},
+            "total_tokens": 1500
         }}}),
     ]
 }
