@@ -297,7 +297,8 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(90));
         assert_eq!(parse_duration("30m"), Some(1800));
         assert_eq!(parse_duration("2h"), Some(7200));
-        assert_eq!(parse_duration("2d"), None);
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        assert_eq!(parse_duration("2w"), None);
         assert_eq!(parse_duration("-1"), None);
         assert_eq!(parse_duration(""), None);
     }

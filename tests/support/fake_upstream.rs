@@ -103,6 +103,8 @@ struct State {
     /// Error answers of inference are compressed with this coding when the
     /// client accepts it.
     compress_errors: Option<&'static str>,
+    /// Compress them even for a client that asked for identity.
+    compress_unasked: bool,
     /// Accounts, and access tokens, whose inference requests get 401 (a
     /// revoked access token).
     rejected: HashSet<String>,
@@ -212,6 +214,14 @@ impl FakeUpstream {
         let mut state = self.state.lock().unwrap();
         state.limited.insert(account_id.into());
         state.limited_until.insert(account_id.into(), resets_at);
+    }
+
+    /// Compresses inference error bodies with `coding` whatever the client
+    /// accepts, as a backend that ignores `Accept-Encoding` would.
+    pub fn compress_errors_unasked(&self, coding: &'static str) {
+        let mut state = self.state.lock().unwrap();
+        state.compress_errors = Some(coding);
+        state.compress_unasked = true;
     }
 
     /// Makes every inference request answer `status` (a 500, say) while set.
@@ -933,7 +943,7 @@ fn error_answer(state: &State, req: &Recorded, status: StatusCode, body: Value) 
         .map_or("", String::as_str);
     let coding = state
         .compress_errors
-        .filter(|c| accepted.split(',').any(|a| a.trim() == *c));
+        .filter(|c| state.compress_unasked || accepted.split(',').any(|a| a.trim() == *c));
     let Some(coding) = coding else {
         return json_response(status, body);
     };
