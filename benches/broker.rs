@@ -18,11 +18,14 @@
 //!   forwarder and for nginx (where valgrind is installed): unlike times,
 //!   the same on every run of a build, however busy the machine is;
 //! - throughput for an account whose refresh backs off (its token valid
-//!   for days) against a healthy account.
+//!   for days) against a healthy account;
+//! - usage accounting: requests and streams through a daemon that counts
+//!   their tokens against one that does not, and the size of a usage file
+//!   of 30 days.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
-//! `backoff`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! `backoff`, `usage`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
@@ -383,6 +386,9 @@ fn main() {
     if wanted("backoff") {
         forward::backoff(&runtime, &upstream, run);
     }
+    if wanted("usage") {
+        forward::usage(&runtime, &upstream, run);
+    }
 }
 
 /// A daemon whose upstreams are a TLS server one emulated round trip away.
@@ -420,7 +426,15 @@ fn put_in_backoff(home: &Path) {
 
 /// A daemon in a home of its own.
 fn fresh_daemon(upstream: &upstream::Upstream) -> (tempfile::TempDir, Daemon) {
+    fresh_daemon_with(upstream, "")
+}
+
+/// [`fresh_daemon`] with `config` as its config.toml.
+fn fresh_daemon_with(upstream: &upstream::Upstream, config: &str) -> (tempfile::TempDir, Daemon) {
     let home = tempfile::tempdir().unwrap();
+    let broker_home = home.path().join(".config/codex-broker");
+    std::fs::create_dir_all(&broker_home).unwrap();
+    std::fs::write(broker_home.join("config.toml"), config).unwrap();
     let daemon = start(home.path(), upstream.addr, &[]);
     (home, daemon)
 }
@@ -644,8 +658,27 @@ mod upstream {
                 .unwrap());
         }
         let path = request.uri().path().to_owned();
+        let streamed = request.uri().query() == Some("stream");
         let _ = request.into_body().collect().await;
         let body = match path.as_str() {
+            // An answer as the backend streams it, ending with the usage
+            // the forwarder counts: at once, or EVENTS events apart.
+            "/backend-api/codex/responses" => {
+                let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
+                tokio::spawn(async move {
+                    let events = if streamed { EVENTS } else { 2 };
+                    for i in 1..=events {
+                        let event = answer_event(i == events);
+                        if tx.send_data(Bytes::from(event)).await.is_err() {
+                            return;
+                        }
+                        if streamed {
+                            tokio::time::sleep(EVENT_GAP).await;
+                        }
+                    }
+                });
+                body.boxed()
+            }
             "/backend-api/codex/stream" => {
                 let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
                 tokio::spawn(async move {
@@ -680,7 +713,8 @@ mod upstream {
         Ok(Response::builder()
             .header(
                 "content-type",
-                if path.ends_with("stream") || path.ends_with("hold") {
+                if path.ends_with("stream") || path.ends_with("hold") || path.ends_with("responses")
+                {
                     "text/event-stream"
                 } else {
                     "application/json"
@@ -688,6 +722,25 @@ mod upstream {
             )
             .body(body)
             .unwrap())
+    }
+
+    /// One SSE event of a streamed answer, carrying the time it was sent:
+    /// a text delta, or the `response.completed` with its usage.
+    fn answer_event(last: bool) -> String {
+        let sent_us = now_us();
+        let event = if last {
+            serde_json::json!({"type": "response.completed", "sent_us": sent_us,
+                "response": {"id": "resp_bench", "model": "gpt-bench", "usage": {
+                    "input_tokens": 1200, "input_tokens_details": {"cached_tokens": 1024},
+                    "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 128}}}})
+        } else {
+            serde_json::json!({"type": "response.output_text.delta", "sent_us": sent_us,
+                "delta": "some text"})
+        };
+        format!(
+            "event: {}\ndata: {event}\n\n",
+            event["type"].as_str().unwrap()
+        )
     }
 
     /// A WebSocket of the Responses transport: every text message from the
@@ -891,7 +944,10 @@ mod forward {
                 pending.push_str(&String::from_utf8_lossy(&data));
                 while let Some(end) = pending.find("\n\n") {
                     let event: String = pending.drain(..end + 2).collect();
-                    let json = event.trim().trim_start_matches("data: ");
+                    let json = event
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap_or_default();
                     let v: serde_json::Value = serde_json::from_str(json).unwrap();
                     let sent = v["sent_us"].as_u64().unwrap();
                     delays.push(arrived.saturating_sub(sent) as u32);
@@ -1043,6 +1099,95 @@ mod forward {
                 percentile(n, 0.5) - percentile(&mut d, 0.5)
             );
         }
+    }
+
+    /// What counting usage costs: the same requests and streams through a
+    /// daemon that counts them and one with `usage = false`, alternating,
+    /// the better of two runs each; and the size of a usage file of 30
+    /// days of 3 accounts, 5 clients and 4 models.
+    pub fn usage(runtime: &tokio::runtime::Runtime, upstream: &Upstream, run: Duration) {
+        let (_counting_home, counting) = super::fresh_daemon(upstream);
+        let (_off_home, off) = super::fresh_daemon_with(upstream, "usage = false\n");
+        let addrs = [
+            forwarder_addr(runtime, &counting.socket),
+            forwarder_addr(runtime, &off.socket),
+        ];
+        let path = "/codex/responses";
+        let mut best = [0.0f64; 2];
+        let mut p50 = [0.0f64; 2];
+        let mut delays: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            for (i, addr) in addrs.into_iter().enumerate() {
+                let stats = runtime.block_on(small(addr, path, 32, run));
+                if stats.rate > best[i] {
+                    (best[i], p50[i]) = (stats.rate, stats.p50);
+                }
+                delays[i].extend(runtime.block_on(sse(addr, "/codex/responses?stream", 5)));
+            }
+        }
+        println!();
+        println!(
+            "usage accounting, POST /codex/responses (SSE answer with usage), 32 connections: \
+             counting {:.0} req/s (p50 {:.0} us), not counting {:.0} req/s (p50 {:.0} us): {:.2}",
+            best[0],
+            p50[0],
+            best[1],
+            p50[1],
+            best[0] / best[1]
+        );
+        let [counted, uncounted] = &mut delays;
+        println!(
+            "  SSE event delay, counting p50 {:.0} us, p99 {:.0} us; not counting p50 {:.0} us, \
+             p99 {:.0} us",
+            percentile(counted, 0.5),
+            percentile(counted, 0.99),
+            percentile(uncounted, 0.5),
+            percentile(uncounted, 0.99)
+        );
+        let (rows, bytes) = usage_file_size();
+        println!(
+            "  usage.json of 30 days x 3 accounts x 5 clients x 4 models: {rows} rows, {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+
+    /// Rows and bytes of a usage file with an answer in every hour of 30
+    /// days for every account, client and model of 3 x 5 x 4.
+    fn usage_file_size() -> (usize, u64) {
+        use codex_broker::engine::usage::{Answered, Usage};
+        use codex_broker::wire::usage::Tokens;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.json");
+        let usage = Usage::open(path.clone());
+        let now = super::now();
+        let tokens = Tokens {
+            input: 123_456,
+            cached_input: 100_000,
+            output: 23_456,
+            reasoning: 12_345,
+        };
+        for hour in 0..30 * 24 {
+            for account in [
+                "acc-1a2b3c4d-0001",
+                "acc-1a2b3c4d-0002",
+                "acc-1a2b3c4d-0003",
+            ] {
+                for client in ["codex_cli_rs", "opencode", "OpenAI", "pi", "curl"] {
+                    for model in ["gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-5.1", "gpt-5"] {
+                        let answered = Answered {
+                            account,
+                            client,
+                            model: Some(model),
+                            tokens: Some(tokens),
+                        };
+                        usage.record(&answered, now - hour * 3600);
+                    }
+                }
+            }
+        }
+        usage.save(now).unwrap();
+        let rows = usage.rows(0).len();
+        (rows, std::fs::metadata(&path).unwrap().len())
     }
 
     /// Throughput for an account whose refresh backs off (its token valid

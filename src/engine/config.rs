@@ -42,6 +42,7 @@ struct File {
     max_websockets: Option<i64>,
     shield: Option<bool>,
     follow_interval: Option<toml::Value>,
+    usage: Option<bool>,
 }
 
 /// The settings in force.
@@ -60,6 +61,9 @@ pub struct Config {
     pub shield: bool,
     /// Seconds between a follower's rounds with its leader.
     pub follow_interval: i64,
+    /// Count the tokens of the answers the forwarder relays
+    /// ([`crate::engine::usage`]); false leaves answers unread.
+    pub usage: bool,
 }
 
 /// The forwarder's WebSocket settings.
@@ -134,6 +138,7 @@ impl Config {
             },
             shield: file.shield.unwrap_or(false),
             follow_interval,
+            usage: file.usage.unwrap_or(true),
         })
     }
 }

@@ -38,7 +38,9 @@ impl Forwarder {
             Err(e) => return body_error(e),
         };
         // An inference answer is read for its usage: it comes uncompressed.
-        let inference = parts.method == Method::POST && INFERENCE.contains(&parts.uri.path());
+        let inference = self.shared.config.usage
+            && parts.method == Method::POST
+            && INFERENCE.contains(&parts.uri.path());
         let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
         let mut headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
         if inference {
@@ -53,7 +55,7 @@ impl Forwarder {
         {
             Ok((account, response)) if inference => {
                 let meter = Meter::new(self.shared.clone(), &account.id, client);
-                metered(relay(response).await, meter)
+                metered(relay(response).await, Some(meter))
             }
             Ok((_, response)) => relay(response).await,
             Err(answer) => answer,

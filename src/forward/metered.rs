@@ -82,8 +82,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// `response` with its body metered: a successful answer is read as an SSE
-/// stream; any other is counted as an error at once.
-pub fn metered(response: Response<Body>, mut meter: Meter) -> Response<Body> {
+/// stream; any other is counted as an error at once. Without a meter
+/// (usage is not counted), `response` as it is.
+pub fn metered(response: Response<Body>, meter: Option<Meter>) -> Response<Body> {
+    let Some(mut meter) = meter else {
+        return response;
+    };
     if !response.status().is_success() {
         meter.count(None, None);
         return response;

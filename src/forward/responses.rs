@@ -44,7 +44,11 @@ impl Forwarder {
             Ok(answered) => answered,
             Err(answer) => return answer,
         };
-        let mut meter = Meter::new(self.shared.clone(), &account.id, client);
+        let mut meter = self
+            .shared
+            .config
+            .usage
+            .then(|| Meter::new(self.shared.clone(), &account.id, client));
         if client_stream || !response.status().is_success() {
             return metered(relay(response).await, meter);
         }
@@ -60,7 +64,9 @@ impl Forwarder {
         };
         match assemble(&stream) {
             Ok(value) => {
-                if let Some((tokens, model)) = usage::completed(&value) {
+                if let (Some(meter), Some((tokens, model))) =
+                    (meter.as_mut(), usage::completed(&value))
+                {
                     meter.completed(tokens, model.as_deref());
                 }
                 json_response(StatusCode::OK, &value)

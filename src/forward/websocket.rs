@@ -364,14 +364,17 @@ fn observe_event(engine: &Engine, account: &Account, client: &str, text: &[u8], 
     let Ok(Kind { kind: Some(kind) }) = serde_json::from_slice::<Kind>(text) else {
         return;
     };
-    if !matches!(&*kind, "codex.rate_limits" | "error" | "response.completed") {
+    let counted = engine.config.usage;
+    let wanted =
+        matches!(&*kind, "codex.rate_limits" | "error") || counted && kind == "response.completed";
+    if !wanted {
         return;
     }
     let Ok(event) = serde_json::from_slice::<Value>(text) else {
         return;
     };
     let now = engine.refresher.now();
-    if kind != "codex.rate_limits" {
+    if kind != "codex.rate_limits" && counted {
         let completed = usage::completed(&event);
         let answered = Answered {
             account: &account.id,
