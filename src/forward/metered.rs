@@ -10,13 +10,15 @@ use std::task::{Context, Poll};
 use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::{Body as HttpBody, Bytes, Frame, SizeHint};
-use serde_json::Value;
 
 use super::body::{Body, BoxError};
 use crate::engine::Engine;
 use crate::engine::usage::Answered;
 use crate::wire::sse_scan::SseScan;
-use crate::wire::usage::{Tokens, completed};
+use crate::wire::usage::{Tokens, completed_event};
+
+/// The event that carries a response's usage.
+const COMPLETED: &str = "response.completed";
 
 /// One request to count: counted once, as an error if nothing else came.
 pub struct Meter {
@@ -57,14 +59,11 @@ impl Meter {
             .record(&answered, self.engine.refresher.now());
     }
 
-    /// Reads one event's data: a `response.completed` counts the request.
+    /// Reads the data of a `response.completed` event: it counts the
+    /// request.
     pub fn event(&mut self, data: &[u8]) {
-        // Only the one event that carries usage is parsed.
-        if self.counted || !contains(data, b"response.completed") {
-            return;
-        }
-        if let Ok(event) = serde_json::from_slice::<Value>(data)
-            && let Some((tokens, model)) = completed(&event)
+        if !self.counted
+            && let Some((tokens, model)) = completed_event(data)
         {
             self.completed(tokens, model.as_deref());
         }
@@ -75,10 +74,6 @@ impl Drop for Meter {
     fn drop(&mut self) {
         self.count(None, None);
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `response` with its body metered: a successful answer is read as an SSE
@@ -95,7 +90,7 @@ pub fn metered(response: Response<Body>, meter: Option<Meter>) -> Response<Body>
     response.map(|inner| {
         BodyExt::boxed(Metered {
             inner,
-            scan: SseScan::default(),
+            scan: SseScan::new(COMPLETED),
             meter,
         })
     })

@@ -65,7 +65,7 @@ impl Forwarder {
         match assemble(&stream) {
             Ok(value) => {
                 if let (Some(meter), Some((tokens, model))) =
-                    (meter.as_mut(), usage::completed(&value))
+                    (meter.as_mut(), usage::completed_response(&value))
                 {
                     meter.completed(tokens, model.as_deref());
                 }

@@ -375,7 +375,7 @@ fn observe_event(engine: &Engine, account: &Account, client: &str, text: &[u8], 
     };
     let now = engine.refresher.now();
     if kind != "codex.rate_limits" && counted {
-        let completed = usage::completed(&event);
+        let completed = usage::completed_event(text);
         let answered = Answered {
             account: &account.id,
             client,

@@ -32,29 +32,75 @@ impl Tokens {
     }
 }
 
-/// What a `response.completed` event (or a finished response object, as
-/// `stream:false` answers it) reports: its tokens and model. `None` for any other event, or one
-/// without a readable `usage`.
-pub fn completed(event: &Value) -> Option<(Tokens, Option<String>)> {
-    let response = match event.get("type").and_then(Value::as_str) {
-        Some("response.completed") => event.get("response")?,
-        _ if event.get("object").and_then(Value::as_str) == Some("response") => event,
-        _ => return None,
-    };
-    let usage = response.get("usage")?;
-    let count = |v: Option<&Value>| {
-        v.and_then(Value::as_u64)
-            .filter(|n| *n <= MAX_TOKENS)
-            .unwrap_or(0)
-    };
-    let tokens = Tokens {
-        input: count(usage.get("input_tokens")),
-        cached_input: count(usage.pointer("/input_tokens_details/cached_tokens")),
-        output: count(usage.get("output_tokens")),
-        reasoning: count(usage.pointer("/output_tokens_details/reasoning_tokens")),
-    };
-    let model = response.get("model").and_then(Value::as_str).and_then(name);
-    Some((tokens, model))
+/// A finished response, as far as its usage goes; everything else it
+/// holds (the whole answer) is skipped unread.
+#[derive(Deserialize)]
+struct Finished<'a> {
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    usage: Option<UsageField>,
+}
+
+#[derive(Deserialize)]
+struct UsageField {
+    #[serde(default, deserialize_with = "count")]
+    input_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+    #[serde(default, deserialize_with = "count")]
+    output_tokens: u64,
+    #[serde(default)]
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default, deserialize_with = "count")]
+    cached_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    reasoning_tokens: u64,
+}
+
+/// A token count from outside: a whole number up to [`MAX_TOKENS`], else
+/// nothing (0), whatever type it came as.
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = Value::deserialize(d)?;
+    Ok(value.as_u64().filter(|n| *n <= MAX_TOKENS).unwrap_or(0))
+}
+
+impl Finished<'_> {
+    fn read(self) -> Option<(Tokens, Option<String>)> {
+        let usage = self.usage?;
+        let detail = |d: &Option<Details>, pick: fn(&Details) -> u64| d.as_ref().map_or(0, pick);
+        let tokens = Tokens {
+            input: usage.input_tokens,
+            cached_input: detail(&usage.input_tokens_details, |d| d.cached_tokens),
+            output: usage.output_tokens,
+            reasoning: detail(&usage.output_tokens_details, |d| d.reasoning_tokens),
+        };
+        Some((tokens, self.model.as_deref().and_then(name)))
+    }
+}
+
+/// What the data of a `response.completed` event reports: its tokens and
+/// model. `None` for any other event, or one without a readable `usage`.
+pub fn completed_event(data: &[u8]) -> Option<(Tokens, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Event<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        response: Option<Finished<'a>>,
+    }
+    let event: Event = serde_json::from_slice(data).ok()?;
+    (event.kind == "response.completed").then_some(())?;
+    event.response?.read()
+}
+
+/// What a finished response object (as a `stream:false` answer carries it)
+/// reports: its tokens and model.
+pub fn completed_response(response: &Value) -> Option<(Tokens, Option<String>)> {
+    Finished::deserialize(response).ok()?.read()
 }
 
 /// The client a `User-Agent` names: its first product token
@@ -86,10 +132,15 @@ mod tests {
     #[test]
     fn a_completed_event_gives_its_tokens_and_model() {
         let event = json!({"type": "response.completed", "response": {"model": "gpt-5.1-codex",
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}],
             "usage": {"input_tokens": 1200, "input_tokens_details": {"cached_tokens": 1024},
                 "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 128},
                 "total_tokens": 1500}}});
-        let (tokens, model) = completed(&event).unwrap();
+        let (tokens, model) = completed_event(event.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            completed_response(&event["response"]),
+            Some((tokens, model.clone()))
+        );
         assert_eq!(
             tokens,
             Tokens {
@@ -108,11 +159,14 @@ mod tests {
             "usage": {"input_tokens": -5, "output_tokens": 1e300,
                 "input_tokens_details": {"cached_tokens": "9"},
                 "output_tokens_details": {"reasoning_tokens": u64::MAX}}}});
-        let (tokens, model) = completed(&event).unwrap();
+        let (tokens, model) = completed_event(event.to_string().as_bytes()).unwrap();
         assert_eq!(tokens, Tokens::default());
         assert_eq!(model, None);
-        assert!(completed(&json!({"type": "response.output_text.delta"})).is_none());
-        assert!(completed(&json!({"type": "response.completed", "response": {}})).is_none());
+        let none = |v: Value| completed_event(v.to_string().as_bytes());
+        assert!(none(json!({"type": "response.output_text.delta"})).is_none());
+        assert!(none(json!({"type": "response.completed", "response": {}})).is_none());
+        assert!(none(json!({"type": "response.completed", "response": 7})).is_none());
+        assert!(completed_event(b"{\"type\": \"response.completed\", \"resp").is_none());
     }
 
     #[test]
