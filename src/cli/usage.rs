@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::base::display::{self, Table};
 use crate::base::paths::Paths;
 use crate::engine::config::parse_duration;
-use crate::engine::usage::{Counts, Total, Usage};
+use crate::engine::usage::{Counts, Total, Usage, busiest_first};
 use crate::socket::client::{self, Answer};
 
 /// Show the tokens the forwarder's answers used
@@ -107,7 +107,7 @@ fn summed(rows: Vec<Total>, by: By) -> Vec<Total> {
             }
         })
         .collect();
-    totals.sort_by_key(|t| std::cmp::Reverse(t.counts.requests));
+    busiest_first(&mut totals);
     totals
 }
 

@@ -48,12 +48,8 @@ pub struct Counts {
 pub struct Row {
     /// The hour's start, unix seconds.
     pub hour: i64,
-    #[serde(rename = "account_id")]
-    pub account: String,
-    pub client: String,
-    pub model: String,
     #[serde(flatten)]
-    pub counts: Counts,
+    pub total: Total,
 }
 
 /// The sums of one account, client and model over a span of hours.
@@ -65,6 +61,11 @@ pub struct Total {
     pub model: String,
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+/// Orders `totals` by requests, the most first.
+pub fn busiest_first(totals: &mut [Total]) {
+    totals.sort_by_key(|t| std::cmp::Reverse(t.counts.requests));
 }
 
 impl Counts {
@@ -155,10 +156,12 @@ impl Usage {
             .filter(|(key, _)| key.hour >= from)
             .map(|(key, counts)| Row {
                 hour: key.hour,
-                account: key.account.clone(),
-                client: key.client.clone(),
-                model: key.model.clone(),
-                counts: *counts,
+                total: Total {
+                    account: key.account.clone(),
+                    client: key.client.clone(),
+                    model: key.model.clone(),
+                    counts: *counts,
+                },
             })
             .collect()
     }
@@ -167,11 +170,9 @@ impl Usage {
     /// on (rows without an hour), busiest first.
     pub fn totals(&self, since: i64) -> Vec<Total> {
         let mut sums: BTreeMap<(String, String, String), Counts> = BTreeMap::new();
-        for row in self.rows(since) {
-            let sum = sums
-                .entry((row.account, row.client, row.model))
-                .or_default();
-            sum.add(&row.counts);
+        for Row { total: t, .. } in self.rows(since) {
+            let sum = sums.entry((t.account, t.client, t.model)).or_default();
+            sum.add(&t.counts);
         }
         let mut totals: Vec<Total> = sums
             .into_iter()
@@ -182,7 +183,7 @@ impl Usage {
                 counts,
             })
             .collect();
-        totals.sort_by_key(|t| std::cmp::Reverse(t.counts.requests));
+        busiest_first(&mut totals);
         totals
     }
 
@@ -231,17 +232,17 @@ fn read(path: &Path) -> Result<BTreeMap<Key, Counts>, String> {
     Ok(file
         .rows
         .into_iter()
-        .filter(|r| named(&r.account) && named(&r.client) && named(&r.model))
+        .filter(|r| named(&r.total.account) && named(&r.total.client) && named(&r.total.model))
         .filter(|r| r.hour.rem_euclid(3600) == 0 && crate::wire::jwt::plausible_time(r.hour))
         .take(MAX_ROWS)
-        .map(|r| {
+        .map(|Row { hour, total: t }| {
             let key = Key {
-                hour: r.hour,
-                account: r.account,
-                client: r.client,
-                model: r.model,
+                hour,
+                account: t.account,
+                client: t.client,
+                model: t.model,
             };
-            (key, r.counts)
+            (key, t.counts)
         })
         .collect())
 }
@@ -285,9 +286,12 @@ mod tests {
         let rows = usage.rows(NOW - 7200);
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0].hour, NOW - NOW % 3600);
-        assert_eq!(rows[0].counts.requests, 2);
-        assert_eq!(rows[0].counts.tokens, tokens(1600));
-        assert_eq!((rows[1].counts.requests, rows[1].counts.errors), (1, 1));
+        assert_eq!(rows[0].total.counts.requests, 2);
+        assert_eq!(rows[0].total.counts.tokens, tokens(1600));
+        assert_eq!(
+            (rows[1].total.counts.requests, rows[1].total.counts.errors),
+            (1, 1)
+        );
         let totals = usage.totals(NOW - 7200);
         assert_eq!(totals.len(), 1);
         assert_eq!(totals[0].counts.requests, 3);
@@ -296,7 +300,12 @@ mod tests {
         usage.save(NOW + 3600).unwrap();
         let again = Usage::open(path.clone());
         assert_eq!(again.rows(0), usage.rows(0));
-        assert!(again.rows(0).iter().all(|r| r.client == "codex_cli_rs"));
+        assert!(
+            again
+                .rows(0)
+                .iter()
+                .all(|r| r.total.client == "codex_cli_rs")
+        );
         // Nothing changed: nothing is written.
         std::fs::remove_file(&path).unwrap();
         again.save(NOW + 3600).unwrap();
@@ -319,7 +328,7 @@ mod tests {
         let usage = Usage::open(path);
         let rows = usage.rows(0);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].counts.tokens.input, 5);
+        assert_eq!(rows[0].total.counts.tokens.input, 5);
 
         let usage = Usage::open(dir.path().join("other.json"));
         for i in 0..MAX_ROWS + 10 {
@@ -328,7 +337,7 @@ mod tests {
         }
         let rows = usage.rows(0);
         assert_eq!(rows.len(), MAX_ROWS + 1);
-        let other = rows.iter().find(|r| r.client == OTHER).unwrap();
-        assert_eq!(other.counts.requests, 10);
+        let other = rows.iter().find(|r| r.total.client == OTHER).unwrap();
+        assert_eq!(other.total.counts.requests, 10);
     }
 }

@@ -21,6 +21,25 @@ impl Rng {
     }
 }
 
+/// The contents auth.json and the store had after a whole switch.
+type Versions = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Asserts that auth.json and the store each hold one of `versions`, whole.
+fn assert_old_or_new(env: &TestEnv, versions: &Versions, at: &str) {
+    let auth = std::fs::read(env.auth_path()).unwrap();
+    let store = std::fs::read(env.store_path()).unwrap();
+    assert!(
+        versions.iter().any(|(a, _)| *a == auth),
+        "{at}: auth.json is torn:\n{}",
+        String::from_utf8_lossy(&auth)
+    );
+    assert!(
+        versions.iter().any(|(_, s)| *s == store),
+        "{at}: the store is torn:\n{}",
+        String::from_utf8_lossy(&store)
+    );
+}
+
 fn switch(env: &TestEnv, id: &str) -> Command {
     let mut cmd = env.std_cmd();
     cmd.args(["accounts", "switch", id])
@@ -79,18 +98,7 @@ fn sigkill_mid_write_leaves_old_or_new_files() {
         if std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
             killed_alive += 1;
         }
-        let auth = std::fs::read(env.auth_path()).unwrap();
-        let store = std::fs::read(env.store_path()).unwrap();
-        assert!(
-            versions.iter().any(|(a, _)| *a == auth),
-            "round {round} (seed {seed}): auth.json is torn:\n{}",
-            String::from_utf8_lossy(&auth)
-        );
-        assert!(
-            versions.iter().any(|(_, s)| *s == store),
-            "round {round} (seed {seed}): the store is torn:\n{}",
-            String::from_utf8_lossy(&store)
-        );
+        assert_old_or_new(&env, &versions, &format!("round {round} (seed {seed})"));
     }
     eprintln!("{killed_alive} of {rounds} kills hit a running process");
     assert_eq!(
@@ -261,19 +269,8 @@ fn sigkill_at_each_step_of_a_write_leaves_old_or_new_files() {
                     .unwrap();
                 let signal = std::os::unix::process::ExitStatusExt::signal(&status);
                 kills += usize::from(signal == Some(9));
-                let auth = std::fs::read(env.auth_path()).unwrap();
-                let store = std::fs::read(env.store_path()).unwrap();
                 let at = format!("kill at {syscall} #{n} of a switch to {id}");
-                assert!(
-                    versions.iter().any(|(a, _)| *a == auth),
-                    "{at}: auth.json is torn:\n{}",
-                    String::from_utf8_lossy(&auth)
-                );
-                assert!(
-                    versions.iter().any(|(_, s)| *s == store),
-                    "{at}: the store is torn:\n{}",
-                    String::from_utf8_lossy(&store)
-                );
+                assert_old_or_new(&env, &versions, &at);
                 // The next kill starts from the same files.
                 assert!(switch(&env, other).status().unwrap().success());
             }
