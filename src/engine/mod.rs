@@ -6,6 +6,7 @@
 pub mod config;
 pub mod due;
 pub mod journal;
+pub mod metrics;
 pub mod quota;
 pub mod refresh;
 pub mod routing;
@@ -27,6 +28,7 @@ use serde_json::Value;
 use crate::base::paths::Paths;
 use crate::engine::config::Config;
 use crate::engine::due::recently_refreshed;
+use crate::engine::metrics::Metrics;
 use crate::engine::quota::{Quota, Source};
 use crate::engine::refresh::{Asker, LOGIN_HINT, RefreshError, Refresher};
 use crate::engine::store::{Account, State, StoreError};
@@ -78,6 +80,8 @@ pub struct Engine {
     reports: Arc<tokio::sync::Semaphore>,
     /// Token usage of the answers the forwarder relayed.
     pub usage: usage::Usage,
+    /// The counters `/metrics` exposes (shared with the refresher).
+    pub metrics: Metrics,
 }
 
 /// Quota reports to the leader that may be under way at once.
@@ -95,6 +99,7 @@ impl Engine {
             .canonicalize()
             .unwrap_or_else(|_| paths.home.clone());
         let paths_usage = paths.usage();
+        let metrics = refresher.metrics().clone();
         Engine {
             paths,
             home_real,
@@ -108,7 +113,15 @@ impl Engine {
             leader_problem: Mutex::new(None),
             reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT)),
             usage: usage::Usage::open(paths_usage),
+            metrics,
         }
+    }
+
+    /// The Prometheus text exposition: the counters, and the accounts as
+    /// the store holds them now.
+    pub fn metrics_text(&self) -> Result<String, RefreshError> {
+        let store = self.refresher.store()?;
+        Ok(self.metrics.encode(&store.accounts, self.refresher.now()))
     }
 
     /// This engine as a follower of `leader`.

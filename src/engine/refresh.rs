@@ -38,6 +38,7 @@ use crate::engine::due::{
     servable, still_valid,
 };
 use crate::engine::journal::{Entry, Event, Journal, new_flight};
+use crate::engine::metrics::{Metrics, RefreshResult};
 use crate::engine::served::{Served, ServedError};
 use crate::engine::store::{Account, State, Store, StoreError, StoreFile};
 use crate::follow::leader::Leader;
@@ -191,6 +192,7 @@ struct Inner {
     forced: Mutex<HashMap<String, i64>>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    metrics: Metrics,
 }
 
 /// Where new tokens come from: the issuer, or (for a follower, which
@@ -247,6 +249,7 @@ impl Refresher {
                 forced: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                metrics: Metrics::default(),
             }),
         }
     }
@@ -254,6 +257,11 @@ impl Refresher {
     /// The current wall-clock time, unix seconds.
     pub fn now(&self) -> i64 {
         (self.inner.clock)().unix_timestamp()
+    }
+
+    /// The counters this engine and the servers above it keep.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn journal(&self) -> &Journal {
@@ -557,6 +565,7 @@ impl Refresher {
         let answer = self.ask(&account, &spent, min_ttl).await;
         let failure = match answer {
             Ok(response) => {
+                self.inner.metrics.refreshed(&id, RefreshResult::Rotated);
                 let rotated = rotate(&account, response, (self.inner.clock)());
                 let by = by.clone();
                 return self
@@ -567,11 +576,27 @@ impl Refresher {
             }
             Err(e) => without_secrets(e, &account),
         };
-        let (event, code, reason) = match &failure {
-            OAuthError::Permanent { code, .. } => (Event::Rejected, Some(code.clone()), None),
-            OAuthError::Transient(reason) => (Event::Transient, None, Some(reason.clone())),
-            OAuthError::Lost(reason) => (Event::RefreshInterrupted, None, Some(reason.clone())),
+        let (event, result, code, reason) = match &failure {
+            OAuthError::Permanent { code, .. } => (
+                Event::Rejected,
+                RefreshResult::Rejected,
+                Some(code.clone()),
+                None,
+            ),
+            OAuthError::Transient(reason) => (
+                Event::Transient,
+                RefreshResult::Transient,
+                None,
+                Some(reason.clone()),
+            ),
+            OAuthError::Lost(reason) => (
+                Event::RefreshInterrupted,
+                RefreshResult::Interrupted,
+                None,
+                Some(reason.clone()),
+            ),
         };
+        self.inner.metrics.refreshed(&id, result);
         let mut e = entry(event);
         (e.code, e.reason) = (code, reason);
         e.after_interrupted = after_interrupted;

@@ -11,7 +11,7 @@ use super::body::{Body, Outgoing, full};
 use super::headers::{CHATGPT_ACCOUNT_ID, declared_length, forwardable, header_str};
 use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
-use super::{Forwarder, RETRY_BUFFER, upstream};
+use super::{Forwarder, RETRY_BUFFER, trace, upstream};
 use crate::engine::Engine;
 use crate::engine::quota::Source;
 use crate::engine::refresh::{Asker, RefreshError};
@@ -81,6 +81,7 @@ impl Forwarder {
         let mut replayed: Vec<String> = Vec::new();
         let mut again: Option<Picked> = None;
         let mut last: Option<Response<Body>> = None;
+        let mut fell_from: Option<String> = None;
         loop {
             let account = match again.take() {
                 Some(account) => account,
@@ -97,6 +98,10 @@ impl Forwarder {
             let Some(body) = outgoing.attempt() else {
                 return Err(last.expect("a streamed body is spent only by an attempt"));
             };
+            if let Some(from) = fell_from.take() {
+                self.shared.metrics.fell_back(&from);
+            }
+            trace::routed(&account.id);
             let mut headers = headers.clone();
             self.bearers.set_credentials(&mut headers, &account);
             let response = self.send(method.clone(), url, headers, body).await?;
@@ -141,6 +146,7 @@ impl Forwarder {
             tracing::info!(account = %account.id, status, "backend refused the account; trying the next one");
             if observed.skip {
                 tried.push(account.id.clone());
+                fell_from = Some(account.id.clone());
             }
         }
     }

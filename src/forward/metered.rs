@@ -48,6 +48,9 @@ impl Meter {
             return;
         }
         self.counted = true;
+        if let Some(tokens) = &tokens {
+            self.engine.metrics.used(&self.account, tokens);
+        }
         let answered = Answered {
             account: &self.account,
             client: &self.client,

@@ -13,6 +13,8 @@ mod issuer;
 mod metered;
 mod relay;
 mod responses;
+mod route;
+mod trace;
 mod upstream;
 mod usage;
 mod warm;
@@ -26,18 +28,19 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::base::server::{self, Connections, Limits};
-use crate::engine::Engine;
 use crate::engine::refresh::Asker;
+use crate::engine::{Engine, metrics};
 use crate::wire::proto::ErrorCode;
 pub use answer::error_response;
 use bearers::Bearers;
 pub use body::{Body, BoxError};
 use headers::{header_str, is_websocket, upstream_url};
+use route::Route;
 
 /// The forwarder's address unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1456";
@@ -157,65 +160,89 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 
 impl Forwarder {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().clone();
+        let route = Route::of(&method, request.uri().path(), is_websocket(&request));
+        let metrics = &self.shared.metrics;
+        if let Some(refused) = guard::refuse(&request) {
+            metrics.answered("", "refused", refused.status().as_u16());
+            return refused;
+        }
+        let (response, trace) = trace::traced(self.dispatch(route, request)).await;
+        let status = response.status().as_u16();
+        let account = trace.account.as_deref().unwrap_or_default();
+        metrics.answered(account, route.name(), status);
+        if let Some(waited) = trace.upstream {
+            metrics.upstream(route.name(), waited);
+        }
+        tracing::debug!(%method, route = route.name(), status, "forwarded");
+        response
+    }
+
+    async fn dispatch(&self, route: Route, request: Request<Incoming>) -> Response<Body> {
         let target = request.uri().clone();
         let path = target.path();
         let url = |base: &str, path: &str| upstream_url(base, path, target.query());
-        if let Some(refused) = guard::refuse(&request) {
-            return refused;
-        }
-        let method = request.method().clone();
         let by = Asker::forwarder_client(header_str(request.headers(), header::USER_AGENT));
-        let response = if is_websocket(&request) {
-            match websocket::upstream_path(path) {
-                Some(upstream) => {
-                    let url = url(&self.chatgpt_base, upstream);
-                    self.websocket(request, url, &by).await
-                }
-                None => error_response(
-                    StatusCode::UPGRADE_REQUIRED,
-                    ErrorCode::WebsocketUnsupported,
-                    &format!(
-                        "the forwarder relays WebSocket connections only on /codex/responses, \
-                         not {path}; use HTTP"
-                    ),
-                ),
+        match route {
+            Route::Websocket => {
+                let url = url(&self.chatgpt_base, "/codex/responses");
+                self.websocket(request, url, &by).await
             }
-        } else if method == Method::POST && path == "/oauth/token" {
-            self.token_endpoint(request, &by).await
-        } else if method == Method::POST && path == "/oauth/revoke" {
-            self.revoke_endpoint(request).await
-        } else if path.starts_with("/oauth/")
-            || path.starts_with("/api/accounts/")
-            || path == "/codex/device"
-            || path.starts_with("/deviceauth/")
-        {
-            let url = url(&self.issuer, path);
-            self.to_issuer(request, url).await
-        } else if path.starts_with("/codex/") {
-            let url = url(&self.chatgpt_base, path);
-            self.to_backend(request, url, &by).await
-        } else if let Some(rest) = path.strip_prefix("/backend-api/") {
-            let url = url(&self.chatgpt_base, &path["/backend-api".len()..]);
-            if rest == "wham/usage" && method == Method::GET {
-                self.usage(request, url, &by).await
-            } else {
+            Route::WebsocketElsewhere => error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::WebsocketUnsupported,
+                &format!(
+                    "the forwarder relays WebSocket connections only on /codex/responses, \
+                     not {path}; use HTTP"
+                ),
+            ),
+            Route::Token => self.token_endpoint(request, &by).await,
+            Route::Revoke => self.revoke_endpoint(request).await,
+            Route::Issuer => {
+                let url = url(&self.issuer, path);
+                self.to_issuer(request, url).await
+            }
+            Route::Codex => {
+                let url = url(&self.chatgpt_base, path);
                 self.to_backend(request, url, &by).await
             }
-        } else if path == "/v1/responses" && method == Method::POST {
-            self.responses(request, &by).await
-        } else if path == "/v1/models" && method == Method::GET {
-            self.models(&by).await
-        } else {
-            error_response(
+            Route::WhamUsage | Route::BackendApi => {
+                let url = url(&self.chatgpt_base, &path["/backend-api".len()..]);
+                if route == Route::WhamUsage {
+                    self.usage(request, url, &by).await
+                } else {
+                    self.to_backend(request, url, &by).await
+                }
+            }
+            Route::Responses => self.responses(request, &by).await,
+            Route::Models => self.models(&by).await,
+            Route::Metrics => self.metrics(),
+            Route::Unknown => error_response(
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 &format!(
                     "the forwarder has no route for {path}; it serves /oauth/*, /codex/*, \
-                     /backend-api/*, /v1/responses and /v1/models"
+                     /backend-api/*, /v1/responses, /v1/models and /metrics"
                 ),
-            )
+            ),
+        }
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    fn metrics(&self) -> Response<Body> {
+        let text = match self.shared.metrics_text() {
+            Ok(text) => text,
+            Err(e) => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    &format!("cannot read the account store: {e}"),
+                );
+            }
         };
-        tracing::debug!(%method, %path, status = response.status().as_u16(), "forwarded");
-        response
+        Response::builder()
+            .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
+            .body(body::full(text))
+            .expect("a response built from valid parts")
     }
 }

@@ -1,6 +1,6 @@
 //! Sending a request upstream and passing its answer back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Bytes;
@@ -10,7 +10,7 @@ use hyper::{Method, Response, StatusCode};
 use super::answer::error_response;
 use super::body::{Body, BoxError, Chain};
 use super::headers::{forwardable, header_str};
-use super::{Forwarder, SMALL_BODY, upstream};
+use super::{Forwarder, SMALL_BODY, trace, upstream};
 use crate::wire::encoding::{decode, is_encoded};
 use crate::wire::proto::ErrorCode;
 
@@ -36,18 +36,18 @@ impl Forwarder {
             )
         })?;
         let authority = uri.authority().cloned();
-        self.client
-            .send(method, uri, headers, body)
-            .await
-            .map_err(|e| {
-                let host = authority.as_ref().map_or("", |a| a.host());
-                tracing::warn!("upstream {host} failed: {e}");
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::UpstreamUnreachable,
-                    &format!("cannot reach {host}: {e}"),
-                )
-            })
+        let started = Instant::now();
+        let answer = self.client.send(method, uri, headers, body).await;
+        trace::answered_after(started.elapsed());
+        answer.map_err(|e| {
+            let host = authority.as_ref().map_or("", |a| a.host());
+            tracing::warn!("upstream {host} failed: {e}");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UpstreamUnreachable,
+                &format!("cannot reach {host}: {e}"),
+            )
+        })
     }
 }
 

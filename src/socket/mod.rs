@@ -264,7 +264,7 @@ impl From<RefreshError> for ApiError {
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, APPLICATION_JSON)
         .body(Full::new(Bytes::from(body)))
         .expect("a response built from valid parts")
 }
@@ -276,13 +276,19 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let result = route(shared, request, limits).await;
-    match result {
-        Ok(value) => {
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, "/v1/metrics") => metrics(shared, &request),
+        _ => route(shared, request, limits).await.map(|value| {
             let mut body = serde_json::to_vec(&value).expect("JSON always serializes");
             body.push(b'\n');
-            json_response(StatusCode::OK, body)
-        }
+            (APPLICATION_JSON, body)
+        }),
+    };
+    match result {
+        Ok((content_type, body)) => Response::builder()
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a response built from valid parts"),
         Err(e) => {
             tracing::debug!(%method, %path, code = %e.code, "socket request failed: {}", e.message);
             let mut body = ErrorBody::new(e.code, e.message);
@@ -292,11 +298,20 @@ async fn handle(
     }
 }
 
-async fn route(
+const APPLICATION_JSON: &str = "application/json";
+
+/// `GET /v1/metrics`: the Prometheus text exposition.
+fn metrics(
     shared: &Engine,
-    request: Request<Incoming>,
-    limits: Limits,
-) -> Result<Value, ApiError> {
+    request: &Request<Incoming>,
+) -> Result<(&'static str, Vec<u8>), ApiError> {
+    serves_home(shared, request)?;
+    let text = shared.metrics_text()?;
+    Ok((crate::engine::metrics::CONTENT_TYPE, text.into_bytes()))
+}
+
+/// Refuses a request meant for another broker home.
+fn serves_home(shared: &Engine, request: &Request<Incoming>) -> Result<(), ApiError> {
     if let Some(home) = request.headers().get(client::HOME_HEADER)
         && !shared.serves_home(Path::new(&*String::from_utf8_lossy(home.as_bytes())))
     {
@@ -309,6 +324,15 @@ async fn route(
             ),
         ));
     }
+    Ok(())
+}
+
+async fn route(
+    shared: &Engine,
+    request: Request<Incoming>,
+    limits: Limits,
+) -> Result<Value, ApiError> {
+    serves_home(shared, &request)?;
     let query = parse_query(request.uri().query());
     let path = request.uri().path().to_owned();
     let by = Asker::socket_client(
@@ -351,7 +375,8 @@ async fn route(
         }
         (
             _,
-            "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota" | "/v1/usage",
+            "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota" | "/v1/usage"
+            | "/v1/metrics",
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::MethodNotAllowed,
@@ -362,7 +387,7 @@ async fn route(
             ErrorCode::NotFound,
             format!(
                 "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts, \
-                 /v1/quota and /v1/usage"
+                 /v1/quota, /v1/usage and /v1/metrics"
             ),
         )),
     }

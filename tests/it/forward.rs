@@ -11,7 +11,7 @@ use crate::support::{Daemon, TestAccount, TestEnv, wait_until};
 
 pub(crate) struct Answer {
     pub(crate) status: u16,
-    headers: reqwest::header::HeaderMap,
+    pub(crate) headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
 }
 

@@ -16,6 +16,7 @@ mod hostile;
 mod interop;
 mod lineage;
 mod login;
+mod metrics;
 mod props;
 mod refresh;
 mod service;

@@ -459,6 +459,14 @@ impl Daemon {
 
     /// One request over the socket: the status and the JSON body.
     pub fn api(&self, method: &str, target: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let (status, bytes) = self.api_raw(method, target, body);
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, value)
+    }
+
+    /// One request over the socket: the status and the body as it came.
+    pub fn api_raw(&self, method: &str, target: &str, body: Option<&str>) -> (u16, Vec<u8>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -476,9 +484,7 @@ impl Daemon {
                 )
                 .await
                 .unwrap();
-            let value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-            (status, value)
+            (status, bytes.to_vec())
         })
     }
 
