@@ -287,4 +287,28 @@ fn a_real_prometheus_scrapes_the_forwarder_and_answers_promql() {
     assert!((3000.0..=3600.0).contains(&seconds), "{seconds}");
     let served = "sum(codex_broker_requests_total{route=\"codex\",code=\"200\"})";
     assert_eq!(prometheus.query(served), Some(2.0));
+
+    // The README's queries answer: tokens per hour, and the weekly reset
+    // (the fake gives no weekly reset time: one window after it was seen).
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
+    let readme = readme.unwrap();
+    let block = readme.split("```promql\n").nth(1).unwrap();
+    let queries: Vec<&str> = block.split("```").next().unwrap().lines().collect();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    assert_eq!(infer(&daemon), 200);
+    let grew = wait_until(Duration::from_secs(30), || {
+        prometheus.query(queries[0]).is_some_and(|n| n > 0.0)
+    });
+    assert!(
+        grew.is_some(),
+        "{}: {:?}",
+        queries[0],
+        prometheus.query(queries[0])
+    );
+    let weekly_reset = prometheus.query(queries[1]).unwrap();
+    assert!(
+        (604_000.0..=604_800.0).contains(&weekly_reset),
+        "{}: {weekly_reset}",
+        queries[1]
+    );
 }
