@@ -140,7 +140,7 @@ async fn browser_login(
             .into(),
             other => anyhow::Error::from(other),
         })?;
-    let opened = open_browser && open_url(&pending.url);
+    let opened = open_browser && crate::base::open::open_url(&pending.url);
     eprintln!(
         "{}\n\n  {}\n\nWaiting for the sign-in to finish (Ctrl-C cancels)...",
         if opened {
@@ -157,21 +157,6 @@ async fn browser_login(
         .exchange_code(&code, &redirect_uri, &verifier)
         .await
         .context("exchanging the sign-in code")
-}
-
-fn open_url(url: &str) -> bool {
-    let opener = if cfg!(target_os = "macos") {
-        "open"
-    } else {
-        "xdg-open"
-    };
-    std::process::Command::new(opener)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .is_ok()
 }
 
 async fn device_login(oauth: &OAuthClient, timeout: Duration) -> anyhow::Result<TokenResponse> {

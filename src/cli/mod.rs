@@ -13,6 +13,7 @@ use crate::engine::refresh::Refresher;
 
 mod accounts;
 mod completions;
+mod dashboard;
 mod history;
 mod import;
 mod killswitch;
@@ -111,6 +112,7 @@ pub enum Command {
     Shield(shield::Args),
     History(history::Args),
     Usage(usage::Args),
+    Dashboard(dashboard::Args),
     Completions(completions::Args),
 }
 
@@ -233,6 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shield(args) => shield::run(&paths()?, args),
         Command::History(args) => history::run(&paths()?, args),
         Command::Usage(args) => usage::run(&paths()?, args),
+        Command::Dashboard(args) => dashboard::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod due;
 pub mod journal;
 pub mod metrics;
+pub mod pace;
 pub mod quota;
 pub mod refresh;
 pub mod routing;

@@ -6,6 +6,7 @@ mod answer;
 mod bearers;
 mod body;
 mod connector;
+mod dashboard;
 mod fallback;
 mod guard;
 mod headers;
@@ -39,6 +40,7 @@ use crate::wire::proto::ErrorCode;
 pub use answer::error_response;
 use bearers::Bearers;
 pub use body::{Body, BoxError};
+pub use dashboard::page_weight;
 use headers::{header_str, is_websocket, upstream_url};
 use route::Route;
 
@@ -217,12 +219,13 @@ impl Forwarder {
             Route::Responses => self.responses(request, &by).await,
             Route::Models => self.models(&by).await,
             Route::Metrics => self.metrics(),
+            Route::Dashboard => self.dashboard(request).await,
             Route::Unknown => error_response(
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 &format!(
                     "the forwarder has no route for {path}; it serves /oauth/*, /codex/*, \
-                     /backend-api/*, /v1/responses, /v1/models and /metrics"
+                     /backend-api/*, /v1/responses, /v1/models, /metrics and /ui/"
                 ),
             ),
         }

@@ -28,6 +28,8 @@ pub enum Route {
     Models,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /ui` and below: the dashboard.
+    Dashboard,
     /// None of these.
     Unknown,
 }
@@ -51,6 +53,8 @@ impl Route {
             "/v1/responses" if post => Route::Responses,
             "/v1/models" if get => Route::Models,
             "/metrics" if get => Route::Metrics,
+            "/ui" if get => Route::Dashboard,
+            _ if get && path.starts_with("/ui/") => Route::Dashboard,
             _ if path.starts_with("/oauth/")
                 || path.starts_with("/api/accounts/")
                 || path.starts_with("/deviceauth/") =>
@@ -76,6 +80,7 @@ impl Route {
             Route::Responses => "responses",
             Route::Models => "models",
             Route::Metrics => "metrics",
+            Route::Dashboard => "dashboard",
             Route::Unknown => "unknown",
         }
     }
@@ -131,6 +136,10 @@ mod tests {
             (Method::GET, "/v1/models", false, Route::Models),
             (Method::GET, "/metrics", false, Route::Metrics),
             (Method::POST, "/metrics", false, Route::Unknown),
+            (Method::GET, "/ui", false, Route::Dashboard),
+            (Method::GET, "/ui/state", false, Route::Dashboard),
+            (Method::POST, "/ui/state", false, Route::Unknown),
+            (Method::GET, "/uix", false, Route::Unknown),
             (Method::GET, "/", false, Route::Unknown),
         ];
         for (method, path, websocket, route) in cases {

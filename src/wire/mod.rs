@@ -4,6 +4,7 @@
 //! the Responses API against the Codex dialect, and WebSocket frames and
 //! messages.
 
+pub mod dashboard;
 pub mod encoding;
 pub mod jwt;
 pub mod proto;
