@@ -48,6 +48,8 @@ pub struct WindowPanel {
     pub used_percent: f64,
     /// Unix seconds; at the latest, when the backend named no time.
     pub resets_at: i64,
+    /// Whether the backend named the reset time.
+    pub reset_known: bool,
     pub window_minutes: i64,
     pub pace: Option<Pace>,
 }
@@ -131,24 +133,26 @@ fn windows(account: &Account, now: i64) -> Vec<WindowPanel> {
     let Some(quota) = &account.quota else {
         return Vec::new();
     };
-    let lengths = [
-        quota.five_hour.as_ref().and_then(|w| w.window_minutes),
-        quota.weekly.as_ref().and_then(|w| w.window_minutes),
-    ];
+    let raw = [quota.five_hour.as_ref(), quota.weekly.as_ref()];
     let usual = [FIVE_HOUR_MINUTES, WEEKLY_MINUTES];
     quota
         .standing(now)
         .into_iter()
-        .zip(lengths.into_iter().zip(usual))
-        .filter_map(|((name, standing), (length, usual))| {
+        .zip(raw.into_iter().zip(usual))
+        .filter_map(|((name, standing), (window, usual))| {
             let standing = standing?;
-            let minutes = length.unwrap_or(usual);
+            let minutes = window.and_then(|w| w.window_minutes).unwrap_or(usual);
+            // Without the backend's reset time, where the window started is
+            // a guess: no pace is told from it.
+            let known = window.and_then(|w| w.resets_at);
+            let pace = known.and_then(|at| Pace::of(standing.used_percent, minutes, at, now));
             Some(WindowPanel {
                 name,
                 used_percent: standing.used_percent,
                 resets_at: standing.resets_by,
+                reset_known: known.is_some(),
                 window_minutes: minutes,
-                pace: Pace::of(standing.used_percent, minutes, standing.resets_by, now),
+                pace,
             })
         })
         .collect()
@@ -269,6 +273,35 @@ mod tests {
         assert_eq!(chart.series[0].tokens[CHART_HOURS - 1], 55);
         assert_eq!(chart.series[1].requests[0], 1);
         assert_eq!(chart.series[1].requests.iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn a_window_has_a_pace_only_when_the_backend_named_its_reset() {
+        use crate::engine::quota::{Quota, Source, Window};
+        let mut account = crate::engine::store::test_account(None, NOW);
+        let window = |resets_at| Window {
+            used_percent: 12.0,
+            window_minutes: None,
+            resets_at,
+        };
+        account.quota = Some(Quota {
+            five_hour: Some(window(Some(NOW + 3600))),
+            weekly: Some(window(None)),
+            source: Source::Headers,
+            observed_at: NOW - 60,
+            plan_type: None,
+            extra: Default::default(),
+        });
+        let [five_hour, weekly] = <[WindowPanel; 2]>::try_from(windows(&account, NOW)).unwrap();
+        assert_eq!((five_hour.name, five_hour.window_minutes), ("5-hour", 300));
+        let pace = five_hour.pace.unwrap();
+        assert!((pace.elapsed_percent - 80.0).abs() < 1e-9, "{pace:?}");
+        assert_eq!(
+            (weekly.name, weekly.window_minutes),
+            ("weekly", WEEKLY_MINUTES)
+        );
+        assert_eq!(weekly.resets_at, NOW - 60 + WEEKLY_MINUTES * 60);
+        assert!(weekly.pace.is_none() && !weekly.reset_known && five_hour.reset_known);
     }
 
     #[test]

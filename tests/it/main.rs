@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod daemon;
+mod dashboard;
 mod docs;
 mod follow;
 mod forward;

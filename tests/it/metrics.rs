@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::forward::send;
 use crate::support::fake_upstream::FakeUpstream;
-use crate::support::{Daemon, TestEnv, skip, wait_until};
+use crate::support::{Daemon, TestEnv, free_port, skip, wait_until, which};
 
 const CODEX_UA: &str = "codex_cli_rs/0.171.0 (Linux; x86_64)";
 
@@ -175,14 +175,6 @@ fn promtool_finds_nothing_wrong() {
     );
 }
 
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(tool))
-        .find(|p| p.is_file())
-}
-
 /// A Prometheus server scraping `target` every second.
 struct Prometheus {
     child: Child,
@@ -251,14 +243,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -62,6 +62,18 @@ function paceText(w) {
   return `on pace: ${percent(w.pace.projected_percent)} by the reset`;
 }
 
+function resets(node) {
+  const latest = node.dataset.known === "true" ? "" : " at the latest";
+  return `resets ${relative(Number(node.dataset.resetsAt))}${latest}`;
+}
+
+function countdown(w) {
+  const node = el("span", { class: "countdown", "data-resets-at": String(w.resets_at),
+    "data-known": String(w.reset_known) });
+  node.textContent = resets(node);
+  return node;
+}
+
 function windowPanel(w) {
   const fill = el("div", { class: w.used_percent >= 90 ? "fill high" : "fill" });
   fill.style.width = `${Math.min(100, w.used_percent)}%`;
@@ -75,8 +87,7 @@ function windowPanel(w) {
   return el("div", { class: "window", "data-window": w.name },
     el("div", { class: "head" },
       el("span", { class: "name", text: `${w.name}: ${percent(w.used_percent)} used` }),
-      el("span", { class: "countdown", "data-resets-at": String(w.resets_at),
-        text: `resets ${relative(w.resets_at)}` })),
+      countdown(w)),
     meter,
     el("div", { class: short ? "pace short" : "pace", text: paceText(w) }));
 }
@@ -157,9 +168,7 @@ function render() {
 
 // Between polls, only the clocks move.
 function tick() {
-  for (const node of document.querySelectorAll(".countdown")) {
-    node.textContent = `resets ${relative(Number(node.dataset.resetsAt))}`;
-  }
+  for (const node of document.querySelectorAll(".countdown")) node.textContent = resets(node);
   const updated = document.getElementById("updated");
   if (lastOk) {
     const age = (Date.now() - lastOk) / 1000;
