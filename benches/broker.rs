@@ -21,11 +21,13 @@
 //!   for days) against a healthy account;
 //! - usage accounting: requests and streams through a daemon that counts
 //!   their tokens against one that does not, and the size of a usage file
-//!   of 30 days.
+//!   of 30 days;
+//! - the dashboard: its page weight, and the time to answer its state and
+//!   a metrics scrape against one of its static files.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
-//! `backoff`, `usage`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! `backoff`, `usage`, `dashboard`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "broker/dashboard.rs"]
+mod dashboard;
 #[path = "broker/first_byte.rs"]
 mod first_byte;
 
@@ -388,6 +392,11 @@ fn main() {
     }
     if wanted("usage") {
         forward::usage(&runtime, &upstream, run);
+    }
+    if wanted("dashboard") {
+        let (_home, daemon) = fresh_daemon(&upstream);
+        let forwarder = forwarder_addr(&runtime, &daemon.socket);
+        dashboard::run(&runtime, forwarder, quick);
     }
 }
 
