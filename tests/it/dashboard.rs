@@ -4,26 +4,13 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::forward::send;
 use crate::support::browser::{self, Browser};
 use crate::support::fake_upstream::{FakeUpstream, Refresh};
 use crate::support::{Daemon, TestEnv, skip, wait_until};
-
-fn infer(daemon: &Daemon) {
-    let body = json!({"model": "m", "input": "hi", "stream": true});
-    let answer = send(
-        "POST",
-        &format!("{}/codex/responses", daemon.forwarder()),
-        &[
-            ("content-type", "application/json"),
-            ("user-agent", "codex_cli_rs/0.171.0"),
-        ],
-        body.to_string().into_bytes(),
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
-}
+use crate::usage::infer;
 
 /// Every token string of the store.
 fn tokens(env: &TestEnv) -> Vec<String> {
@@ -45,7 +32,7 @@ fn dashboard_env() -> (FakeUpstream, TestEnv, Daemon) {
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     upstream.set_quota("acc-main", 42.0);
-    infer(&daemon);
+    assert_eq!(infer(&daemon), 200);
     (upstream, env, daemon)
 }
 
@@ -251,7 +238,7 @@ fn a_real_chromium_shows_the_accounts_quota_usage_and_live_updates() {
     // A change shows within 5 seconds, without a reload.
     browser.eval("window.unreloaded = true; return null;");
     upstream.set_quota("acc-main", 77.0);
-    infer(&daemon);
+    assert_eq!(infer(&daemon), 200);
     let updated = wait_until(Duration::from_secs(5), || {
         card(&browser, "acc-main").contains("5-hour: 77% used")
     });

@@ -5,27 +5,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::forward::send;
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{Daemon, TestEnv, free_port, skip, wait_until, which};
-
-const CODEX_UA: &str = "codex_cli_rs/0.171.0 (Linux; x86_64)";
-
-fn infer(daemon: &Daemon) -> u16 {
-    let body = json!({"model": "m", "input": "hi", "stream": true});
-    send(
-        "POST",
-        &format!("{}/codex/responses", daemon.forwarder()),
-        &[
-            ("content-type", "application/json"),
-            ("user-agent", CODEX_UA),
-        ],
-        body.to_string().into_bytes(),
-    )
-    .status
-}
+use crate::usage::infer;
 
 fn scrape(daemon: &Daemon) -> String {
     let answer = send(

@@ -17,7 +17,12 @@ fn usage_rows(daemon: &Daemon) -> Vec<Value> {
     body["rows"].as_array().unwrap().clone()
 }
 
-fn post(daemon: &Daemon, path: &str, user_agent: &str, body: &Value) -> crate::forward::Answer {
+pub(crate) fn post(
+    daemon: &Daemon,
+    path: &str,
+    user_agent: &str,
+    body: &Value,
+) -> crate::forward::Answer {
     send(
         "POST",
         &format!("{}{path}", daemon.forwarder()),
@@ -27,6 +32,12 @@ fn post(daemon: &Daemon, path: &str, user_agent: &str, body: &Value) -> crate::f
         ],
         body.to_string().into_bytes(),
     )
+}
+
+/// One streamed Codex request through the forwarder: its status.
+pub(crate) fn infer(daemon: &Daemon) -> u16 {
+    let body = json!({"model": "m", "input": "hi", "stream": true});
+    post(daemon, "/codex/responses", "codex_cli_rs/0.171.0", &body).status
 }
 
 #[test]
