@@ -576,26 +576,7 @@ impl Refresher {
             }
             Err(e) => without_secrets(e, &account),
         };
-        let (event, result, code, reason) = match &failure {
-            OAuthError::Permanent { code, .. } => (
-                Event::Rejected,
-                RefreshResult::Rejected,
-                Some(code.clone()),
-                None,
-            ),
-            OAuthError::Transient(reason) => (
-                Event::Transient,
-                RefreshResult::Transient,
-                None,
-                Some(reason.clone()),
-            ),
-            OAuthError::Lost(reason) => (
-                Event::RefreshInterrupted,
-                RefreshResult::Interrupted,
-                None,
-                Some(reason.clone()),
-            ),
-        };
+        let (event, result, code, reason) = failure_outcome(&failure);
         self.inner.metrics.refreshed(&id, result);
         let mut e = entry(event);
         (e.code, e.reason) = (code, reason);
@@ -908,6 +889,31 @@ fn account_secrets(account: &Account) -> Vec<String> {
     }
     own.extend(account.api_key.as_ref().map(|k| k.expose().clone()));
     own
+}
+
+/// How a failed refresh is journaled and counted: its event, its result,
+/// and the issuer's code or the reason in words.
+fn failure_outcome(failure: &OAuthError) -> (Event, RefreshResult, Option<String>, Option<String>) {
+    match failure {
+        OAuthError::Permanent { code, .. } => (
+            Event::Rejected,
+            RefreshResult::Rejected,
+            Some(code.clone()),
+            None,
+        ),
+        OAuthError::Transient(reason) => (
+            Event::Transient,
+            RefreshResult::Transient,
+            None,
+            Some(reason.clone()),
+        ),
+        OAuthError::Lost(reason) => (
+            Event::RefreshInterrupted,
+            RefreshResult::Interrupted,
+            None,
+            Some(reason.clone()),
+        ),
+    }
 }
 
 /// `failure` with the account's own secrets taken out of its words, before

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::forward::send;
-use crate::support::fake_upstream::FakeUpstream;
+use crate::support::fake_upstream::{FakeUpstream, Refresh};
 use crate::support::{Daemon, TestEnv, free_port, skip, wait_until, which};
 use crate::usage::infer;
 
@@ -45,7 +45,7 @@ fn fell_back_once() -> (FakeUpstream, TestEnv, Daemon) {
 
 #[test]
 fn the_forwarder_and_the_socket_expose_what_happened() {
-    let (_upstream, _env, daemon) = fell_back_once();
+    let (upstream, _env, daemon) = fell_back_once();
     let text = scrape(&daemon);
     let expected = [
         ("codex_broker_accounts{state=\"ok\"}", 2.0),
@@ -99,6 +99,15 @@ fn the_forwarder_and_the_socket_expose_what_happened() {
         "{text}"
     );
     assert!(!text.contains('@'), "an email in a label:\n{text}");
+
+    // A refused refresh is counted, and the account's state moves.
+    upstream.set_refresh(Refresh::error(401, "refresh_token_invalidated"));
+    daemon.api("GET", "/v1/token?account=acc-fallback&min_ttl=86400", None);
+    let text = scrape(&daemon);
+    let rejected = "codex_broker_refreshes_total{account=\"acc-fallback\",result=\"rejected\"}";
+    assert_eq!(sample(&text, rejected), Some(1.0), "{text}");
+    let needs_login = "codex_broker_accounts{state=\"needs_login\"}";
+    assert_eq!(sample(&text, needs_login), Some(1.0), "{text}");
 
     // The socket serves the same families.
     let (status, body) = daemon.api_raw("GET", "/v1/metrics", None);
