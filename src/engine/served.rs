@@ -72,12 +72,17 @@ impl Served {
         {
             return Ok(store.clone());
         }
+        // The overlay is held while the file is read: a save that lands
+        // meanwhile cannot drop its quota from the overlay before this
+        // copy, read from the file before that save, has it in place.
+        let quotas = self.quotas.lock().expect("quota lock");
         let mut store = self.file.load()?;
-        for (id, quota) in self.quotas.lock().expect("quota lock").iter() {
+        for (id, quota) in quotas.iter() {
             if let Some(a) = store.get_mut(id) {
                 a.quota = Some(quota.clone());
             }
         }
+        drop(quotas);
         let store = Arc::new(store);
         // Stamp taken before the read: a save racing with it only makes the
         // next call read again.
