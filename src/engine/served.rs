@@ -60,6 +60,14 @@ impl Served {
     /// The store as it is on disk now, with the quota not saved yet in
     /// place.
     pub fn load(&self) -> Result<Arc<Store>, ServedError> {
+        self.load_with(|| self.file.load())
+    }
+
+    /// [`Served::load`], reading the file with `read`.
+    fn load_with(
+        &self,
+        read: impl FnOnce() -> Result<Store, StoreError>,
+    ) -> Result<Arc<Store>, ServedError> {
         let path = self.file.path();
         let stamp = match std::fs::metadata(path) {
             Ok(meta) => Some(FileStamp::of(&meta)),
@@ -76,7 +84,7 @@ impl Served {
         // meanwhile cannot drop its quota from the overlay before this
         // copy, read from the file before that save, has it in place.
         let quotas = self.quotas.lock().expect("quota lock");
-        let mut store = self.file.load()?;
+        let mut store = read()?;
         for (id, quota) in quotas.iter() {
             if let Some(a) = store.get_mut(id) {
                 a.quota = Some(quota.clone());
@@ -122,6 +130,7 @@ mod tests {
     use super::*;
     use crate::engine::quota::{Source, Window};
     use crate::engine::store::test_account;
+    use std::time::Duration;
 
     fn quota(percent: f64) -> Quota {
         Quota {
@@ -136,6 +145,47 @@ mod tests {
             plan_type: None,
             extra: Default::default(),
         }
+    }
+
+    /// A save that lands (and clears the overlay) while the file is read
+    /// cannot leave the copy just read without its quota.
+    #[test]
+    fn a_save_landing_during_the_read_keeps_the_quota_in_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StoreFile::new(dir.path());
+        file.update(|s| {
+            let mut account = test_account(Some(2_000_000_000), 1_900_000_000);
+            account.id = "acc-1".into();
+            s.accounts.push(account);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let served = Arc::new(Served::new(file.clone()));
+        served.apply_quota("acc-1", &quota(100.0));
+        let before_the_save = file.load().unwrap();
+        let (saved_tx, saved_rx) = std::sync::mpsc::channel();
+        let saver = {
+            let served = served.clone();
+            move || {
+                std::thread::spawn(move || {
+                    served.quota_saved("acc-1", &quota(100.0));
+                    let _ = saved_tx.send(());
+                })
+            }
+        };
+        let mut thread = None;
+        let store = served
+            .load_with(|| {
+                thread = Some(saver());
+                // Unfixed, the save clears the overlay at once; fixed, it
+                // waits for this read to finish.
+                let cleared = saved_rx.recv_timeout(Duration::from_millis(500)).is_ok();
+                assert!(!cleared, "the overlay was cleared while the file was read");
+                Ok(before_the_save)
+            })
+            .unwrap();
+        thread.unwrap().join().unwrap();
+        assert_eq!(store.get("acc-1").unwrap().quota, Some(quota(100.0)));
     }
 
     #[test]
