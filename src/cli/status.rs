@@ -57,6 +57,8 @@ struct Daemon<'a> {
     version: Option<String>,
     /// The forwarder's address, when it runs.
     forwarder: Option<String>,
+    /// Conversations the forwarder keeps on their account.
+    pinned_conversations: usize,
     /// What the daemon reports as wrong (without a daemon: what the
     /// journal and Codex's config tell), `{code, message}` each.
     problems: Vec<Problem>,
@@ -73,6 +75,7 @@ impl<'a> Daemon<'a> {
             pid: None,
             version: None,
             forwarder: None,
+            pinned_conversations: 0,
             problems: Vec::new(),
         };
         match runtime.block_on(client::get(paths, "/v1/health")) {
@@ -99,6 +102,7 @@ impl<'a> Daemon<'a> {
                 daemon.pid = Some(health.pid);
                 daemon.version = Some(health.version);
                 daemon.forwarder = health.forwarder.map(|f| f.address);
+                daemon.pinned_conversations = health.pinned_conversations;
                 daemon.problems = health.problems;
             }
             Ok(Answer::Error { message, .. }) => {
@@ -290,8 +294,13 @@ fn daemon_line(daemon: &Daemon) -> String {
             .forwarder
             .as_ref()
             .map_or_else(String::new, |a| format!(", forwarder http://{a}"));
+        let pinned = match daemon.pinned_conversations {
+            0 => String::new(),
+            1 => ", 1 conversation pinned".to_owned(),
+            n => format!(", {n} conversations pinned"),
+        };
         format!(
-            "running ({pid}socket {}{forwarder})",
+            "running ({pid}socket {}{forwarder}{pinned})",
             daemon.socket.display()
         )
     } else {

@@ -3,6 +3,7 @@
 //! upstream answer says about an account. The socket API, the forwarder,
 //! the scheduler and the watcher sit above it; `daemon` only wires them.
 
+pub mod affinity;
 pub mod config;
 pub mod due;
 pub mod journal;
@@ -83,6 +84,8 @@ pub struct Engine {
     pub usage: usage::Usage,
     /// The counters `/metrics` exposes (shared with the refresher).
     pub metrics: Metrics,
+    /// Which account each active conversation stays on.
+    pub affinity: affinity::Affinity,
 }
 
 /// Quota reports to the leader that may be under way at once.
@@ -115,6 +118,7 @@ impl Engine {
             reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT)),
             usage: usage::Usage::open(paths_usage),
             metrics,
+            affinity: affinity::Affinity::default(),
         }
     }
 
@@ -210,6 +214,7 @@ impl Engine {
                 port: a.port(),
             }),
             follows: self.leader.as_ref().map(|l| l.socket().to_owned()),
+            pinned_conversations: self.affinity.count(self.refresher.now()),
             problems,
         }
     }

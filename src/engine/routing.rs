@@ -171,6 +171,9 @@ pub struct Pick<'a> {
     pub exclude: &'a [&'a str],
     /// Only ChatGPT accounts (the backend takes no API key).
     pub chatgpt_only: bool,
+    /// This account first, whatever the routing order, when it may serve
+    /// (a conversation's pinned account).
+    pub prefer: Option<&'a str>,
     /// The asker comes from outside (the socket API): a `min_ttl` no token
     /// of the account can meet forces at most one refresh a minute; within
     /// that minute the current token is served.
@@ -242,11 +245,17 @@ pub async fn fresh_account(
         return Ok(refresher.fresh(&account.id, min_ttl, by).await?.into());
     }
     let exclude = pick.exclude;
-    let usable: Vec<&Account> = candidates(&store, now)
+    let mut usable: Vec<&Account> = candidates(&store, now)
         .into_iter()
         .filter(|a| !exclude.contains(&a.id.as_str()))
         .filter(|a| !pick.chatgpt_only || a.kind == Kind::Chatgpt)
         .collect();
+    if let Some(at) = pick
+        .prefer
+        .and_then(|id| usable.iter().position(|a| a.id == id))
+    {
+        usable[..=at].rotate_right(1);
+    }
     // Once per account: a forced refresh it allows counts against the
     // account's allowance.
     let ttls: Vec<i64> = usable

@@ -57,6 +57,14 @@ impl Outgoing {
         }
     }
 
+    /// The whole body, when it is in memory.
+    pub fn buffered(&self) -> Option<&Bytes> {
+        match self {
+            Outgoing::Buffered(bytes) => Some(bytes),
+            Outgoing::Streaming(_) => None,
+        }
+    }
+
     /// Whether a failed attempt can be repeated with the same body.
     pub fn replayable(&self) -> bool {
         matches!(self, Outgoing::Buffered(_))

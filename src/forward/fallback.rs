@@ -3,16 +3,18 @@
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
 use super::answer::{body_error, unavailable};
 use super::body::{Body, Outgoing, full};
+use super::conversation::Conversation;
 use super::headers::{CHATGPT_ACCOUNT_ID, declared_length, forwardable, header_str};
 use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
 use super::{Forwarder, RETRY_BUFFER, trace, upstream};
 use crate::engine::Engine;
+use crate::engine::affinity::Served;
 use crate::engine::quota::Source;
 use crate::engine::refresh::{Asker, RefreshError};
 use crate::engine::routing::{self, Pick, Picked};
@@ -42,6 +44,7 @@ impl Forwarder {
             && parts.method == Method::POST
             && INFERENCE.contains(&parts.uri.path());
         let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
+        let conversation = Conversation::of_request(&parts.headers, outgoing.buffered());
         let mut headers = forwardable(parts.headers, &[header::AUTHORIZATION, CHATGPT_ACCOUNT_ID]);
         if inference {
             headers.insert(
@@ -50,7 +53,14 @@ impl Forwarder {
             );
         }
         match self
-            .with_fallback(parts.method, &url, headers, outgoing, by)
+            .with_fallback(
+                parts.method,
+                &url,
+                headers,
+                outgoing,
+                conversation.as_ref(),
+                by,
+            )
             .await
         {
             Ok((account, response)) if inference => {
@@ -75,8 +85,10 @@ impl Forwarder {
         url: &str,
         headers: HeaderMap,
         mut outgoing: Outgoing,
+        conversation: Option<&Conversation>,
         by: &Asker,
     ) -> Result<(Picked, upstream::Answer), Response<Body>> {
+        let pinned = conversation.and_then(|c| self.pinned(c));
         let mut tried: Vec<String> = Vec::new();
         let mut replayed: Vec<String> = Vec::new();
         let mut again: Option<Picked> = None;
@@ -85,7 +97,7 @@ impl Forwarder {
         loop {
             let account = match again.take() {
                 Some(account) => account,
-                None => match self.route(&tried, by).await {
+                None => match self.route(&tried, pinned.as_deref(), by).await {
                     Ok(a) => a,
                     // Used up, every one: the broker's own answer, with the
                     // first reset and `retry-after`, not the last 429.
@@ -116,6 +128,12 @@ impl Forwarder {
                     Source::Headers,
                     by,
                 );
+                if let Some(conversation) = conversation
+                    && (response.status().is_success()
+                        || response.status() == StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    self.served(conversation, &account.id);
+                }
                 return Ok((account, response));
             }
             // Read the (small) error body to learn from it and to pass it on.
@@ -151,15 +169,41 @@ impl Forwarder {
         }
     }
 
-    /// The next account to try, none of `tried`.
-    async fn route(&self, tried: &[String], by: &Asker) -> Result<Picked, routing::Unavailable> {
+    /// The next account to try, none of `tried`: `pinned` first when it
+    /// may serve.
+    async fn route(
+        &self,
+        tried: &[String],
+        pinned: Option<&str>,
+        by: &Asker,
+    ) -> Result<Picked, routing::Unavailable> {
         let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
         let pick = Pick {
             exclude: &exclude,
             chatgpt_only: true,
+            prefer: pinned,
             ..Pick::default()
         };
         routing::fresh_account(&self.shared.refresher, pick, MIN_TTL.into(), by).await
+    }
+}
+
+impl Forwarder {
+    /// The account `conversation` is pinned to, while it is active.
+    fn pinned(&self, conversation: &Conversation) -> Option<Box<str>> {
+        let now = self.shared.refresher.now();
+        self.shared.affinity.pinned(&conversation.key, now)
+    }
+
+    /// Pins `conversation` to `account`, which served it; a move is logged.
+    fn served(&self, conversation: &Conversation, account: &str) {
+        let now = self.shared.refresher.now();
+        if self.shared.affinity.served(&conversation.key, account, now) == Served::Moved {
+            tracing::info!(
+                account,
+                "a conversation moved to another account, where it stays"
+            );
+        }
     }
 }
 

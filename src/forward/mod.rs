@@ -6,6 +6,7 @@ mod answer;
 mod bearers;
 mod body;
 mod connector;
+mod conversation;
 mod dashboard;
 mod fallback;
 mod guard;

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::answer::{body_error, error_response, json_response};
 use super::body::{Body, Outgoing, full};
+use super::conversation::Conversation;
 use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
 use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
@@ -34,11 +35,20 @@ impl Forwarder {
             Err(refused) => return refused,
         };
         let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
+        let key = body.get("prompt_cache_key").and_then(Value::as_str);
+        let conversation = Conversation::of(&parts.headers, key);
         let headers = codex_headers(parts.headers);
         let url = format!("{}/codex/responses", self.chatgpt_base);
         let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         let (account, response) = match self
-            .with_fallback(Method::POST, &url, headers, outgoing, by)
+            .with_fallback(
+                Method::POST,
+                &url,
+                headers,
+                outgoing,
+                conversation.as_ref(),
+                by,
+            )
             .await
         {
             Ok(answered) => answered,
@@ -84,7 +94,7 @@ impl Forwarder {
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let response = match self
-            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, by)
+            .with_fallback(Method::GET, &url, HeaderMap::new(), outgoing, None, by)
             .await
         {
             Ok((_, response)) => response,

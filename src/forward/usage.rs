@@ -33,7 +33,7 @@ impl Forwarder {
         );
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by)
+            .with_fallback(Method::GET, &url, headers, outgoing, None, by)
             .await
         {
             Ok(r) => r,

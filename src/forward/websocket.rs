@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::error_response;
 use super::body::{Body, Outgoing};
+use super::conversation::Conversation;
 use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
 use super::relay::relay;
 use super::ws_relay::{Ended, Relay};
@@ -187,10 +188,18 @@ impl Forwarder {
         };
         let client_upgrade = hyper::upgrade::on(&mut request);
         let client = usage::client(header_str(request.headers(), header::USER_AGENT));
+        let conversation = Conversation::of(request.headers(), None);
         let headers = handshake_headers(request.into_parts().0.headers);
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
-            .with_fallback(Method::GET, &url, headers, outgoing, by)
+            .with_fallback(
+                Method::GET,
+                &url,
+                headers,
+                outgoing,
+                conversation.as_ref(),
+                by,
+            )
             .await
         {
             Ok(answer) => answer,
@@ -218,7 +227,12 @@ impl Forwarder {
             idle: sessions.idle,
             stop: sessions.stop.clone(),
             observer: Box::new(move |text| {
-                observe_event(&engine, &account, &client, text, &observer_by);
+                let seen = Seen {
+                    account: &account,
+                    client: &client,
+                    conversation: conversation.as_ref(),
+                };
+                observe_event(&engine, &seen, text, &observer_by);
             }),
         };
         sessions.tracker.spawn(async move {
@@ -348,13 +362,42 @@ fn event_headers(event: &Value) -> HeaderMap {
     headers
 }
 
+/// Counts one request of `account`: with the tokens of `completed`, the
+/// text of its `response.completed` event, or as failed.
+fn record_usage(
+    engine: &Engine,
+    account: &Account,
+    client: &str,
+    completed: Option<&[u8]>,
+    now: i64,
+) {
+    let completed = completed.and_then(usage::completed_event);
+    let answered = Answered {
+        account: &account.id,
+        client,
+        model: completed.as_ref().and_then(|(_, m)| m.as_deref()),
+        tokens: completed.as_ref().map(|(t, _)| *t),
+    };
+    engine.usage.record(&answered, now);
+}
+
+/// Whose connection a message of the backend came on.
+struct Seen<'a> {
+    account: &'a Account,
+    client: &'a str,
+    conversation: Option<&'a Conversation>,
+}
+
 /// Takes in one text message of the backend: a `codex.rate_limits` event
 /// updates the account's quota, a `response.completed` counts a request
 /// and its tokens, an `error` event counts a failed one and is judged as
 /// an HTTP answer with its status, headers and body would be (a limit
 /// reached marks the account used up, so that the client's next
 /// connection lands on another account).
-fn observe_event(engine: &Engine, account: &Account, client: &str, text: &[u8], by: &Asker) {
+fn observe_event(engine: &Engine, seen: &Seen<'_>, text: &[u8], by: &Asker) {
+    let Seen {
+        account, client, ..
+    } = *seen;
     #[derive(Deserialize)]
     struct Kind<'a> {
         #[serde(rename = "type", borrow)]
@@ -365,27 +408,25 @@ fn observe_event(engine: &Engine, account: &Account, client: &str, text: &[u8], 
         return;
     };
     let counted = engine.config.usage;
-    let wanted =
-        matches!(&*kind, "codex.rate_limits" | "error") || counted && kind == "response.completed";
-    if !wanted {
+    let now = engine.refresher.now();
+    if kind == "response.completed" {
+        // A turn on the connection: its conversation is active.
+        if let Some(conversation) = seen.conversation {
+            engine.affinity.served(&conversation.key, &account.id, now);
+        }
+        if counted {
+            record_usage(engine, account, client, Some(text), now);
+        }
+        return;
+    }
+    if !matches!(&*kind, "codex.rate_limits" | "error") {
         return;
     }
     let Ok(event) = serde_json::from_slice::<Value>(text) else {
         return;
     };
-    let now = engine.refresher.now();
-    if kind != "codex.rate_limits" && counted {
-        let completed = usage::completed_event(text);
-        let answered = Answered {
-            account: &account.id,
-            client,
-            model: completed.as_ref().and_then(|(_, m)| m.as_deref()),
-            tokens: completed.as_ref().map(|(t, _)| *t),
-        };
-        engine.usage.record(&answered, now);
-    }
-    if kind == "response.completed" {
-        return;
+    if kind == "error" && counted {
+        record_usage(engine, account, client, None, now);
     }
     if kind == "codex.rate_limits" {
         engine.record_quota(

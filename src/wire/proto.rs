@@ -146,6 +146,10 @@ pub struct Health {
     /// The leader's socket, when this daemon follows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<PathBuf>,
+    /// Conversations the forwarder keeps on their account (active in the
+    /// last hour).
+    #[serde(default)]
+    pub pinned_conversations: usize,
     pub problems: Vec<Problem>,
 }
 

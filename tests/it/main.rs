@@ -18,6 +18,7 @@ mod interop;
 mod lineage;
 mod login;
 mod metrics;
+mod prompt_cache;
 mod props;
 mod refresh;
 mod service;
