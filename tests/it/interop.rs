@@ -90,13 +90,25 @@ fn codex_exec_unchecked(
     codex_home: &std::path::Path,
     base: &str,
 ) -> std::process::Output {
+    codex_exec_args(env, codex_home, base, &["say hello"])
+}
+
+/// `codex exec --skip-git-repo-check ARGS` with `codex_home` as its home,
+/// refreshing (if it must) at `{base}/oauth/token`.
+fn codex_exec_args(
+    env: &TestEnv,
+    codex_home: &std::path::Path,
+    base: &str,
+    args: &[&str],
+) -> std::process::Output {
     codex(env)
         .env("CODEX_HOME", codex_home)
         .env(
             "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
             format!("{base}/oauth/token"),
         )
-        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .args(["exec", "--skip-git-repo-check"])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -737,4 +749,65 @@ fn codex_on_a_follower_runs_on_the_leaders_tokens_and_never_refreshes_there() {
             .map(|t| format!("{}…", &t[..30]))
             .unwrap_or_default(),
     );
+}
+
+/// The accounts that served the inference requests (WebSocket handshakes
+/// and POSTs) from the `from`th on.
+fn inference_accounts(upstream: &FakeUpstream, from: usize) -> Vec<String> {
+    let requests = upstream.requests_to("/backend-api/codex/responses");
+    requests[from.min(requests.len())..]
+        .iter()
+        .map(|r| r.headers["chatgpt-account-id"].clone())
+        .collect()
+}
+
+/// A Codex session resumed after `accounts switch` stays on the account
+/// that served it (its prompt cache lives there); a new session goes to
+/// the account switched to.
+#[test]
+fn a_resumed_codex_session_stays_on_its_account_after_a_switch() {
+    isolated!(a_resumed_codex_session_stays_on_its_account_after_a_switch);
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+    let home = env.codex_home();
+
+    let out = codex_exec_at(&env, &forwarder);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let session = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("session id: "))
+        .expect("Codex names its session")
+        .trim()
+        .to_owned();
+    let first = inference_accounts(&upstream, 0);
+    assert!(
+        !first.is_empty() && first.iter().all(|a| a == "acc-main"),
+        "{first:?}"
+    );
+
+    env.ok(&["accounts", "switch", "acc-fallback"]);
+    let before = upstream.requests_to("/backend-api/codex/responses").len();
+    let out = codex_exec_args(&env, &home, &forwarder, &["resume", &session, "again"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let resumed = inference_accounts(&upstream, before);
+    assert!(
+        !resumed.is_empty(),
+        "the resumed session reached the backend"
+    );
+    assert!(resumed.iter().all(|a| a == "acc-main"), "{resumed:?}");
+
+    let before = upstream.requests_to("/backend-api/codex/responses").len();
+    codex_exec_at(&env, &forwarder);
+    let fresh = inference_accounts(&upstream, before);
+    assert!(
+        !fresh.is_empty() && fresh.iter().all(|a| a == "acc-fallback"),
+        "{fresh:?}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["daemon"]["pinned_conversations"], 2, "{status}");
 }
