@@ -12,8 +12,10 @@ use crate::base::paths::{Overrides, Paths};
 use crate::engine::refresh::Refresher;
 
 mod accounts;
+mod cachekeep;
 mod completions;
 mod dashboard;
+mod dump;
 mod history;
 mod import;
 mod killswitch;
@@ -112,6 +114,8 @@ pub enum Command {
     Shield(shield::Args),
     History(history::Args),
     Usage(usage::Args),
+    Cachekeep(cachekeep::Args),
+    Dump(dump::Args),
     Dashboard(dashboard::Args),
     Completions(completions::Args),
 }
@@ -235,6 +239,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shield(args) => shield::run(&paths()?, args),
         Command::History(args) => history::run(&paths()?, args),
         Command::Usage(args) => usage::run(&paths()?, args),
+        Command::Cachekeep(args) => cachekeep::run(&paths()?, args),
+        Command::Dump(args) => dump::run(&paths()?, args),
         Command::Dashboard(args) => dashboard::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }

@@ -21,6 +21,19 @@ pub const DEFAULT_FOLLOW_INTERVAL: i64 = 30;
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 256;
 /// The most forwarded WebSocket connections a config may allow.
 const MAX_WEBSOCKETS_LIMIT: i64 = 65_536;
+/// Seconds a conversation idles before keep-warm sends it a shadow request.
+pub const DEFAULT_CACHEKEEP_INTERVAL: i64 = 270;
+/// Seconds after its last real request that keep-warm stops warming a
+/// conversation.
+pub const DEFAULT_CACHEKEEP_IDLE_CAP: i64 = 3600;
+/// The cap for a Codex subagent's conversation, whatever `idle_cap` says.
+pub const SUBAGENT_IDLE_CAP: i64 = 1800;
+/// Where request dumps go unless `dump_dir` says otherwise (in the home).
+pub const DEFAULT_DUMP_DIR: &str = "dumps";
+/// Dump files kept by default; past it the oldest go.
+pub const DEFAULT_DUMP_MAX_FILES: usize = 200;
+/// The most dump files a config may keep.
+const DUMP_MAX_FILES_LIMIT: i64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +56,20 @@ struct File {
     shield: Option<bool>,
     follow_interval: Option<toml::Value>,
     usage: Option<bool>,
+    cachekeep: Option<CacheKeepFile>,
+    dump: Option<bool>,
+    dump_dir: Option<PathBuf>,
+    dump_max_files: Option<i64>,
+}
+
+/// The `[cachekeep]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheKeepFile {
+    enabled: Option<bool>,
+    interval: Option<toml::Value>,
+    idle_cap: Option<toml::Value>,
+    subagents: Option<bool>,
 }
 
 /// The settings in force.
@@ -64,6 +91,61 @@ pub struct Config {
     /// Count the tokens of the answers the forwarder relays
     /// ([`crate::engine::usage`]); false leaves answers unread.
     pub usage: bool,
+    /// Keep-warm of idle conversations' prompt caches.
+    pub cachekeep: CacheKeep,
+    /// Dumps of the requests the forwarder sends upstream.
+    pub dumps: Dumps,
+}
+
+/// Keep-warm: shadow requests that keep an idle conversation's prompt
+/// cache alive ([`crate::engine::cachekeep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKeep {
+    pub enabled: bool,
+    /// Seconds a conversation idles before each shadow request.
+    pub interval: i64,
+    /// Seconds after its last real request that a conversation is warmed.
+    pub idle_cap: i64,
+    /// Warm Codex subagents' conversations too (capped at
+    /// [`SUBAGENT_IDLE_CAP`]).
+    pub subagents: bool,
+}
+
+impl Default for CacheKeep {
+    fn default() -> Self {
+        CacheKeep {
+            enabled: false,
+            interval: DEFAULT_CACHEKEEP_INTERVAL,
+            idle_cap: DEFAULT_CACHEKEEP_IDLE_CAP,
+            subagents: false,
+        }
+    }
+}
+
+impl CacheKeep {
+    /// Whether a conversation of this kind is kept warm.
+    pub fn keeps(&self, subagent: bool) -> bool {
+        self.enabled && (!subagent || self.subagents)
+    }
+
+    /// How long after its last real request a conversation is warmed.
+    pub fn cap(&self, subagent: bool) -> i64 {
+        if subagent {
+            self.idle_cap.min(SUBAGENT_IDLE_CAP)
+        } else {
+            self.idle_cap
+        }
+    }
+}
+
+/// Request dumps ([`crate::engine::dumps`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dumps {
+    pub enabled: bool,
+    /// The folder (0700) the files go to.
+    pub dir: PathBuf,
+    /// Files kept; past it the oldest go.
+    pub max_files: usize,
 }
 
 /// The forwarder's WebSocket settings.
@@ -124,6 +206,17 @@ impl Config {
         )
         .map_err(invalid)?;
         let max_open = max_websockets(file.max_websockets).map_err(invalid)?;
+        let cachekeep = cachekeep(file.cachekeep.unwrap_or_default()).map_err(invalid)?;
+        let home = path.parent().unwrap_or(Path::new("."));
+        let dumps = Dumps {
+            enabled: file.dump.unwrap_or(false),
+            dir: home.join(
+                file.dump_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_DUMP_DIR)),
+            ),
+            max_files: dump_max_files(file.dump_max_files).map_err(invalid)?,
+        };
         let issuer = env("CODEX_BROKER_ISSUER").or(file.issuer);
         let chatgpt_base = env("CODEX_BROKER_CHATGPT_BASE").or(file.chatgpt_base);
         Ok(Config {
@@ -139,6 +232,8 @@ impl Config {
             shield: file.shield.unwrap_or(false),
             follow_interval,
             usage: file.usage.unwrap_or(true),
+            cachekeep,
+            dumps,
         })
     }
 }
@@ -201,6 +296,40 @@ fn max_websockets(value: Option<i64>) -> Result<usize, String> {
         Some(n) => Err(format!(
             "`max_websockets` must be from 1 to {MAX_WEBSOCKETS_LIMIT}, not {n} (to answer every \
              upgrade with 426, set websocket = false)"
+        )),
+    }
+}
+
+/// The `[cachekeep]` settings: positive durations.
+fn cachekeep(file: CacheKeepFile) -> Result<CacheKeep, String> {
+    let rule = |key: &str| {
+        format!(
+            "`cachekeep.{key}` must be a positive number of seconds or a duration such as \"5m\""
+        )
+    };
+    Ok(CacheKeep {
+        enabled: file.enabled.unwrap_or(false),
+        interval: positive_duration(
+            file.interval.as_ref(),
+            DEFAULT_CACHEKEEP_INTERVAL,
+            &rule("interval"),
+        )?,
+        idle_cap: positive_duration(
+            file.idle_cap.as_ref(),
+            DEFAULT_CACHEKEEP_IDLE_CAP,
+            &rule("idle_cap"),
+        )?,
+        subagents: file.subagents.unwrap_or(false),
+    })
+}
+
+/// The `dump_max_files` setting, from 1 to [`DUMP_MAX_FILES_LIMIT`].
+fn dump_max_files(value: Option<i64>) -> Result<usize, String> {
+    match value {
+        None => Ok(DEFAULT_DUMP_MAX_FILES),
+        Some(n) if (1..=DUMP_MAX_FILES_LIMIT).contains(&n) => Ok(n as usize),
+        Some(n) => Err(format!(
+            "`dump_max_files` must be from 1 to {DUMP_MAX_FILES_LIMIT}, not {n}"
         )),
     }
 }
@@ -294,6 +423,48 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "issuer = \"ftp://x\"\n").unwrap();
         let e = Config::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("`issuer` must be an http(s) URL"), "{e}");
+    }
+
+    #[test]
+    fn cachekeep_and_dump_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.cachekeep, CacheKeep::default());
+        assert!(!c.cachekeep.enabled);
+        assert_eq!(c.dumps.dir, dir.path().join("dumps"));
+        assert_eq!((c.dumps.enabled, c.dumps.max_files), (false, 200));
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "dump = true\ndump_dir = \"/tmp/d\"\ndump_max_files = 3\n\n[cachekeep]\n\
+             enabled = true\ninterval = \"2m\"\nidle_cap = 600\nsubagents = true\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        let expected = CacheKeep {
+            enabled: true,
+            interval: 120,
+            idle_cap: 600,
+            subagents: true,
+        };
+        assert_eq!(c.cachekeep, expected);
+        assert_eq!((c.cachekeep.cap(false), c.cachekeep.cap(true)), (600, 600));
+        assert_eq!(CacheKeep::default().cap(true), SUBAGENT_IDLE_CAP);
+        assert_eq!(c.dumps.dir, Path::new("/tmp/d"));
+        assert_eq!((c.dumps.enabled, c.dumps.max_files), (true, 3));
+        for (bad, key) in [
+            ("[cachekeep]\ninterval = 0", "`cachekeep.interval` must be"),
+            (
+                "[cachekeep]\nidle_cap = \"soon\"",
+                "`cachekeep.idle_cap` must be",
+            ),
+            ("[cachekeep]\nwarm = true", "warm"),
+            ("dump_max_files = 0", "`dump_max_files` must be from 1"),
+            ("dump = 1", "invalid type"),
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
+            let e = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

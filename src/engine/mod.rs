@@ -4,8 +4,11 @@
 //! the scheduler and the watcher sit above it; `daemon` only wires them.
 
 pub mod affinity;
+pub mod cachekeep;
 pub mod config;
+pub mod config_edit;
 pub mod due;
+pub mod dumps;
 pub mod journal;
 pub mod metrics;
 pub mod pace;
@@ -86,6 +89,10 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Which account each active conversation stays on.
     pub affinity: affinity::Affinity,
+    /// The conversations kept warm.
+    pub cachekeep: cachekeep::Keeper,
+    /// Dumps of the requests sent to the backend.
+    pub dumps: dumps::Dumper,
 }
 
 /// Quota reports to the leader that may be under way at once.
@@ -107,7 +114,6 @@ impl Engine {
         Engine {
             paths,
             home_real,
-            config,
             refresher,
             auth_problem: Mutex::new(None),
             store_changed: tokio::sync::watch::Sender::new(()),
@@ -119,6 +125,9 @@ impl Engine {
             usage: usage::Usage::open(paths_usage),
             metrics,
             affinity: affinity::Affinity::default(),
+            cachekeep: cachekeep::Keeper::new(config.cachekeep),
+            dumps: dumps::Dumper::new(config.dumps.clone()),
+            config,
         }
     }
 

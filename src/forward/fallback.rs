@@ -114,9 +114,12 @@ impl Forwarder {
                 self.shared.metrics.fell_back(&from);
             }
             trace::routed(&account.id);
-            let mut headers = headers.clone();
-            self.bearers.set_credentials(&mut headers, &account);
-            let response = self.send(method.clone(), url, headers, body).await?;
+            let mut sent = headers.clone();
+            self.bearers.set_credentials(&mut sent, &account);
+            let kept = outgoing.buffered();
+            let response = self
+                .send_dumped(method.clone(), url, sent, body, kept, &account.id)
+                .await?;
             let status = response.status().as_u16();
             if !Engine::refuses_the_account(status) {
                 let response_headers = response.headers();
@@ -133,6 +136,8 @@ impl Forwarder {
                         || response.status() == StatusCode::SWITCHING_PROTOCOLS)
                 {
                     self.served(conversation, &account.id);
+                    let kept = outgoing.buffered();
+                    self.remember(conversation, &account.id, (&method, url), &headers, kept);
                 }
                 return Ok((account, response));
             }

@@ -5,9 +5,11 @@
 mod answer;
 mod bearers;
 mod body;
+mod cachekeep;
 mod connector;
 mod conversation;
 mod dashboard;
+mod dump;
 mod fallback;
 mod guard;
 mod headers;
@@ -106,6 +108,7 @@ pub async fn serve(
 ) {
     let connections = Connections::new(limits, "forwarder");
     let warm = tokio::spawn(forwarder.keep_warm(shutdown.clone()));
+    let caches = tokio::spawn(forwarder.keep_caches_warm(shutdown.clone()));
     loop {
         let (stream, client) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -141,7 +144,7 @@ pub async fn serve(
         }
     };
     tokio::join!(connections.shutdown(), websockets);
-    let _ = warm.await;
+    let _ = tokio::join!(warm, caches);
 }
 
 /// Binds the forwarder's address; only loopback addresses are accepted,

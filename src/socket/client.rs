@@ -140,7 +140,23 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `GET target` from the daemon serving `paths.home`, if one runs.
 pub async fn get(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
-    tokio::time::timeout(ANSWER_TIMEOUT, get_now(paths, target))
+    ask(paths, Method::GET, target, None).await
+}
+
+/// `POST target` with the JSON `body` to the daemon serving `paths.home`,
+/// if one runs.
+pub async fn post(paths: &Paths, target: &str, body: &Value) -> Result<Answer, ClientError> {
+    let body = serde_json::to_vec(body).expect("JSON always serializes");
+    ask(paths, Method::POST, target, Some(body)).await
+}
+
+async fn ask(
+    paths: &Paths,
+    method: Method,
+    target: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, ClientError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, ask_now(paths, method, target, body))
         .await
         .unwrap_or_else(|_| {
             Err(ClientError::Timeout {
@@ -150,7 +166,12 @@ pub async fn get(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
         })
 }
 
-async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
+async fn ask_now(
+    paths: &Paths,
+    method: Method,
+    target: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, ClientError> {
     let mut connection = match Connection::open(&paths.socket).await {
         Ok(c) => c,
         Err(ClientError::Connect { source, .. })
@@ -165,7 +186,7 @@ async fn get_now(paths: &Paths, target: &str) -> Result<Answer, ClientError> {
     };
     let home = paths.home.to_string_lossy();
     let (status, body) = connection
-        .send(Method::GET, target, &[(HOME_HEADER, &home)], None)
+        .send(method, target, &[(HOME_HEADER, &home)], body)
         .await?;
     let value: Value = serde_json::from_slice(&body).map_err(|_| ClientError::NotJson {
         path: connection.path.clone(),

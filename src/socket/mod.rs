@@ -2,6 +2,7 @@
 //! for proxies and scripts on the same machine and user.
 
 pub mod client;
+mod switches;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -373,10 +374,20 @@ async fn route(
             let since = since(&query, now)?;
             Ok(json!({"since": since, "until": now, "rows": shared.usage.totals(since)}))
         }
+        (&Method::GET, "/v1/cachekeep") => switches::cachekeep(shared, None),
+        (&Method::POST, "/v1/cachekeep") => {
+            let on = switches::enabled(&read_body(request, limits).await?)?;
+            switches::cachekeep(shared, Some(on))
+        }
+        (&Method::GET, "/v1/dump") => Ok(switches::dump(shared, None)),
+        (&Method::POST, "/v1/dump") => {
+            let on = switches::enabled(&read_body(request, limits).await?)?;
+            Ok(switches::dump(shared, Some(on)))
+        }
         (
             _,
             "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota" | "/v1/usage"
-            | "/v1/metrics",
+            | "/v1/metrics" | "/v1/cachekeep" | "/v1/dump",
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::MethodNotAllowed,
@@ -387,7 +398,7 @@ async fn route(
             ErrorCode::NotFound,
             format!(
                 "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts, \
-                 /v1/quota, /v1/usage and /v1/metrics"
+                 /v1/quota, /v1/usage, /v1/metrics, /v1/cachekeep and /v1/dump"
             ),
         )),
     }

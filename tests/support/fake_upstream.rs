@@ -115,6 +115,8 @@ struct State {
     quota: HashMap<String, f64>,
     /// While set, SSE answers hold after their first event until notified.
     hold: Option<Arc<tokio::sync::Notify>>,
+    /// SSE answers carry no output item, only their start and usage.
+    without_output: bool,
     /// Accounts whose next `response.create` on an open WebSocket gets an
     /// `error` event with 429 usage_limit_reached.
     limited_in_stream: HashSet<String>,
@@ -261,6 +263,12 @@ impl FakeUpstream {
             .unwrap()
             .quota
             .insert(account_id.into(), five_hour_percent);
+    }
+
+    /// SSE answers from now on carry no output item: created, then
+    /// completed with the usage.
+    pub fn answer_without_output(&self) {
+        self.state.lock().unwrap().without_output = true;
     }
 
     /// Holds SSE answers after their first event until the returned
@@ -536,12 +544,13 @@ async fn handle(
                 .get("chatgpt-account-id")
                 .cloned()
                 .unwrap_or_default();
-            let (limited, hold, quota) = {
+            let (limited, hold, quota, without_output) = {
                 let s = state.lock().unwrap();
                 (
                     s.limited.contains(&account),
                     s.hold.clone(),
                     s.quota.get(&account).copied(),
+                    s.without_output,
                 )
             };
             let rejected = is_rejected(&state.lock().unwrap(), &recorded);
@@ -556,7 +565,7 @@ async fn handle(
             } else if limited {
                 limited_answer(&state.lock().unwrap(), &recorded, &account)
             } else {
-                sse(hold)
+                sse(hold, without_output)
             };
             if let Some(percent) = quota.or(limited.then_some(100.0)) {
                 let h = response.headers_mut();
@@ -1103,17 +1112,18 @@ fn response_events() -> Vec<Value> {
 }
 
 /// The SSE events of a finished answer.
-fn sse_events() -> Vec<String> {
+fn sse_events(without_output: bool) -> Vec<String> {
     response_events()
         .iter()
+        .filter(|e| !without_output || e["type"] != "response.output_item.done")
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
         .collect()
 }
 
 /// An SSE answer; with `hold`, the first event is sent at once and the
 /// rest only after `hold` is notified.
-fn sse(hold: Option<Arc<tokio::sync::Notify>>) -> Response<Body> {
-    let events = sse_events();
+fn sse(hold: Option<Arc<tokio::sync::Notify>>, without_output: bool) -> Response<Body> {
+    let events = sse_events(without_output);
     let body = match hold {
         None => full(events.concat()),
         Some(hold) => {

@@ -518,9 +518,16 @@ pub fn wait_until(
     mut check: impl FnMut() -> bool,
 ) -> Option<std::time::Duration> {
     let start = std::time::Instant::now();
+    wait_for(limit, || check().then(|| start.elapsed()))
+}
+
+/// Waits until `check` gives a value, looking every 5 ms, for at most
+/// `limit`: the value, or `None` when none came.
+pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
     loop {
-        if check() {
-            return Some(start.elapsed());
+        if let Some(found) = check() {
+            return Some(found);
         }
         if start.elapsed() > limit {
             return None;
