@@ -23,11 +23,14 @@
 //!   their tokens against one that does not, and the size of a usage file
 //!   of 30 days;
 //! - the dashboard: its page weight, and the time to answer its state and
-//!   a metrics scrape against one of its static files.
+//!   a metrics scrape against one of its static files;
+//! - the prompt cache: throughput without a conversation header, with one
+//!   conversation per connection and with a new one per request; memory
+//!   per pinned conversation and per kept shadow body.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
-//! `backoff`, `usage`, `dashboard`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! `backoff`, `usage`, `dashboard`, `prompt_cache`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ use std::time::{Duration, Instant};
 mod dashboard;
 #[path = "broker/first_byte.rs"]
 mod first_byte;
+#[path = "broker/prompt_cache.rs"]
+mod prompt_cache;
 
 use codex_broker::codex::auth::CodexHome;
 use codex_broker::socket::client::Connection;
@@ -392,6 +397,9 @@ fn main() {
     }
     if wanted("usage") {
         forward::usage(&runtime, &upstream, run);
+    }
+    if wanted("prompt_cache") {
+        prompt_cache::run(&runtime, &upstream, run, quick);
     }
     if wanted("dashboard") {
         let (_home, daemon) = fresh_daemon(&upstream);
@@ -894,7 +902,7 @@ mod forward {
 
     const SMALL_BODY: &[u8] = br#"{"model":"gpt-5.1-codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":false}"#;
 
-    async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    pub async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

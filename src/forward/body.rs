@@ -17,6 +17,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// The most room reserved ahead for a body of a declared length.
+const RESERVE_CAP: usize = 1024 * 1024;
+
 /// A request body: in memory, or (past the buffering cap) streamed once.
 pub enum Outgoing {
     Buffered(Bytes),
@@ -35,7 +38,10 @@ impl Outgoing {
             return Ok(Outgoing::Streaming(Some(Chain::new(Bytes::new(), body))));
         }
         let mut body = body;
-        let mut buffered = Vec::new();
+        // Room for the declared length, up to a bound (a length is a claim,
+        // not bytes); past it the buffer grows as bytes come.
+        let room = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(RESERVE_CAP));
+        let mut buffered = Vec::with_capacity(room);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
                 buffered.extend_from_slice(&data);
@@ -43,6 +49,11 @@ impl Outgoing {
                     return Ok(Outgoing::Streaming(Some(Chain::new(buffered.into(), body))));
                 }
             }
+        }
+        // A body kept after its request (a shadow of keep-warm) holds no
+        // spare room.
+        if buffered.capacity() > buffered.len() {
+            buffered.shrink_to_fit();
         }
         Ok(Outgoing::Buffered(buffered.into()))
     }
