@@ -263,6 +263,7 @@ fn websocket_frames(input: &[u8]) -> Verdict {
     };
     let deflate = (flags & 2 != 0).then_some(Deflate {
         server_no_context_takeover: flags & 4 != 0,
+        client_no_context_takeover: flags & 4 != 0,
     });
     let whole = walk_frames(way, deflate, stream, stream.len().max(1));
     let pieces = walk_frames(way, deflate, stream, usize::from(*piece).max(1));
@@ -276,7 +277,7 @@ type Walked = (Vec<Vec<u8>>, Option<usize>, Option<String>);
 
 fn walk_frames(way: Way, deflate: Option<Deflate>, stream: &[u8], piece: usize) -> Walked {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let messages = (way == Way::ToClient).then(|| {
+    let messages = {
         let seen = seen.clone();
         let observer = Box::new(move |text: &[u8]| {
             assert!(
@@ -286,8 +287,11 @@ fn walk_frames(way: Way, deflate: Option<Deflate>, stream: &[u8], piece: usize) 
             );
             seen.lock().expect("not poisoned").push(text.to_vec());
         });
-        Messages::new(deflate, observer)
-    });
+        Some(match way {
+            Way::ToClient => Messages::new(deflate, observer),
+            Way::ToUpstream => Messages::of_client(deflate, INSPECT_CAP, observer),
+        })
+    };
     let mut frames = Frames::new(way, deflate.is_some(), messages);
     let mut buf = Vec::new();
     let mut passed = 0;

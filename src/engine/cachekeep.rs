@@ -169,6 +169,15 @@ impl Keeper {
         }
     }
 
+    /// Records a real request of conversation `key` at `now` that cannot
+    /// be repeated alone (it chains onto an earlier answer): the
+    /// conversation is active, and its shadow stays the last whole request.
+    pub fn touch(&self, key: &str, now: i64) {
+        if let Some(session) = self.sessions().get_mut(key) {
+            session.last_request_at = session.last_request_at.max(now);
+        }
+    }
+
     /// The conversations that need a timer, and how soon it fires.
     pub fn take_pending(&self) -> Vec<(Box<str>, i64)> {
         let interval = self.settings().interval;
@@ -284,7 +293,9 @@ mod tests {
         assert!(matches!(keeper.next("c1", 10), Next::Wait(10)));
         keeper.warmed("c1", None);
         // A real request brings the latest body, and restarts the wait.
-        keeper.record("c1", "a", false, shadow("two"), 15);
+        keeper.record("c1", "a", false, shadow("two"), 13);
+        keeper.touch("c1", 15);
+        keeper.touch("unknown", 15);
         assert!(keeper.take_pending().is_empty(), "its timer still runs");
         assert!(matches!(keeper.next("c1", 20), Next::Wait(5)));
         assert_eq!(warms(keeper.next("c1", 25)).as_deref(), Some("a:two"));

@@ -34,6 +34,7 @@ use crate::wire::encoding::decode;
 use crate::wire::proto::MIN_TTL;
 use crate::wire::sse_scan::SseScan;
 use crate::wire::usage::{Tokens, completed_event};
+use crate::wire::ws_message::Observer;
 
 /// The client shadows are counted as in usage.
 pub const CLIENT: &str = "cachekeep";
@@ -72,6 +73,45 @@ impl Forwarder {
             shadow,
             now,
         );
+    }
+
+    /// The observer of the client's messages on a WebSocket connection of
+    /// `conversation` on `account`: each `response.create` is a real
+    /// request; a whole one (chained onto no earlier answer) becomes the
+    /// conversation's shadow, sent over HTTP to `url`.
+    pub(super) fn websocket_requests(
+        &self,
+        conversation: &Conversation,
+        account: &str,
+        url: &str,
+        handshake: &HeaderMap,
+    ) -> (usize, Observer) {
+        let engine = self.shared.clone();
+        let conversation = conversation.clone();
+        let account: Box<str> = account.into();
+        let url = url.to_owned();
+        let headers = shadow_headers(handshake);
+        let observer = move |text: &[u8]| {
+            let keeper = &engine.cachekeep;
+            if !keeper.keeps(conversation.subagent) {
+                return;
+            }
+            let now = engine.refresher.now();
+            let key = &conversation.key;
+            match websocket_request(text) {
+                Some(WsRequest::Whole(body)) => {
+                    let shadow = Shadow {
+                        url: url.clone(),
+                        headers: headers.clone(),
+                        body,
+                    };
+                    keeper.record(key, &account, conversation.subagent, shadow, now);
+                }
+                Some(WsRequest::Chained) => keeper.touch(key, now),
+                None => {}
+            }
+        };
+        (MAX_BODY, Box::new(observer))
     }
 
     /// Runs the conversations' timers until `stop`: each due conversation
@@ -196,6 +236,51 @@ impl Forwarder {
         }
         Some(completed.map(|(tokens, _)| tokens))
     }
+}
+
+/// A client's message on a WebSocket connection, as keep-warm sees it.
+#[derive(Debug, PartialEq)]
+enum WsRequest {
+    /// A request that stands alone: its body for HTTP.
+    Whole(Bytes),
+    /// A request chained onto an earlier answer of the connection, or a
+    /// warm-up: the conversation is active, its shadow stays.
+    Chained,
+}
+
+/// What the message `text` asks, if it is a `response.create`.
+fn websocket_request(text: &[u8]) -> Option<WsRequest> {
+    let mut body: Map<String, Value> = serde_json::from_slice(text).ok()?;
+    if body.shift_remove("type")? != "response.create" {
+        return None;
+    }
+    // Chained onto an earlier answer, or a warm-up that generates nothing
+    // (Codex's `generate: false`): not a request to repeat.
+    let chained = body
+        .get("previous_response_id")
+        .is_some_and(|id| !id.is_null());
+    if chained || body.get("generate") == Some(&Value::Bool(false)) {
+        return Some(WsRequest::Chained);
+    }
+    let bytes = serde_json::to_vec(&body).ok()?;
+    Some(WsRequest::Whole(Bytes::from(bytes)))
+}
+
+/// A WebSocket handshake's headers as an HTTP request of the same client
+/// carries them.
+fn shadow_headers(handshake: &HeaderMap) -> HeaderMap {
+    let mut headers = handshake.clone();
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("openai-beta");
+    headers
 }
 
 /// Whether `account` may take a shadow now: it can serve, and its access
@@ -348,6 +433,45 @@ mod tests {
             .map(|e| Ok(Frame::data(Bytes::from(format!("data: {e}\n\n")))))
             .collect();
         StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[test]
+    fn a_whole_websocket_request_becomes_a_body_and_a_chained_one_does_not() {
+        let whole = br#"{"type":"response.create","model":"m","input":[1],"store":false}"#;
+        let Some(WsRequest::Whole(body)) = websocket_request(whole) else {
+            panic!("a whole request");
+        };
+        assert_eq!(&body[..], br#"{"model":"m","input":[1],"store":false}"#);
+        let unchained = br#"{"type":"response.create","previous_response_id":null,"input":[]}"#;
+        assert!(matches!(
+            websocket_request(unchained),
+            Some(WsRequest::Whole(_))
+        ));
+        let chained = br#"{"type":"response.create","previous_response_id":"resp_1","input":[]}"#;
+        assert_eq!(websocket_request(chained), Some(WsRequest::Chained));
+        let prewarm = br#"{"type":"response.create","generate":false,"input":[]}"#;
+        assert_eq!(websocket_request(prewarm), Some(WsRequest::Chained));
+        for other in [
+            &br#"{"type":"response.cancel"}"#[..],
+            b"{}",
+            b"[1]",
+            b"nope",
+        ] {
+            assert_eq!(websocket_request(other), None);
+        }
+        let mut handshake = HeaderMap::new();
+        for (n, v) in [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "k"),
+            ("openai-beta", "responses_websockets=2026-02-06"),
+            ("session-id", "s1"),
+        ] {
+            handshake.insert(n, HeaderValue::from_static(v));
+        }
+        let headers = shadow_headers(&handshake);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["session-id"], "s1");
     }
 
     #[tokio::test]

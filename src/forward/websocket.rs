@@ -166,6 +166,7 @@ fn agreed_deflate(headers: &HeaderMap) -> Result<Option<Deflate>, String> {
                     return Err(format!("an unknown permessage-deflate parameter: {name}"));
                 }
                 deflate.server_no_context_takeover |= name == "server_no_context_takeover";
+                deflate.client_no_context_takeover |= name == "client_no_context_takeover";
             }
             Ok(Some(deflate))
         }
@@ -190,6 +191,7 @@ impl Forwarder {
         let client = usage::client(header_str(request.headers(), header::USER_AGENT));
         let conversation = Conversation::of(request.headers(), None);
         let headers = handshake_headers(request.into_parts().0.headers);
+        let handshake = conversation.is_some().then(|| headers.clone());
         let outgoing = Outgoing::Buffered(Bytes::new());
         let (account, response) = match self
             .with_fallback(
@@ -219,6 +221,11 @@ impl Forwarder {
                 );
             }
         };
+        // The handshake's URL is the HTTP one of the same route.
+        let requests = conversation
+            .as_ref()
+            .zip(handshake.as_ref())
+            .map(|(c, h)| self.websocket_requests(c, &account.id, &url, h));
         let engine = self.shared.clone();
         let observer_by = by.clone();
         let id = account.id.clone();
@@ -234,6 +241,7 @@ impl Forwarder {
                 };
                 observe_event(&engine, &seen, text, &observer_by);
             }),
+            requests,
         };
         sessions.tracker.spawn(async move {
             let _permit = permit;
@@ -498,7 +506,15 @@ mod tests {
         assert_eq!(
             agreed("permessage-deflate; server_no_context_takeover; client_max_window_bits=15"),
             Ok(Some(Deflate {
-                server_no_context_takeover: true
+                server_no_context_takeover: true,
+                client_no_context_takeover: false,
+            }))
+        );
+        assert_eq!(
+            agreed("permessage-deflate; client_no_context_takeover"),
+            Ok(Some(Deflate {
+                server_no_context_takeover: false,
+                client_no_context_takeover: true,
             }))
         );
         assert_eq!(agreed("permessage-deflate"), Ok(Some(Deflate::default())));

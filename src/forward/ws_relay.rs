@@ -7,7 +7,8 @@
 //! ([`Frames`]) to know where frames begin (so that it can add a close
 //! frame of its own at a frame boundary on shutdown or idleness) and to
 //! refuse what the protocol forbids. The upstream's text messages go to an
-//! observer ([`Messages`]) that learns quota and limits from them.
+//! observer ([`Messages`]) that learns quota and limits from them; the
+//! client's, when wanted, to another (keep-warm keeps its requests).
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -239,6 +240,9 @@ pub struct Relay {
     pub idle: Duration,
     pub stop: CancellationToken,
     pub observer: Observer,
+    /// Takes the client's text messages up to a cap, when some part wants
+    /// them.
+    pub requests: Option<(usize, Observer)>,
 }
 
 impl Relay {
@@ -251,11 +255,14 @@ impl Relay {
     {
         let (client_read, client_write) = tokio::io::split(client);
         let (upstream_read, upstream_write) = tokio::io::split(upstream);
-        // Both ways are held to the protocol; only the upstream's messages
-        // are read.
+        // Both ways are held to the protocol; the upstream's messages are
+        // read, the client's when they are wanted.
         let deflate = self.deflate.is_some();
         let messages = Messages::new(self.deflate, self.observer);
-        let up_frames = Frames::new(Way::ToUpstream, deflate, None);
+        let requests = self
+            .requests
+            .map(|(cap, observer)| Messages::of_client(self.deflate, cap, observer));
+        let up_frames = Frames::new(Way::ToUpstream, deflate, requests);
         let down_frames = Frames::new(Way::ToClient, deflate, Some(messages));
         let mut up = Pump::new(client_read, upstream_write, Way::ToUpstream, up_frames);
         let mut down = Pump::new(upstream_read, client_write, Way::ToClient, down_frames);
@@ -354,6 +361,9 @@ mod tests {
     use crate::wire::ws_frame::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
     use crate::wire::ws_message::{DEFLATE_TAIL, INSPECT_CAP};
 
+    /// The longest client message the tests' observer takes.
+    const REQUEST_CAP: usize = 64;
+
     /// A frame as the upstream (unmasked) or a client (masked) sends it.
     fn frame(first: u8, payload: &[u8], way: Way) -> Vec<u8> {
         let mut out = vec![first];
@@ -395,6 +405,8 @@ mod tests {
         client: DuplexStream,
         upstream: DuplexStream,
         seen: Arc<Mutex<Vec<String>>>,
+        /// The client's messages, up to [`REQUEST_CAP`] bytes.
+        requests: Arc<Mutex<Vec<String>>>,
         stop: CancellationToken,
         relay: tokio::task::JoinHandle<Ended>,
     }
@@ -403,23 +415,28 @@ mod tests {
         let (client, client_side) = tokio::io::duplex(64 * 1024);
         let (upstream, upstream_side) = tokio::io::duplex(64 * 1024);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let recorded = seen.clone();
+        let recorder = |into: &Arc<Mutex<Vec<String>>>| -> Observer {
+            let into = into.clone();
+            Box::new(move |text| {
+                into.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(text).into_owned());
+            })
+        };
         let relay = Relay {
             deflate,
             idle,
             stop: stop.clone(),
-            observer: Box::new(move |text| {
-                recorded
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(text).into_owned());
-            }),
+            observer: recorder(&seen),
+            requests: Some((REQUEST_CAP, recorder(&requests))),
         };
         Harness {
             client,
             upstream,
             seen,
+            requests,
             stop,
             relay: tokio::spawn(relay.run(client_side, upstream_side)),
         }
@@ -472,6 +489,11 @@ mod tests {
             h.client.write_all(&[*byte]).await.unwrap();
         }
         assert_eq!(read_exactly(&mut h.upstream, sent.len()).await, sent);
+        // The client's text message is observed unmasked and whole.
+        assert_eq!(
+            *h.requests.lock().unwrap(),
+            ["{\"type\":\"response.create\",\"input\":[]}"]
+        );
 
         // Upstream events, one of them long enough for a 16-bit length,
         // arrive whole at the client, and each text message is observed.
@@ -529,9 +551,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_clients_compressed_messages_are_read_with_their_own_window_and_cap() {
+        for client_no_context_takeover in [false, true] {
+            let deflate = Deflate {
+                server_no_context_takeover: false,
+                client_no_context_takeover,
+            };
+            let mut h = harness(Some(deflate), Duration::from_secs(60));
+            let mut compressor = Compress::new(Compression::default(), false);
+            let text = r#"{"type":"response.create","input":[]}"#;
+            let mut sent = Vec::new();
+            for _ in 0..2 {
+                if client_no_context_takeover {
+                    compressor.reset();
+                }
+                let (a, b) = {
+                    let compressed = deflated(&mut compressor, text);
+                    let (a, b) = compressed.split_at(compressed.len() / 2);
+                    (a.to_vec(), b.to_vec())
+                };
+                sent.extend(frame(0x40 | TEXT, &a, Way::ToUpstream));
+                sent.extend(frame(0x80 | CONTINUATION, &b, Way::ToUpstream));
+            }
+            // Past the cap: passed on, not observed.
+            let long = format!("{{\"pad\":\"{}\"}}", "q".repeat(REQUEST_CAP));
+            sent.extend(frame(0x80 | TEXT, long.as_bytes(), Way::ToUpstream));
+            sent.extend(frame(0x80 | TEXT, b"{}", Way::ToUpstream));
+            let writer = async { h.client.write_all(&sent).await.unwrap() };
+            let (_, got) = tokio::join!(writer, read_exactly(&mut h.upstream, sent.len()));
+            assert_eq!(got, sent);
+            assert_eq!(*h.requests.lock().unwrap(), [text, text, "{}"]);
+            assert!(h.seen.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
     async fn without_context_takeover_every_message_starts_afresh() {
         let deflate = Deflate {
             server_no_context_takeover: true,
+            client_no_context_takeover: false,
         };
         let mut h = harness(Some(deflate), Duration::from_secs(60));
         let mut sent = Vec::new();

@@ -50,6 +50,8 @@ pub(super) struct Head {
     pub(super) rsv1: bool,
     pub(super) opcode: u8,
     pub(super) masked: bool,
+    /// The masking key of a client's frame (zeros for a server's).
+    pub(super) mask: [u8; 4],
     /// The payload's length.
     pub(super) len: u64,
     /// Bytes the head takes, mask key included.
@@ -118,11 +120,16 @@ pub(super) fn parse_head(buf: &[u8], way: Way) -> Result<Option<Head>, ProtocolE
     if buf.len() < size {
         return Ok(None);
     }
+    let mut mask = [0u8; 4];
+    if masked {
+        mask.copy_from_slice(&buf[size - 4..size]);
+    }
     let head = Head {
         fin: b0 & 0x80 != 0,
         rsv1: b0 & 0x40 != 0,
         opcode,
         masked,
+        mask,
         len,
         size,
     };

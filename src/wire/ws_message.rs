@@ -1,7 +1,7 @@
 //! The messages a stream of WebSocket frames carries: text messages put
-//! back together from their frames, inflated when compressed
-//! (permessage-deflate, RFC 7692), and handed whole, up to
-//! [`INSPECT_CAP`] bytes, to an observer.
+//! back together from their frames, unmasked when a client sent them,
+//! inflated when compressed (permessage-deflate, RFC 7692), and handed
+//! whole, up to a cap ([`INSPECT_CAP`] for the upstream's), to an observer.
 
 use flate2::{Decompress, FlushDecompress, Status};
 
@@ -13,15 +13,16 @@ pub const INSPECT_CAP: usize = 256 * 1024;
 /// The tail a permessage-deflate sender strips from every message.
 pub const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// permessage-deflate as agreed in the handshake, for the upstream's frames.
+/// permessage-deflate as agreed in the handshake.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Deflate {
     /// The upstream starts every message with an empty window.
     pub server_no_context_takeover: bool,
+    /// The client starts every message with an empty window.
+    pub client_no_context_takeover: bool,
 }
 
-/// Takes each text message of the upstream, inflated, up to
-/// [`INSPECT_CAP`] bytes.
+/// Takes each text message, unmasked and inflated, up to the cap.
 pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
 
 /// The message the inspector is reading.
@@ -34,18 +35,37 @@ struct Reading {
 
 /// Reads the text messages of a stream of frames for an observer.
 pub struct Messages {
-    deflate: Option<Deflate>,
+    /// Every message starts with an empty window.
+    fresh_window: bool,
+    /// The longest message handed to the observer.
+    cap: usize,
     inflater: Option<Decompress>,
+    /// A masked frame's payload, unmasked.
+    unmasked: Vec<u8>,
     message: Option<Reading>,
     text: Vec<u8>,
     observer: Observer,
 }
 
 impl Messages {
+    /// The upstream's messages, up to [`INSPECT_CAP`] bytes each.
     pub fn new(deflate: Option<Deflate>, observer: Observer) -> Messages {
+        let fresh_window = deflate.is_some_and(|d| d.server_no_context_takeover);
+        Messages::reading(fresh_window, INSPECT_CAP, observer)
+    }
+
+    /// The client's (masked) messages, up to `cap` bytes each.
+    pub fn of_client(deflate: Option<Deflate>, cap: usize, observer: Observer) -> Messages {
+        let fresh_window = deflate.is_some_and(|d| d.client_no_context_takeover);
+        Messages::reading(fresh_window, cap, observer)
+    }
+
+    fn reading(fresh_window: bool, cap: usize, observer: Observer) -> Messages {
         Messages {
-            deflate,
+            fresh_window,
+            cap,
             inflater: None,
+            unmasked: Vec::new(),
             message: None,
             text: Vec::new(),
             observer,
@@ -65,8 +85,29 @@ impl Messages {
         });
     }
 
-    /// Payload bytes of the current frame.
-    pub(super) fn payload(&mut self, bytes: &[u8]) {
+    /// Payload bytes of the current frame; a masked frame's come with its
+    /// key and where in the payload they start.
+    pub(super) fn payload(&mut self, bytes: &[u8], mask: Option<([u8; 4], u64)>) {
+        let Some((key, offset)) = mask else {
+            return self.plain_payload(bytes);
+        };
+        let mut unmasked = std::mem::take(&mut self.unmasked);
+        unmasked.clear();
+        let start = (offset % 4) as usize;
+        unmasked.extend(
+            bytes
+                .iter()
+                .zip(key.iter().cycle().skip(start))
+                .map(|(b, k)| b ^ k),
+        );
+        self.plain_payload(&unmasked);
+        if unmasked.capacity() <= 64 * 1024 {
+            self.unmasked = unmasked;
+        }
+    }
+
+    fn plain_payload(&mut self, bytes: &[u8]) {
+        let cap = self.cap;
         let Some(Reading {
             text,
             compressed,
@@ -78,13 +119,20 @@ impl Messages {
         if *compressed {
             let keep = *text && !*over;
             let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
-            if !inflate(inflater, bytes, FlushDecompress::None, &mut self.text, keep) {
+            if !inflate(
+                inflater,
+                bytes,
+                FlushDecompress::None,
+                &mut self.text,
+                keep,
+                cap,
+            ) {
                 *over = true;
             }
         } else if *text && !*over {
             self.text.extend_from_slice(bytes);
         }
-        if self.text.len() > INSPECT_CAP {
+        if self.text.len() > cap {
             *over = true;
             self.text.clear();
         }
@@ -108,15 +156,16 @@ impl Messages {
                 FlushDecompress::Sync,
                 &mut self.text,
                 keep,
+                self.cap,
             );
-            if !whole || self.deflate.is_some_and(|d| d.server_no_context_takeover) {
+            if !whole || self.fresh_window {
                 inflater.reset(false);
             }
             if !whole {
                 self.text.clear();
             }
         }
-        if text && !over && self.text.len() <= INSPECT_CAP && !self.text.is_empty() {
+        if text && !over && self.text.len() <= self.cap && !self.text.is_empty() {
             (self.observer)(&self.text);
         }
         self.text.clear();
@@ -126,8 +175,8 @@ impl Messages {
     }
 }
 
-/// Inflates `input`, appending up to [`INSPECT_CAP`] bytes of what it
-/// gives to `out` when `keep`, discarding the rest. Returns false when the
+/// Inflates `input`, appending up to `cap` bytes of what it gives to
+/// `out` when `keep`, discarding the rest. Returns false when the
 /// stream is broken (the observer then sees nothing of the message).
 fn inflate(
     inflater: &mut Decompress,
@@ -135,6 +184,7 @@ fn inflate(
     flush: FlushDecompress,
     out: &mut Vec<u8>,
     keep: bool,
+    cap: usize,
 ) -> bool {
     let mut chunk = [0u8; 8 * 1024];
     loop {
@@ -146,7 +196,7 @@ fn inflate(
         let used = (inflater.total_in() - read) as usize;
         let produced = (inflater.total_out() - written) as usize;
         input = &input[used..];
-        if keep && out.len() <= INSPECT_CAP {
+        if keep && out.len() <= cap {
             out.extend_from_slice(&chunk[..produced]);
         }
         // Output can lag behind the input taken: call again until neither

@@ -68,7 +68,8 @@ impl Frames {
                 if let Some(messages) = self.messages.as_mut()
                     && !head.is_control()
                 {
-                    messages.payload(&buf[at..at + n]);
+                    let mask = head.masked.then_some((head.mask, head.len - *left));
+                    messages.payload(&buf[at..at + n], mask);
                 }
                 at += n;
                 *left -= n as u64;

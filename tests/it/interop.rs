@@ -811,3 +811,47 @@ fn a_resumed_codex_session_stays_on_its_account_after_a_switch() {
     let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
     assert_eq!(status["daemon"]["pinned_conversations"], 2, "{status}");
 }
+
+/// Keep-warm on a Codex conversation carried over a WebSocket: its whole
+/// turn (not Codex's own warm-up) is repeated over HTTP on its account.
+#[test]
+fn a_codex_websocket_conversation_is_kept_warm_over_http() {
+    isolated!(a_codex_websocket_conversation_is_kept_warm_over_http);
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    std::fs::create_dir_all(env.broker_home()).unwrap();
+    std::fs::write(
+        env.broker_home().join("config.toml"),
+        "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n",
+    )
+    .unwrap();
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    codex_config_at(&env, &forwarder);
+    codex_exec_at(&env, &forwarder);
+    let turn = upstream
+        .websocket_seen()
+        .into_iter()
+        .map(|s| serde_json::from_str::<serde_json::Value>(&s.message).unwrap_or_default())
+        .find(|m| m["type"] == "response.create" && m.get("generate").is_none())
+        .expect("Codex's turn on the WebSocket");
+    let shadows = || {
+        upstream
+            .requests_to("/backend-api/codex/responses")
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect::<Vec<_>>()
+    };
+    let warmed = crate::support::wait_until(Duration::from_secs(10), || !shadows().is_empty());
+    assert!(warmed.is_some(), "a shadow of Codex's turn");
+    let shadow = &shadows()[0];
+    assert_eq!(shadow.headers["chatgpt-account-id"], "acc-main");
+    let body = shadow.json();
+    assert_eq!(body["input"], turn["input"]);
+    assert_eq!(body["prompt_cache_key"], turn["prompt_cache_key"]);
+    assert_eq!(body["store"], false);
+    assert_eq!(
+        shadow.headers["session-id"],
+        turn["prompt_cache_key"].as_str().unwrap()
+    );
+}

@@ -512,7 +512,10 @@ proptest! {
         piece in 1usize..64,
     ) {
         let stream = websocket_stream(&messages, fragments, compressed, no_takeover);
-        let deflate = compressed.then_some(Deflate { server_no_context_takeover: no_takeover });
+        let deflate = compressed.then_some(Deflate {
+            server_no_context_takeover: no_takeover,
+            client_no_context_takeover: false,
+        });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = seen.clone();
         let observer = Box::new(move |text: &[u8]| {

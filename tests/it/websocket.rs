@@ -561,3 +561,69 @@ fn each_completed_response_on_a_websocket_counts_its_tokens() {
     assert_eq!(row["input_tokens"], 3 * 1200);
     assert_eq!(row["reasoning_tokens"], 3 * 128);
 }
+
+/// The HTTP shadows keep-warm sent for conversation `session`.
+fn shadows_of(upstream: &FakeUpstream, session: &str) -> Vec<Value> {
+    upstream
+        .requests_to("/backend-api/codex/responses")
+        .iter()
+        .filter(|r| {
+            r.method == "POST" && r.headers.get("session-id").map(String::as_str) == Some(session)
+        })
+        .map(|r| {
+            assert_eq!(r.headers["chatgpt-account-id"], "acc-main");
+            assert!(!r.headers.contains_key("upgrade") && !r.headers.contains_key("openai-beta"));
+            r.json()
+        })
+        .collect()
+}
+
+#[test]
+fn keep_warm_repeats_a_websocket_conversations_whole_request_over_http() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    std::fs::create_dir_all(env.broker_home()).unwrap();
+    std::fs::write(
+        env.broker_home().join("config.toml"),
+        "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n",
+    )
+    .unwrap();
+    let daemon = env.start_daemon(&[]);
+    let forwarder = daemon.forwarder();
+    runtime().block_on(async {
+        let (mut ws, _) = connect(&forwarder, "/codex/responses").await.unwrap();
+        assert_eq!(
+            types(&turn(&mut ws).await).last(),
+            Some(&"response.completed")
+        );
+        let warmed = wait_until(Duration::from_secs(10), || {
+            !shadows_of(&upstream, "session-1").is_empty()
+        });
+        assert!(warmed.is_some(), "a shadow of the WebSocket turn");
+        let expected =
+            json!({"model": "gpt-5.1-codex", "input": [], "store": false, "stream": true});
+        assert_eq!(shadows_of(&upstream, "session-1")[0], expected);
+
+        // A turn chained onto the last answer keeps the conversation
+        // active; its shadow stays the whole request.
+        let chained = json!({"type": "response.create", "model": "gpt-5.1-codex",
+            "previous_response_id": "resp_fake", "input": [{"type": "message"}]});
+        ws.send(Message::text(chained.to_string())).await.unwrap();
+        let before = shadows_of(&upstream, "session-1").len();
+        let more = wait_until(Duration::from_secs(10), || {
+            shadows_of(&upstream, "session-1").len() > before
+        });
+        assert!(more.is_some());
+        assert!(
+            shadows_of(&upstream, "session-1")
+                .iter()
+                .all(|s| *s == expected)
+        );
+    });
+    let (_, status) = daemon.api("GET", "/v1/cachekeep", None);
+    assert_eq!(status["sessions"][0]["key"], "session-1", "{status}");
+    assert!(
+        status["sessions"][0]["warms"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}
