@@ -63,6 +63,28 @@ pub fn duration(seconds: i64) -> String {
     }
 }
 
+/// `1234567` as `1,234,567`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// A setting in seconds: `270s`, `5m`, `1h` (exact, unlike [`duration`]).
+pub fn seconds(secs: i64) -> String {
+    if secs % 60 == 0 {
+        duration(secs)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// `in 2h 30m` or `5m ago`, relative to `now` (both unix seconds).
 pub fn relative(at: i64, now: i64) -> String {
     if at >= now {

@@ -92,8 +92,8 @@ fn render(status: &Status, running: bool, now: i64) -> String {
         "Keep-warm is {}: a conversation idle for {} gets a shadow request, for up to {} after \
          its last request; subagents {}.\n",
         if status.enabled { "on" } else { "off" },
-        display::duration(status.interval),
-        display::duration(status.idle_cap),
+        display::seconds(status.interval),
+        display::seconds(status.idle_cap),
         if status.subagents { "too" } else { "not" },
     );
     if !running {
@@ -114,7 +114,9 @@ fn render(status: &Status, running: bool, now: i64) -> String {
     ]);
     for s in &status.sessions {
         let tokens = match (s.last_cached_input_tokens, s.last_input_tokens) {
-            (Some(cached), Some(input)) => format!("{cached} / {input}"),
+            (Some(cached), Some(input)) => {
+                format!("{} / {}", display::grouped(cached), display::grouped(input))
+            }
             _ => "-".into(),
         };
         table.row(vec![

@@ -167,19 +167,6 @@ fn counts_cells(c: &Counts) -> Vec<String> {
         c.tokens.reasoning,
     ]
     .iter()
-    .map(|n| grouped(*n))
+    .map(|n| display::grouped(*n))
     .collect()
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(d);
-    }
-    out
 }

@@ -297,7 +297,7 @@ fn a_warm_reports_its_cached_and_uncached_input_and_a_used_up_account_gets_none(
     );
     let human = env.ok(&["cachekeep"]);
     assert!(
-        human.contains("Keep-warm is on") && human.contains("1024 / 1200"),
+        human.contains("Keep-warm is on") && human.contains("1,024 / 1,200"),
         "{human}"
     );
 
