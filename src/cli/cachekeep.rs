@@ -1,7 +1,6 @@
 //! `codex-broker cachekeep [on|off|status] [--json]`
 
 use clap::ValueEnum;
-use serde_json::json;
 
 use crate::base::display::{self, Table};
 use crate::base::paths::Paths;
@@ -61,15 +60,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 /// What the daemon keeps warm (after telling it `turn`), else the config
 /// alone; and whether a daemon runs.
 fn status(paths: &Paths, turn: Option<bool>) -> anyhow::Result<(Status, bool)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = runtime.block_on(async {
-        match turn {
-            Some(on) => client::post(paths, "/v1/cachekeep", &json!({ "enabled": on })).await,
-            None => client::get(paths, "/v1/cachekeep").await,
-        }
-    })?;
+    let answer = client::switch(paths, "/v1/cachekeep", turn)?;
     match answer {
         Answer::Ok(value) => Ok((serde_json::from_value(value)?, true)),
         Answer::NoDaemon => {

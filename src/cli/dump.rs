@@ -1,6 +1,6 @@
 //! `codex-broker dump [on|off]`
 
-use clap::ValueEnum;
+use super::OnOff;
 use serde_json::{Value, json};
 
 use crate::base::paths::Paths;
@@ -21,29 +21,15 @@ use crate::socket::client::{self, Answer};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(value_enum)]
-    pub mode: Option<Mode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    On,
-    Off,
+    pub mode: Option<OnOff>,
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
-    let turn = args.mode.map(|m| m == Mode::On);
+    let turn = args.mode.map(|m| m == OnOff::On);
     if let Some(on) = turn {
         config_edit::set_bool(&paths.home, None, "dump", on)?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = runtime.block_on(async {
-        match turn {
-            Some(on) => client::post(paths, "/v1/dump", &json!({ "enabled": on })).await,
-            None => client::get(paths, "/v1/dump").await,
-        }
-    })?;
+    let answer = client::switch(paths, "/v1/dump", turn)?;
     let (settings, running) = match answer {
         Answer::Ok(value) => (value, true),
         Answer::NoDaemon => {

@@ -120,6 +120,13 @@ pub enum Command {
     Completions(completions::Args),
 }
 
+/// A switch a command turns: `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// The clap definition of the whole command line, for completions and
 /// man pages.
 pub fn command() -> clap::Command {

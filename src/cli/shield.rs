@@ -1,6 +1,6 @@
 //! `codex-broker shield [on|off]`
 
-use clap::ValueEnum;
+use super::OnOff;
 
 use crate::base::paths::Paths;
 use crate::codex::publish::republish;
@@ -23,13 +23,7 @@ use crate::engine::shield::is_stand_in;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(value_enum)]
-    pub mode: Option<Mode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    On,
-    Off,
+    pub mode: Option<OnOff>,
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
@@ -42,7 +36,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
             describe(store.shield || config.shield, &codex)
         ))?);
     };
-    let on = mode == Mode::On;
+    let on = mode == OnOff::On;
     if !on && config.shield {
         anyhow::bail!(
             "{} sets shield = true; remove that line to turn shield mode off",

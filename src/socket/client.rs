@@ -150,6 +150,21 @@ pub async fn post(paths: &Paths, target: &str, body: &Value) -> Result<Answer, C
     ask(paths, Method::POST, target, Some(body)).await
 }
 
+/// A switch of the daemon serving `paths.home` (`/v1/cachekeep`,
+/// `/v1/dump`): turned on or off with `turn`, else read; blocking.
+pub fn switch(paths: &Paths, target: &str, turn: Option<bool>) -> anyhow::Result<Answer> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(async {
+        match turn {
+            Some(on) => post(paths, target, &serde_json::json!({ "enabled": on })).await,
+            None => get(paths, target).await,
+        }
+    })?;
+    Ok(answer)
+}
+
 async fn ask(
     paths: &Paths,
     method: Method,

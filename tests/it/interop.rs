@@ -819,12 +819,7 @@ fn a_codex_websocket_conversation_is_kept_warm_over_http() {
     isolated!(a_codex_websocket_conversation_is_kept_warm_over_http);
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
-    std::fs::create_dir_all(env.broker_home()).unwrap();
-    std::fs::write(
-        env.broker_home().join("config.toml"),
-        "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n",
-    )
-    .unwrap();
+    env.write_config("[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n");
     let daemon = env.start_daemon(&[]);
     let forwarder = daemon.forwarder();
     codex_config_at(&env, &forwarder);

@@ -162,12 +162,6 @@ fn a_public_api_conversation_is_pinned_by_its_prompt_cache_key() {
     assert_eq!(pinned(&daemon), before);
 }
 
-/// Writes the broker's config.toml.
-fn configure(env: &TestEnv, text: &str) {
-    std::fs::create_dir_all(env.broker_home()).unwrap();
-    std::fs::write(env.broker_home().join("config.toml"), text).unwrap();
-}
-
 /// The inference requests of conversation `key` (by its `session-id`).
 fn requests_of(upstream: &FakeUpstream, key: &str) -> Vec<crate::support::fake_upstream::Recorded> {
     upstream
@@ -182,12 +176,13 @@ fn cachekeep_status(env: &TestEnv) -> Value {
 }
 
 const KEEP_WARM_FAST: &str = "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 3\n";
+const KEEP_WARM_LONG: &str = "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n";
 
 #[test]
 fn keep_warm_repeats_a_conversation_on_its_account_at_the_interval_until_the_cap() {
     let upstream = FakeUpstream::start();
     let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
-    configure(&env, KEEP_WARM_FAST);
+    env.write_config(KEEP_WARM_FAST);
     let daemon = env.start_daemon(&[]);
     assert_eq!(served_by(&daemon, &upstream, "conv-1"), "acc-main");
     // A subagent's conversation is not warmed (subagents = false).
@@ -275,10 +270,7 @@ fn keep_warm_repeats_a_conversation_on_its_account_at_the_interval_until_the_cap
 fn a_warm_reports_its_cached_and_uncached_input_and_a_used_up_account_gets_none() {
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
-    configure(
-        &env,
-        "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n",
-    );
+    env.write_config(KEEP_WARM_LONG);
     // An answer whose usage comes before any output: the shadow reads it.
     upstream.answer_without_output();
     let daemon = env.start_daemon(&[]);
@@ -333,7 +325,7 @@ fn a_warm_reports_its_cached_and_uncached_input_and_a_used_up_account_gets_none(
 fn cachekeep_on_and_off_persist_and_reach_the_running_daemon() {
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
-    configure(&env, "# mine\n[cachekeep]\ninterval = 1\n");
+    env.write_config("# mine\n[cachekeep]\ninterval = 1\n");
     let out = env.ok(&["cachekeep"]);
     assert!(
         out.contains("Keep-warm is off") && out.contains("not running"),
@@ -396,7 +388,7 @@ fn dumps_are_complete_redacted_private_and_bounded() {
     use std::os::unix::fs::PermissionsExt;
     let upstream = FakeUpstream::start();
     let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
-    configure(&env, "dump = true\ndump_max_files = 4\n");
+    env.write_config("dump = true\ndump_max_files = 4\n");
     let dir = env.broker_home().join("dumps");
     let daemon = env.start_daemon(&[]);
     for n in 0..3 {

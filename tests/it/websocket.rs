@@ -582,12 +582,7 @@ fn shadows_of(upstream: &FakeUpstream, session: &str) -> Vec<Value> {
 fn keep_warm_repeats_a_websocket_conversations_whole_request_over_http() {
     let upstream = FakeUpstream::start();
     let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
-    std::fs::create_dir_all(env.broker_home()).unwrap();
-    std::fs::write(
-        env.broker_home().join("config.toml"),
-        "[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n",
-    )
-    .unwrap();
+    env.write_config("[cachekeep]\nenabled = true\ninterval = 1\nidle_cap = 30\n");
     let daemon = env.start_daemon(&[]);
     let forwarder = daemon.forwarder();
     runtime().block_on(async {

@@ -140,6 +140,12 @@ impl TestEnv {
         self.user_home().join(".config/codex-broker")
     }
 
+    /// Writes the broker's config.toml.
+    pub fn write_config(&self, text: &str) {
+        std::fs::create_dir_all(self.broker_home()).unwrap();
+        std::fs::write(self.broker_home().join("config.toml"), text).unwrap();
+    }
+
     pub fn codex_home(&self) -> PathBuf {
         self.user_home().join(".codex")
     }
