@@ -6,6 +6,7 @@ mod answer;
 mod bearers;
 mod body;
 mod cachekeep;
+mod chat;
 mod connector;
 mod conversation;
 mod dashboard;
@@ -45,6 +46,7 @@ use bearers::Bearers;
 pub use body::{Body, BoxError};
 pub use dashboard::page_weight;
 use headers::{header_str, is_websocket, upstream_url};
+use responses::Dialect;
 use route::Route;
 
 /// The forwarder's address unless `--listen` says otherwise.
@@ -220,7 +222,8 @@ impl Forwarder {
                     self.to_backend(request, url, &by).await
                 }
             }
-            Route::Responses => self.responses(request, &by).await,
+            Route::Responses => self.public(request, Dialect::Responses, &by).await,
+            Route::ChatCompletions => self.public(request, Dialect::Chat, &by).await,
             Route::Models => self.models(&by).await,
             Route::Metrics => self.metrics(),
             Route::Dashboard => self.dashboard(request).await,
@@ -229,7 +232,8 @@ impl Forwarder {
                 ErrorCode::NotFound,
                 &format!(
                     "the forwarder has no route for {path}; it serves /oauth/*, /codex/*, \
-                     /backend-api/*, /v1/responses, /v1/models, /metrics and /ui/"
+                     /backend-api/*, /v1/responses, /v1/chat/completions, /v1/models, /metrics \
+                     and /ui/"
                 ),
             ),
         }

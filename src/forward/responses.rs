@@ -1,6 +1,7 @@
-//! `/v1/responses` and `/v1/models` for clients of the public OpenAI API:
-//! requests are rewritten to the shape the Codex backend accepts, and a
-//! non-streaming client gets the SSE stream assembled into one response.
+//! `/v1/responses`, `/v1/chat/completions` and `/v1/models` for clients of
+//! the public OpenAI API: requests are mapped to the shape the Codex
+//! backend accepts, over one forwarding path, and a non-streaming client
+//! gets the SSE stream assembled into one response.
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -14,8 +15,11 @@ use super::conversation::Conversation;
 use super::headers::{CHATGPT_ACCOUNT_ID, forwardable, header_str};
 use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
-use super::{Forwarder, RETRY_BUFFER};
+use super::{Forwarder, RETRY_BUFFER, chat};
 use crate::engine::refresh::Asker;
+use crate::wire::chat::{
+    ChatRequest, completion, error as chat_error, refused, request as chat_request,
+};
 use crate::wire::encoding::{DecodeError, decode, is_encoded};
 use crate::wire::proto::ErrorCode;
 use crate::wire::responses::{MAX_ASSEMBLED, assemble, rewrite};
@@ -26,20 +30,49 @@ const CODEX_CLIENT_VERSION: &str = "0.169.0";
 /// The most a request body may expand to when decoded.
 const MAX_DECODED: usize = 32 * 1024 * 1024;
 
+/// The public OpenAI dialects spoken on top of the Codex backend: each
+/// maps its request to the Responses shape and the answer back; reading,
+/// decoding, routing, fallback, affinity, quota and usage are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    /// `/v1/responses`.
+    Responses,
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+/// A public request in the Codex shape, and what its answer needs.
+struct Mapped {
+    body: Value,
+    client_stream: bool,
+    /// The chat request's own parts, for a chat answer.
+    chat: Option<ChatRequest>,
+}
+
 impl Forwarder {
-    /// `POST /v1/responses`.
-    pub(super) async fn responses(&self, request: Request<Incoming>, by: &Asker) -> Response<Body> {
+    /// `POST /v1/responses` and `POST /v1/chat/completions`.
+    pub(super) async fn public(
+        &self,
+        request: Request<Incoming>,
+        dialect: Dialect,
+        by: &Asker,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let (body, client_stream) = match codex_request(&parts.headers, body).await {
-            Ok(rewritten) => rewritten,
+        let mapped = match read_json(&parts.headers, body).await {
+            Ok(json) => map_request(json, dialect),
+            Err(refused) => Err(refused),
+        };
+        let mapped = match mapped {
+            Ok(mapped) => mapped,
             Err(refused) => return refused,
         };
         let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
-        let key = body.get("prompt_cache_key").and_then(Value::as_str);
+        let key = mapped.body.get("prompt_cache_key").and_then(Value::as_str);
         let conversation = Conversation::of(&parts.headers, key);
         let headers = codex_headers(parts.headers);
         let url = format!("{}/codex/responses", self.chatgpt_base);
-        let outgoing = Outgoing::Buffered(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
+        let bytes = serde_json::to_vec(&mapped.body).expect("JSON");
+        let outgoing = Outgoing::Buffered(Bytes::from(bytes));
         let (account, response) = match self
             .with_fallback(
                 Method::POST,
@@ -52,16 +85,42 @@ impl Forwarder {
             .await
         {
             Ok(answered) => answered,
-            Err(answer) => return answer,
+            Err(answer) => {
+                return match mapped.chat {
+                    Some(_) => chat::refusal(answer).await,
+                    None => answer,
+                };
+            }
         };
-        let mut meter = self
+        let meter = self
             .shared
             .config
             .usage
             .then(|| Meter::new(self.shared.clone(), &account.id, client));
-        if client_stream || !response.status().is_success() {
-            return metered(relay(response).await, meter);
+        match (mapped.chat, response.status().is_success()) {
+            (Some(_), false) => chat::failed(response, meter).await,
+            (None, false) => metered(relay(response).await, meter),
+            (Some(chat), true) if chat.stream => {
+                let relayed = relay(response).await;
+                if relayed.status() != StatusCode::OK {
+                    return chat::refusal(relayed).await;
+                }
+                chat::stream(relayed, meter, &chat)
+            }
+            (None, true) if mapped.client_stream => metered(relay(response).await, meter),
+            (chat, true) => self.assembled(response, meter, chat.as_ref()).await,
         }
+    }
+
+    /// The answer to a client that asked for no stream: the backend's
+    /// stream read whole and folded into one response (or chat
+    /// completion).
+    async fn assembled(
+        &self,
+        response: super::upstream::Answer,
+        mut meter: Option<Meter>,
+        chat: Option<&ChatRequest>,
+    ) -> Response<Body> {
         let stream = match collect(response).await {
             Ok(stream) => stream,
             Err(message) => {
@@ -72,17 +131,27 @@ impl Forwarder {
                 );
             }
         };
-        match assemble(&stream) {
-            Ok(value) => {
-                if let (Some(meter), Some((tokens, model))) =
-                    (meter.as_mut(), usage::completed_response(&value))
-                {
-                    meter.completed(tokens, model.as_deref());
-                }
-                json_response(StatusCode::OK, &value)
+        let value = match assemble(&stream) {
+            Ok(value) => value,
+            Err((status, value)) if chat.is_some() => {
+                let body = serde_json::to_vec(&value).expect("JSON always serializes");
+                return json_response(status, &chat_error(status.as_u16(), &body));
             }
-            Err((status, value)) => json_response(status, &value),
+            Err((status, value)) => return json_response(status, &value),
+        };
+        let completed = usage::completed_response(&value);
+        if let (Some(meter), Some((tokens, model))) = (meter.as_mut(), completed.as_ref()) {
+            meter.completed(*tokens, model.as_deref());
         }
+        let Some(chat) = chat else {
+            return json_response(StatusCode::OK, &value);
+        };
+        let tokens = completed.as_ref().map(|(tokens, _)| tokens);
+        let now = self.shared.refresher.now();
+        json_response(
+            StatusCode::OK,
+            &completion(&value, &chat.model, tokens, now),
+        )
     }
 
     /// `GET /v1/models`: the backend's model list for Codex, in the public
@@ -123,13 +192,9 @@ impl Forwarder {
     }
 }
 
-/// The client's request body read (up to [`RETRY_BUFFER`] bytes),
-/// decoded and rewritten for the Codex backend, with whether the client
-/// asked for a stream; or the answer that refuses it.
-async fn codex_request(
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<(Value, bool), Response<Body>> {
+/// The client's request body read (up to [`RETRY_BUFFER`] bytes) and
+/// decoded, as JSON; or the answer that refuses it.
+async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, Response<Body>> {
     let bytes = match Limited::new(body, RETRY_BUFFER).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -156,12 +221,37 @@ async fn codex_request(
             &format!("the request body: {message}"),
         ),
     })?;
-    serde_json::from_slice::<Value>(&plain)
-        .map_err(|e| format!("the request body is not JSON: {e}"))
-        .and_then(rewrite)
-        .map_err(|message| {
-            error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
-        })
+    serde_json::from_slice::<Value>(&plain).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            &format!("the request body is not JSON: {e}"),
+        )
+    })
+}
+
+/// A public request mapped to the Codex shape: a chat request to the
+/// Responses shape first, then the Responses request fitted to the
+/// backend.
+fn map_request(json: Value, dialect: Dialect) -> Result<Mapped, Response<Body>> {
+    let invalid = |message: String| {
+        error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
+    };
+    let (json, chat) = match dialect {
+        Dialect::Responses => (json, None),
+        Dialect::Chat => {
+            let mut chat = chat_request(json)
+                .map_err(|refusal| json_response(StatusCode::BAD_REQUEST, &refused(&refusal)))?;
+            let body = std::mem::take(&mut chat.body);
+            (body, Some(chat))
+        }
+    };
+    let (body, client_stream) = rewrite(json).map_err(invalid)?;
+    Ok(Mapped {
+        body,
+        client_stream,
+        chat,
+    })
 }
 
 /// The client's headers as they go to the Codex backend: a JSON body, an

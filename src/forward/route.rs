@@ -24,6 +24,8 @@ pub enum Route {
     BackendApi,
     /// `POST /v1/responses`.
     Responses,
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
     /// `GET /v1/models`.
     Models,
     /// `GET /metrics`.
@@ -51,6 +53,7 @@ impl Route {
             "/codex/device" => Route::Issuer,
             "/backend-api/wham/usage" if get => Route::WhamUsage,
             "/v1/responses" if post => Route::Responses,
+            "/v1/chat/completions" if post => Route::ChatCompletions,
             "/v1/models" if get => Route::Models,
             "/metrics" if get => Route::Metrics,
             "/ui" if get => Route::Dashboard,
@@ -78,6 +81,7 @@ impl Route {
             Route::WhamUsage => "wham_usage",
             Route::BackendApi => "backend_api",
             Route::Responses => "responses",
+            Route::ChatCompletions => "chat_completions",
             Route::Models => "models",
             Route::Metrics => "metrics",
             Route::Dashboard => "dashboard",
@@ -133,6 +137,13 @@ mod tests {
             ),
             (Method::POST, "/v1/responses", false, Route::Responses),
             (Method::GET, "/v1/responses", false, Route::Unknown),
+            (
+                Method::POST,
+                "/v1/chat/completions",
+                false,
+                Route::ChatCompletions,
+            ),
+            (Method::GET, "/v1/chat/completions", false, Route::Unknown),
             (Method::GET, "/v1/models", false, Route::Models),
             (Method::GET, "/metrics", false, Route::Metrics),
             (Method::POST, "/metrics", false, Route::Unknown),

@@ -4,6 +4,8 @@
 //! the Responses API against the Codex dialect, and WebSocket frames and
 //! messages.
 
+pub mod chat;
+pub mod chat_stream;
 pub mod dashboard;
 pub mod encoding;
 pub mod jwt;

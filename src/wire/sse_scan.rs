@@ -10,6 +10,8 @@ pub const EVENT_CAP: usize = 4 * 1024 * 1024;
 
 /// Reads the events of one stream that `wanted` names.
 pub struct SseScan {
+    /// Every event is wanted.
+    every: bool,
     /// The event type wanted: its `event:` field, or found in its data.
     wanted: &'static [u8],
     /// The start of a line the last piece ended in.
@@ -26,11 +28,20 @@ pub struct SseScan {
 impl SseScan {
     pub fn new(wanted: &'static str) -> SseScan {
         SseScan {
+            every: false,
             wanted: wanted.as_bytes(),
             line: Vec::new(),
             data: Vec::new(),
             named: false,
             over: false,
+        }
+    }
+
+    /// A scanner that hands over the data of every event.
+    pub fn every() -> SseScan {
+        SseScan {
+            every: true,
+            ..SseScan::new("")
         }
     }
 
@@ -64,9 +75,10 @@ impl SseScan {
             self.data.clear();
             (self.named, self.over) = (false, false);
         } else if let Some(value) = field(line, b"event:") {
-            self.named = value == self.wanted;
+            self.named = self.every || value == self.wanted;
         } else if let Some(value) = field(line, b"data:") {
-            let wanted = self.named || !self.data.is_empty() || contains(value, self.wanted);
+            let wanted =
+                self.every || self.named || !self.data.is_empty() || contains(value, self.wanted);
             if wanted && !self.over {
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
@@ -111,6 +123,21 @@ mod tests {
             });
         }
         seen
+    }
+
+    #[test]
+    fn every_event_comes_out_when_every_one_is_wanted() {
+        let stream = b"event: a\ndata: 1\n\ndata: {\"x\":2}\n\n: c\n\ndata: 3\ndata: 4\n\n";
+        for piece in 1..stream.len() {
+            let mut scan = SseScan::every();
+            let mut seen = Vec::new();
+            for chunk in stream.chunks(piece) {
+                scan.feed(chunk, |d| {
+                    seen.push(String::from_utf8_lossy(d).into_owned())
+                });
+            }
+            assert_eq!(seen, ["1", "{\"x\":2}", "3\n4"], "{piece}");
+        }
     }
 
     #[test]
