@@ -5,6 +5,7 @@ mod support;
 
 mod abuse;
 mod chaos;
+mod chat;
 mod cli;
 mod concurrency;
 mod crash;

@@ -117,6 +117,8 @@ struct State {
     hold: Option<Arc<tokio::sync::Notify>>,
     /// SSE answers carry no output item, only their start and usage.
     without_output: bool,
+    /// Requests with function tools get a call of the first one.
+    call_tools: bool,
     /// Accounts whose next `response.create` on an open WebSocket gets an
     /// `error` event with 429 usage_limit_reached.
     limited_in_stream: HashSet<String>,
@@ -263,6 +265,13 @@ impl FakeUpstream {
             .unwrap()
             .quota
             .insert(account_id.into(), five_hour_percent);
+    }
+
+    /// Requests with function tools get, from now on, a call of their
+    /// first tool; a request whose input ends with a tool's output, a
+    /// message repeating it.
+    pub fn call_tools(&self) {
+        self.state.lock().unwrap().call_tools = true;
     }
 
     /// SSE answers from now on carry no output item: created, then
@@ -544,13 +553,14 @@ async fn handle(
                 .get("chatgpt-account-id")
                 .cloned()
                 .unwrap_or_default();
-            let (limited, hold, quota, without_output) = {
+            let (limited, hold, quota, without_output, call_tools) = {
                 let s = state.lock().unwrap();
                 (
                     s.limited.contains(&account),
                     s.hold.clone(),
                     s.quota.get(&account).copied(),
                     s.without_output,
+                    s.call_tools,
                 )
             };
             let rejected = is_rejected(&state.lock().unwrap(), &recorded);
@@ -565,7 +575,12 @@ async fn handle(
             } else if limited {
                 limited_answer(&state.lock().unwrap(), &recorded, &account)
             } else {
-                sse(hold, without_output)
+                let request = if call_tools {
+                    recorded.json()
+                } else {
+                    Value::Null
+                };
+                sse(&request, hold, without_output)
             };
             if let Some(percent) = quota.or(limited.then_some(100.0)) {
                 let h = response.headers_mut();
@@ -1111,19 +1126,62 @@ fn response_events() -> Vec<Value> {
     ]
 }
 
-/// The SSE events of a finished answer.
-fn sse_events(without_output: bool) -> Vec<String> {
-    response_events()
+/// The events of an answer to `request`: with function tools and no tool
+/// output yet in its input, a call of the first tool (streamed: added,
+/// two argument deltas, done); with a tool's output last, a message that
+/// repeats it; else [`response_events`].
+fn answer_events(request: &Value) -> Vec<Value> {
+    let mut events = response_events();
+    let input = request["input"].as_array().cloned().unwrap_or_default();
+    let last = input.last().cloned().unwrap_or_default();
+    if last["type"] == "function_call_output" {
+        events[1]["item"]["content"][0]["text"] = json!(format!(
+            "the tool said: {}",
+            last["output"].as_str().unwrap_or_default()
+        ));
+        return events;
+    }
+    let Some(tool) = request["tools"].as_array().and_then(|t| t.first()).cloned() else {
+        return events;
+    };
+    let name = tool["name"].clone();
+    let call = json!({"type": "function_call", "id": "fc_fake", "call_id": "call_fake",
+        "name": name, "arguments": "{\"city\":\"Paris\"}"});
+    let mut added = call.clone();
+    added["arguments"] = json!("");
+    let delta = |d: &str| {
+        json!({"type": "response.function_call_arguments.delta",
+        "output_index": 0, "item_id": "fc_fake", "delta": d})
+    };
+    events.splice(
+        1..2,
+        [
+            json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+            delta("{\"city\":"),
+            delta("\"Paris\"}"),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": call}),
+        ],
+    );
+    events
+}
+
+/// The SSE events of a finished answer to `request`.
+fn sse_events(request: &Value, without_output: bool) -> Vec<String> {
+    answer_events(request)
         .iter()
-        .filter(|e| !without_output || e["type"] != "response.output_item.done")
+        .filter(|e| !without_output || !e["type"].as_str().unwrap().starts_with("response.output"))
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
         .collect()
 }
 
 /// An SSE answer; with `hold`, the first event is sent at once and the
 /// rest only after `hold` is notified.
-fn sse(hold: Option<Arc<tokio::sync::Notify>>, without_output: bool) -> Response<Body> {
-    let events = sse_events(without_output);
+fn sse(
+    request: &Value,
+    hold: Option<Arc<tokio::sync::Notify>>,
+    without_output: bool,
+) -> Response<Body> {
+    let events = sse_events(request, without_output);
     let body = match hold {
         None => full(events.concat()),
         Some(hold) => {
