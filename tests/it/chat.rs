@@ -166,7 +166,10 @@ fn chat_falls_back_on_429_and_a_used_up_broker_answers_in_the_openai_shape() {
     let error = &answer.json()["error"];
     assert_eq!(error["type"], "usage_limit_reached");
     assert!(
-        error["message"].as_str().unwrap().contains("used its quota"),
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("used its quota"),
         "{error}"
     );
     assert!(error["resets_at"].as_i64().unwrap() > 0);

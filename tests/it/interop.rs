@@ -8,32 +8,6 @@ use std::time::Duration;
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{TestAccount, TestEnv, codex_bin};
 
-/// Re-runs the calling test inside `unshare -rn` with only loopback up, so
-/// nothing it starts can reach another host. Returns true inside.
-fn isolated(test: &str) -> bool {
-    if std::env::var_os("CODEX_BROKER_TEST_NETNS").is_some() {
-        return true;
-    }
-    let name = test.split_once("::").map_or(test, |(_, rest)| rest);
-    let status = Command::new("unshare")
-        .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("CODEX_BROKER_TEST_NETNS", "1")
-        .status()
-        .expect("unshare runs");
-    assert!(status.success(), "the isolated run of {name} failed");
-    false
-}
-
-macro_rules! isolated {
-    ($name:ident) => {
-        if !isolated(concat!(module_path!(), "::", stringify!($name))) {
-            return;
-        }
-    };
-}
-
 fn codex(env: &TestEnv) -> Command {
     let mut cmd = Command::new(codex_bin());
     cmd.env_clear()

@@ -1,12 +1,14 @@
 //! Integration tests: the real binary in temporary homes.
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod abuse;
 mod chaos;
 mod chat;
 mod cli;
+mod clients;
 mod concurrency;
 mod crash;
 mod daemon;

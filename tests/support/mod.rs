@@ -340,6 +340,22 @@ pub fn codex_bin() -> PathBuf {
     installed
 }
 
+/// The Python of the virtual environment `scripts/test` makes with the
+/// OpenAI SDK and `llm` (or the one `CODEX_BROKER_PYTHON` names).
+pub fn python_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CODEX_BROKER_PYTHON") {
+        return PathBuf::from(bin);
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    assert!(
+        installed.exists(),
+        "the Python clients are not installed at {}: run scripts/test (it installs them from \
+         PyPI), or set CODEX_BROKER_PYTHON",
+        installed.display()
+    );
+    installed
+}
+
 /// A running `codex-broker serve`, killed when dropped.
 pub struct Daemon {
     child: std::process::Child,
@@ -581,4 +597,30 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(tool))
         .find(|p| p.is_file())
+}
+
+/// Re-runs the calling test inside `unshare -rn` with only loopback up, so
+/// nothing it starts can reach another host. Returns true inside.
+pub fn isolated(test: &str) -> bool {
+    if std::env::var_os("CODEX_BROKER_TEST_NETNS").is_some() {
+        return true;
+    }
+    let name = test.split_once("::").map_or(test, |(_, rest)| rest);
+    let status = std::process::Command::new("unshare")
+        .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("CODEX_BROKER_TEST_NETNS", "1")
+        .status()
+        .expect("unshare runs");
+    assert!(status.success(), "the isolated run of {name} failed");
+    false
+}
+
+macro_rules! isolated {
+    ($name:ident) => {
+        if !$crate::support::isolated(concat!(module_path!(), "::", stringify!($name))) {
+            return;
+        }
+    };
 }
