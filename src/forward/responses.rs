@@ -58,13 +58,13 @@ impl Forwarder {
         by: &Asker,
     ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let mapped = match read_json(&parts.headers, body).await {
-            Ok(json) => map_request(json, dialect),
-            Err(refused) => Err(refused),
-        };
-        let mapped = match mapped {
-            Ok(mapped) => mapped,
+        let json = match read_json(&parts.headers, body).await {
+            Ok(json) => json,
             Err(refused) => return refused,
+        };
+        let mapped = match map_request(json, dialect) {
+            Ok(mapped) => mapped,
+            Err(refused) => return *refused,
         };
         let client = usage::client(header_str(&parts.headers, header::USER_AGENT));
         let key = mapped.body.get("prompt_cache_key").and_then(Value::as_str);
@@ -233,15 +233,20 @@ async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, Respons
 /// A public request mapped to the Codex shape: a chat request to the
 /// Responses shape first, then the Responses request fitted to the
 /// backend.
-fn map_request(json: Value, dialect: Dialect) -> Result<Mapped, Response<Body>> {
+fn map_request(json: Value, dialect: Dialect) -> Result<Mapped, Box<Response<Body>>> {
     let invalid = |message: String| {
-        error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, &message)
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            &message,
+        ))
     };
     let (json, chat) = match dialect {
         Dialect::Responses => (json, None),
         Dialect::Chat => {
-            let mut chat = chat_request(json)
-                .map_err(|refusal| json_response(StatusCode::BAD_REQUEST, &refused(&refusal)))?;
+            let mut chat = chat_request(json).map_err(|refusal| {
+                Box::new(json_response(StatusCode::BAD_REQUEST, &refused(&refusal)))
+            })?;
             let body = std::mem::take(&mut chat.body);
             (body, Some(chat))
         }

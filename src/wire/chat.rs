@@ -44,14 +44,14 @@ pub fn request(body: Value) -> Result<ChatRequest, Refused> {
     let Value::Object(chat) = body else {
         return Err(invalid("body", "the request body must be a JSON object"));
     };
-    if let Some(n) = chat.get("n").filter(|n| !n.is_null()) {
-        if n.as_u64() != Some(1) {
-            return Err(Refused {
-                param: "n".into(),
-                message: format!("`n` = {n} is not supported: the backend gives one choice"),
-                code: "unsupported",
-            });
-        }
+    if let Some(n) = chat.get("n").filter(|n| !n.is_null())
+        && n.as_u64() != Some(1)
+    {
+        return Err(Refused {
+            param: "n".into(),
+            message: format!("`n` = {n} is not supported: the backend gives one choice"),
+            code: "unsupported",
+        });
     }
     let model = match chat.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
@@ -88,10 +88,9 @@ pub fn request(body: Value) -> Result<ChatRequest, Refused> {
         }
         out.insert("reasoning".into(), json!({ "effort": effort }));
     }
-    if let Some(format) = chat.get("response_format").filter(|f| !f.is_null()) {
-        if let Some(format) = text_format(format)? {
-            out.insert("text".into(), json!({ "format": format }));
-        }
+    let format = chat.get("response_format").filter(|f| !f.is_null());
+    if let Some(format) = format.map(text_format).transpose()?.flatten() {
+        out.insert("text".into(), json!({ "format": format }));
     }
     let stream = chat.get("stream").and_then(Value::as_bool).unwrap_or(false);
     out.insert("stream".into(), json!(stream));
