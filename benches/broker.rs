@@ -24,13 +24,16 @@
 //!   of 30 days;
 //! - the dashboard: its page weight, and the time to answer its state and
 //!   a metrics scrape against one of its static files;
+//! - Chat Completions: the delay each streamed chunk adds against the same
+//!   stream on `/codex/responses`, throughput of `stream:false` requests
+//!   against `/v1/responses`, and the mapping's own time per request;
 //! - the prompt cache: throughput without a conversation header, with one
 //!   conversation per connection and with a new one per request; memory
 //!   per pinned conversation and per kept shadow body.
 //!
 //! Run: `cargo bench --bench broker`. BENCH_SECONDS sets the time per run;
 //! BENCH_ONLY (`socket`, `forwarder`, `websocket`, `instructions`, `first_byte`,
-//! `backoff`, `usage`, `dashboard`, `prompt_cache`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
+//! `backoff`, `usage`, `dashboard`, `chat`, `prompt_cache`, comma-separated) runs only those parts; BENCH_CLIENTS (such as `32`)
 //! only those client counts; TOKIO_WORKER_THREADS is passed to the daemon.
 
 use std::net::SocketAddr;
@@ -38,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "broker/chat.rs"]
+mod chat;
 #[path = "broker/dashboard.rs"]
 mod dashboard;
 #[path = "broker/first_byte.rs"]
@@ -398,6 +403,9 @@ fn main() {
     if wanted("usage") {
         forward::usage(&runtime, &upstream, run);
     }
+    if wanted("chat") {
+        chat::run(&runtime, &upstream, run, quick);
+    }
     if wanted("prompt_cache") {
         prompt_cache::run(&runtime, &upstream, run, quick);
     }
@@ -675,8 +683,11 @@ mod upstream {
                 .unwrap());
         }
         let path = request.uri().path().to_owned();
-        let streamed = request.uri().query() == Some("stream");
-        let _ = request.into_body().collect().await;
+        let asked = request.uri().query() == Some("stream");
+        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+        // A public-API client cannot pass the query on: its input says it.
+        let marked = body.is_ok_and(|b| b.windows(12).any(|w| w == b"bench-stream"));
+        let streamed = asked || marked;
         let body = match path.as_str() {
             // An answer as the backend streams it, ending with the usage
             // the forwarder counts: at once, or EVENTS events apart.
@@ -752,7 +763,7 @@ mod upstream {
                     "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 128}}}})
         } else {
             serde_json::json!({"type": "response.output_text.delta", "sent_us": sent_us,
-                "delta": "some text"})
+                "delta": sent_us.to_string()})
         };
         format!(
             "event: {}\ndata: {event}\n\n",
@@ -944,7 +955,7 @@ mod forward {
 
     /// `streams` SSE answers one after another; returns each event's delay
     /// from the upstream writing it to the client reading it, in us.
-    async fn sse(addr: SocketAddr, path: &str, streams: usize) -> Vec<u32> {
+    pub async fn sse(addr: SocketAddr, path: &str, streams: usize) -> Vec<u32> {
         let mut sender = connect(addr).await;
         let mut delays = Vec::new();
         for _ in 0..streams {
@@ -989,7 +1000,7 @@ mod forward {
         )
     }
 
-    fn percentile(values: &mut [u32], q: f64) -> f64 {
+    pub fn percentile(values: &mut [u32], q: f64) -> f64 {
         values.sort_unstable();
         values[((values.len() - 1) as f64 * q) as usize] as f64
     }
