@@ -79,6 +79,14 @@ pub const TARGETS: &[Target] = &[
         run: responses_rewrite,
     },
     Target {
+        name: "chat_completions",
+        run: chat_completions,
+    },
+    Target {
+        name: "chat_stream",
+        run: chat_stream,
+    },
+    Target {
         name: "socket_request",
         run: socket_request,
     },
@@ -218,6 +226,84 @@ fn responses_rewrite(input: &[u8]) -> Verdict {
         codex_broker::wire::responses::rewrite(again.clone()).expect("a rewrite is accepted");
     assert_eq!(twice, again, "the rewrite is idempotent");
     Verdict::Accepted
+}
+
+/// A Chat Completions request mapped to the Responses shape: what is
+/// accepted is one the `/v1/responses` rewrite takes too, with the model
+/// and the stream flag it asked for, and no field the backend rejects.
+fn chat_completions(input: &[u8]) -> Verdict {
+    let Ok(body) = serde_json::from_slice::<Value>(input) else {
+        return Verdict::Rejected;
+    };
+    let asked_stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let Ok(mapped) = codex_broker::wire::chat::request(body.clone()) else {
+        return Verdict::Rejected;
+    };
+    assert_eq!(mapped.stream, asked_stream);
+    assert_eq!(body["model"], mapped.body["model"]);
+    for dropped in ["temperature", "max_tokens", "n", "messages", "user", "stop"] {
+        assert!(mapped.body.get(dropped).is_none(), "{dropped} passed on");
+    }
+    let messages = body["messages"].as_array().map_or(0, Vec::len);
+    let items = mapped.body["input"]
+        .as_array()
+        .expect("input is a list")
+        .len();
+    assert!(
+        items <= 2 * messages + count_calls(&body),
+        "{items} items of {messages}"
+    );
+    let (rewritten, stream) = codex_broker::wire::responses::rewrite(mapped.body)
+        .expect("a mapped request is one the rewrite takes");
+    assert_eq!(stream, asked_stream);
+    assert_eq!(rewritten["store"], false);
+    Verdict::Accepted
+}
+
+/// The tool calls of a chat request's assistant messages.
+fn count_calls(body: &Value) -> usize {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["tool_calls"].as_array())
+        .map(Vec::len)
+        .sum()
+}
+
+/// A backend SSE stream told as chat chunks, in pieces: every event out is
+/// a JSON chunk (or error) or the one `[DONE]`, last; the pieces do not
+/// change what comes out. Accepted when the stream finished.
+fn chat_stream(input: &[u8]) -> Verdict {
+    let [piece, stream @ ..] = input else {
+        return Verdict::Rejected;
+    };
+    let told = |piece: usize| {
+        let mut scan = codex_broker::wire::sse_scan::SseScan::every();
+        let mut chat = codex_broker::wire::chat_stream::ChatStream::new("m", NOW, true);
+        let mut out = Vec::new();
+        for bytes in stream.chunks(piece.max(1)) {
+            scan.feed(bytes, |event| chat.event(event, &mut out));
+        }
+        out
+    };
+    let out = told(stream.len().max(1));
+    assert_eq!(out, told(usize::from(*piece)), "the same chunks, in pieces");
+    let text = std::str::from_utf8(&out).expect("chunks are UTF-8");
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    for (i, event) in events.iter().enumerate() {
+        let data = event.strip_prefix("data: ").expect("only data lines");
+        if data == "[DONE]" {
+            assert_eq!(i, events.len() - 1, "[DONE] comes last, once");
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).expect("each chunk is JSON");
+        assert!(
+            chunk.get("object").is_some() || chunk.get("error").is_some(),
+            "{data}"
+        );
+    }
+    (events.last() == Some(&"data: [DONE]")).into()
 }
 
 /// A socket API request: the query on the first line, the body after it.

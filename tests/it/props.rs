@@ -383,6 +383,9 @@ proptest! {
         accepted("sse", &sse)?;
         let body = json!({"model": "m", "input": prompt, "stream": stream});
         accepted("responses_rewrite", &serde_json::to_vec(&body).unwrap())?;
+        let chat = json!({"model": "m", "stream": stream, "temperature": 0.5,
+            "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": prompt}]});
+        accepted("chat_completions", &serde_json::to_vec(&chat).unwrap())?;
         let report = json!({"account_id": "acc-1", "status": 429,
             "headers": {"x-codex-primary-used-percent": used.to_string()}, "body": limit});
         accepted("socket_request", format!("account=acc-1&min_ttl={min_ttl}\n{report}").as_bytes())?;
