@@ -6,6 +6,7 @@
 pub mod display;
 pub mod fsutil;
 pub mod json;
+pub mod logging;
 pub mod open;
 pub mod paths;
 pub mod peer;

@@ -1,6 +1,7 @@
 //! `codex-broker cachekeep [on|off|status] [--json]`
 
 use clap::ValueEnum;
+use serde_json::json;
 
 use crate::base::display::{self, Table};
 use crate::base::paths::Paths;
@@ -60,7 +61,11 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 /// What the daemon keeps warm (after telling it `turn`), else the config
 /// alone; and whether a daemon runs.
 fn status(paths: &Paths, turn: Option<bool>) -> anyhow::Result<(Status, bool)> {
-    let answer = client::switch(paths, "/v1/cachekeep", turn)?;
+    let answer = client::blocking(
+        paths,
+        "/v1/cachekeep",
+        turn.map(|on| json!({ "enabled": on })),
+    )?;
     match answer {
         Answer::Ok(value) => Ok((serde_json::from_value(value)?, true)),
         Answer::NoDaemon => {

@@ -1,8 +1,8 @@
 //! `codex-broker dump [on|off]`
 
-use super::OnOff;
 use serde_json::{Value, json};
 
+use super::OnOff;
 use crate::base::paths::Paths;
 use crate::engine::config::Config;
 use crate::engine::config_edit;
@@ -29,7 +29,7 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     if let Some(on) = turn {
         config_edit::set_bool(&paths.home, None, "dump", on)?;
     }
-    let answer = client::switch(paths, "/v1/dump", turn)?;
+    let answer = client::blocking(paths, "/v1/dump", turn.map(|on| json!({ "enabled": on })))?;
     let (settings, running) = match answer {
         Answer::Ok(value) => (value, true),
         Answer::NoDaemon => {

@@ -19,6 +19,7 @@ mod dump;
 mod history;
 mod import;
 mod killswitch;
+mod log;
 mod login;
 mod routing;
 mod serve;
@@ -116,6 +117,7 @@ pub enum Command {
     Usage(usage::Args),
     Cachekeep(cachekeep::Args),
     Dump(dump::Args),
+    Log(log::Args),
     Dashboard(dashboard::Args),
     Completions(completions::Args),
 }
@@ -177,7 +179,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
-    init_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
+    // The daemon sets its logs up itself, once its config (which may name
+    // a log file) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::base::logging::init(crate::base::logging::level_for(cli.verbose, false), None);
+    }
     match run(cli) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(err) if is_broken_pipe(&err) => ExitCode::from(EXIT_OK),
@@ -195,25 +201,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
-}
-
-/// Logs go to stderr: warnings by default, and what the daemon does when it
-/// serves; each -v adds a level.
-fn init_logging(verbose: u8, daemon: bool) {
-    let level = match verbose + u8::from(daemon) {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CODEX_BROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 /// Runs a parsed command line.
@@ -239,7 +226,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(args) => accounts::run(&paths()?, args),
         Command::Status(args) => status::run(&paths()?, args),
         Command::Token(args) => token::run(&paths()?, args),
-        Command::Serve(args) => serve::run(&paths()?, args),
+        Command::Serve(args) => serve::run(&paths()?, args, cli.verbose),
         Command::Service(args) => service::run(&paths()?, args),
         Command::Routing(args) => routing::run(&paths()?, args),
         Command::Killswitch(args) => killswitch::run(&paths()?, args),
@@ -248,6 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => usage::run(&paths()?, args),
         Command::Cachekeep(args) => cachekeep::run(&paths()?, args),
         Command::Dump(args) => dump::run(&paths()?, args),
+        Command::Log(args) => log::run(&paths()?, args),
         Command::Dashboard(args) => dashboard::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }

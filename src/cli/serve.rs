@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use crate::base::logging::{self, LogFile};
 use crate::base::paths::Paths;
 use crate::base::server::Limits;
 use crate::daemon::{self, Options};
-use crate::engine::config::Config;
+use crate::engine::config::{Config, DEFAULT_LOG_ROTATE_BYTES, DEFAULT_LOG_ROTATE_MAX_FILES};
 
 /// Run the daemon: refresh scheduler, Codex-home watcher, socket API, forwarder
 ///
@@ -54,10 +55,36 @@ pub struct Args {
     /// Seconds in-flight requests get to finish at shutdown
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub grace: u32,
+
+    /// Also log to this file, rotated by size (config `log_file`,
+    /// `log_rotate_bytes` 5 MiB, `log_rotate_max_files` 3)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
 }
 
-pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
+pub fn run(paths: &Paths, args: Args, verbose: u8) -> anyhow::Result<()> {
     let mut config = Config::load(&paths.home)?;
+    if let Some(path) = args.log_file {
+        let default = LogFile {
+            path: std::path::absolute(&path)?,
+            rotate_bytes: DEFAULT_LOG_ROTATE_BYTES,
+            max_files: DEFAULT_LOG_ROTATE_MAX_FILES,
+        };
+        config.log_file = Some(match config.log_file {
+            Some(configured) => LogFile {
+                path: default.path,
+                ..configured
+            },
+            None => default,
+        });
+    }
+    let writer = config
+        .log_file
+        .as_ref()
+        .map(logging::file_writer)
+        .transpose()?;
+    let (file, _flushed_at_exit) = writer.unzip();
+    logging::init(logging::level_for(verbose, true), file);
     if args.no_websocket {
         config.websocket.enabled = false;
     }

@@ -1,7 +1,6 @@
 //! `codex-broker shield [on|off]`
 
 use super::OnOff;
-
 use crate::base::paths::Paths;
 use crate::codex::publish::republish;
 use crate::engine::config::{CONFIG_FILE, Config};

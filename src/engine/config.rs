@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::base::fsutil::{self, FsError};
+pub use crate::base::logging::LogFile;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_ISSUER: &str = "https://auth.openai.com";
@@ -32,6 +33,10 @@ pub const SUBAGENT_IDLE_CAP: i64 = 1800;
 pub const DEFAULT_DUMP_DIR: &str = "dumps";
 /// Dump files kept by default; past it the oldest go.
 pub const DEFAULT_DUMP_MAX_FILES: usize = 200;
+/// A log file rotates at this size by default.
+pub const DEFAULT_LOG_ROTATE_BYTES: u64 = 5 * 1024 * 1024;
+/// Older log files kept by default.
+pub const DEFAULT_LOG_ROTATE_MAX_FILES: usize = 3;
 /// The most dump files a config may keep.
 const DUMP_MAX_FILES_LIMIT: i64 = 100_000;
 
@@ -60,6 +65,9 @@ struct File {
     dump: Option<bool>,
     dump_dir: Option<PathBuf>,
     dump_max_files: Option<i64>,
+    log_file: Option<PathBuf>,
+    log_rotate_bytes: Option<i64>,
+    log_rotate_max_files: Option<i64>,
 }
 
 /// The `[cachekeep]` table as written.
@@ -95,6 +103,8 @@ pub struct Config {
     pub cachekeep: CacheKeep,
     /// Dumps of the requests the forwarder sends upstream.
     pub dumps: Dumps,
+    /// The daemon's log file besides stderr, when one is kept.
+    pub log_file: Option<LogFile>,
 }
 
 /// Keep-warm: shadow requests that keep an idle conversation's prompt
@@ -217,6 +227,14 @@ impl Config {
             ),
             max_files: dump_max_files(file.dump_max_files).map_err(invalid)?,
         };
+        let log_file = match file.log_file {
+            None => None,
+            Some(path) => Some(LogFile {
+                path: home.join(path),
+                rotate_bytes: log_rotate_bytes(file.log_rotate_bytes).map_err(invalid)?,
+                max_files: log_rotate_max_files(file.log_rotate_max_files).map_err(invalid)?,
+            }),
+        };
         let issuer = env("CODEX_BROKER_ISSUER").or(file.issuer);
         let chatgpt_base = env("CODEX_BROKER_CHATGPT_BASE").or(file.chatgpt_base);
         Ok(Config {
@@ -234,6 +252,7 @@ impl Config {
             usage: file.usage.unwrap_or(true),
             cachekeep,
             dumps,
+            log_file,
         })
     }
 }
@@ -330,6 +349,26 @@ fn dump_max_files(value: Option<i64>) -> Result<usize, String> {
         Some(n) if (1..=DUMP_MAX_FILES_LIMIT).contains(&n) => Ok(n as usize),
         Some(n) => Err(format!(
             "`dump_max_files` must be from 1 to {DUMP_MAX_FILES_LIMIT}, not {n}"
+        )),
+    }
+}
+
+/// The `log_rotate_bytes` setting: at least 1 KiB.
+fn log_rotate_bytes(value: Option<i64>) -> Result<u64, String> {
+    match value {
+        None => Ok(DEFAULT_LOG_ROTATE_BYTES),
+        Some(n) if n >= 1024 => Ok(n as u64),
+        Some(n) => Err(format!("`log_rotate_bytes` must be at least 1024, not {n}")),
+    }
+}
+
+/// The `log_rotate_max_files` setting, from 1 to 100.
+fn log_rotate_max_files(value: Option<i64>) -> Result<usize, String> {
+    match value {
+        None => Ok(DEFAULT_LOG_ROTATE_MAX_FILES),
+        Some(n) if (1..=100).contains(&n) => Ok(n as usize),
+        Some(n) => Err(format!(
+            "`log_rotate_max_files` must be from 1 to 100, not {n}"
         )),
     }
 }
@@ -451,6 +490,18 @@ mod tests {
         assert_eq!(CacheKeep::default().cap(true), SUBAGENT_IDLE_CAP);
         assert_eq!(c.dumps.dir, Path::new("/tmp/d"));
         assert_eq!((c.dumps.enabled, c.dumps.max_files), (true, 3));
+        assert_eq!(c.log_file, None);
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "log_file = \"logs/broker.log\"\n",
+        )
+        .unwrap();
+        let expected = LogFile {
+            path: dir.path().join("logs/broker.log"),
+            rotate_bytes: DEFAULT_LOG_ROTATE_BYTES,
+            max_files: 3,
+        };
+        assert_eq!(Config::load(dir.path()).unwrap().log_file, Some(expected));
         for (bad, key) in [
             ("[cachekeep]\ninterval = 0", "`cachekeep.interval` must be"),
             (
@@ -460,6 +511,14 @@ mod tests {
             ("[cachekeep]\nwarm = true", "warm"),
             ("dump_max_files = 0", "`dump_max_files` must be from 1"),
             ("dump = 1", "invalid type"),
+            (
+                "log_file = \"l\"\nlog_rotate_bytes = 10",
+                "`log_rotate_bytes` must be",
+            ),
+            (
+                "log_file = \"l\"\nlog_rotate_max_files = 0",
+                "`log_rotate_max_files` must be",
+            ),
         ] {
             std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
             let e = Config::load(dir.path()).unwrap_err().to_string();

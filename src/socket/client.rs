@@ -150,15 +150,15 @@ pub async fn post(paths: &Paths, target: &str, body: &Value) -> Result<Answer, C
     ask(paths, Method::POST, target, Some(body)).await
 }
 
-/// A switch of the daemon serving `paths.home` (`/v1/cachekeep`,
-/// `/v1/dump`): turned on or off with `turn`, else read; blocking.
-pub fn switch(paths: &Paths, target: &str, turn: Option<bool>) -> anyhow::Result<Answer> {
+/// `GET target`, or `POST target` with `body`, to the daemon serving
+/// `paths.home`; blocking, for commands.
+pub fn blocking(paths: &Paths, target: &str, body: Option<Value>) -> anyhow::Result<Answer> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let answer = runtime.block_on(async {
-        match turn {
-            Some(on) => post(paths, target, &serde_json::json!({ "enabled": on })).await,
+        match body {
+            Some(body) => post(paths, target, &body).await,
             None => get(paths, target).await,
         }
     })?;

@@ -379,6 +379,10 @@ async fn route(
             let on = switches::enabled(&read_body(request, limits).await?)?;
             switches::cachekeep(shared, Some(on))
         }
+        (&Method::GET, "/v1/log-level") => switches::log_level(None),
+        (&Method::POST, "/v1/log-level") => {
+            switches::log_level(Some(&read_body(request, limits).await?))
+        }
         (&Method::GET, "/v1/dump") => Ok(switches::dump(shared, None)),
         (&Method::POST, "/v1/dump") => {
             let on = switches::enabled(&read_body(request, limits).await?)?;
@@ -387,7 +391,7 @@ async fn route(
         (
             _,
             "/v1/health" | "/v1/token" | "/v1/report" | "/v1/accounts" | "/v1/quota" | "/v1/usage"
-            | "/v1/metrics" | "/v1/cachekeep" | "/v1/dump",
+            | "/v1/metrics" | "/v1/cachekeep" | "/v1/dump" | "/v1/log-level",
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::MethodNotAllowed,
@@ -398,7 +402,7 @@ async fn route(
             ErrorCode::NotFound,
             format!(
                 "no endpoint {path}; the API has /v1/health, /v1/token, /v1/report, /v1/accounts, \
-                 /v1/quota, /v1/usage, /v1/metrics, /v1/cachekeep and /v1/dump"
+                 /v1/quota, /v1/usage, /v1/metrics, /v1/cachekeep, /v1/dump and /v1/log-level"
             ),
         )),
     }

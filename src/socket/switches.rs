@@ -1,6 +1,7 @@
 //! `/v1/cachekeep` and `/v1/dump`: the prompt-cache switches, read with
 //! GET and turned with POST `{"enabled": bool}` (the command that turns
-//! one also writes config.toml, so the daemon keeps it after a restart).
+//! one also writes config.toml, so the daemon keeps it after a restart);
+//! `/v1/log-level`: the log level, read and changed (`{"level"}`).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,4 +42,21 @@ pub(super) fn dump(shared: &Engine, turn: Option<bool>) -> Value {
         "dir": settings.dir,
         "max_files": settings.max_files,
     })
+}
+
+/// The log level; with a POST body `{"level": "..."}`, changed first.
+pub(super) fn log_level(body: Option<&[u8]>) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Level {
+        level: String,
+    }
+    if let Some(body) = body {
+        let wanted = serde_json::from_slice::<Level>(body).map_err(|e| {
+            ApiError::bad_request(format!("the body must be {{\"level\": \"...\"}}: {e}"))
+        })?;
+        let now = crate::base::logging::set_level(&wanted.level).map_err(ApiError::bad_request)?;
+        tracing::warn!("log level set to {now}");
+    }
+    Ok(json!({ "level": crate::base::logging::level() }))
 }

@@ -592,3 +592,76 @@ fn another_user_is_refused() {
     // The owner is still served.
     assert_eq!(daemon.get("/v1/health")["status"], "ok");
 }
+
+/// The log files of `dir`, sorted.
+fn log_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_log_file_rotates_by_size_and_the_level_changes_live() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = crate::support::fake_upstream::FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    env.write_config(
+        "log_file = \"logs/broker.log\"\nlog_rotate_bytes = 4096\nlog_rotate_max_files = 2\n",
+    );
+    let daemon = env.start_daemon(&[]);
+    let dir = env.broker_home().join("logs");
+    let file = dir.join("broker.log");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let started = crate::support::wait_until(Duration::from_secs(5), || read().contains("serving"));
+    assert!(
+        started.is_some(),
+        "the daemon's start is in the file: {}",
+        read()
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(env.ok(&["log", "level"]).trim(), "info");
+    let models = |n: usize| {
+        for _ in 0..n {
+            crate::forward::send(
+                "GET",
+                &format!("{}/v1/models", daemon.forwarder()),
+                &[],
+                Vec::new(),
+            );
+        }
+    };
+    models(1);
+    assert!(!read().contains("forwarded"), "no debug line at info");
+
+    assert!(
+        env.ok(&["log", "level", "debug"])
+            .contains("Log level set to debug")
+    );
+    models(1);
+    let debug = crate::support::wait_until(Duration::from_secs(5), || read().contains("forwarded"));
+    assert!(debug.is_some(), "debug lines at once, without a restart");
+
+    // Enough lines to rotate more than twice: two older files are kept.
+    models(200);
+    let rotated = crate::support::wait_until(Duration::from_secs(10), || {
+        log_files(&dir) == ["broker.log", "broker.log.1", "broker.log.2"]
+    });
+    assert!(rotated.is_some(), "{:?}", log_files(&dir));
+    for name in log_files(&dir) {
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+        assert!(text.len() <= 4096, "{name}: {}", text.len());
+        assert!(!text.contains(&main.access_token()) && !text.contains(&main.refresh_token));
+    }
+    let (status, refused) = daemon.api("POST", "/v1/log-level", Some(r#"{"level":"loud!"}"#));
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        env.ok(&["log", "level", "warn"]).trim(),
+        "Log level set to warn."
+    );
+}
