@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod engine;
 pub mod follow;
 pub mod forward;
+pub mod notify;
 pub mod oauth;
 pub mod socket;
 pub mod wire;

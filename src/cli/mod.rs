@@ -21,6 +21,7 @@ mod import;
 mod killswitch;
 mod log;
 mod login;
+mod notify;
 mod routing;
 mod serve;
 mod service;
@@ -118,6 +119,7 @@ pub enum Command {
     Cachekeep(cachekeep::Args),
     Dump(dump::Args),
     Log(log::Args),
+    Notify(notify::Args),
     Dashboard(dashboard::Args),
     Completions(completions::Args),
 }
@@ -236,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cachekeep(args) => cachekeep::run(&paths()?, args),
         Command::Dump(args) => dump::run(&paths()?, args),
         Command::Log(args) => log::run(&paths()?, args),
+        Command::Notify(args) => notify::run(&paths()?, args),
         Command::Dashboard(args) => dashboard::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),
     }

@@ -269,6 +269,7 @@ fn spawn_tasks(
         ));
     }
     tracker.spawn(save_usage(engine.clone(), shutdown.clone()));
+    tracker.spawn(crate::notify::watch(engine.clone(), shutdown.clone()));
     tracker.spawn(socket::serve(
         servers.socket,
         engine.clone(),

@@ -33,6 +33,10 @@ pub const SUBAGENT_IDLE_CAP: i64 = 1800;
 pub const DEFAULT_DUMP_DIR: &str = "dumps";
 /// Dump files kept by default; past it the oldest go.
 pub const DEFAULT_DUMP_MAX_FILES: usize = 200;
+/// An account past this share of a window is told as `quota_low`.
+pub const DEFAULT_NOTIFY_QUOTA_PERCENT: f64 = 90.0;
+/// A lasting state is told again after this many seconds by default.
+pub const DEFAULT_NOTIFY_REPEAT: i64 = 6 * 3600;
 /// A log file rotates at this size by default.
 pub const DEFAULT_LOG_ROTATE_BYTES: u64 = 5 * 1024 * 1024;
 /// Older log files kept by default.
@@ -68,6 +72,18 @@ struct File {
     log_file: Option<PathBuf>,
     log_rotate_bytes: Option<i64>,
     log_rotate_max_files: Option<i64>,
+    notify: Option<NotifyFile>,
+}
+
+/// The `[notify]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyFile {
+    desktop: Option<bool>,
+    command: Option<Vec<String>>,
+    webhook: Option<String>,
+    quota_percent: Option<f64>,
+    repeat: Option<toml::Value>,
 }
 
 /// The `[cachekeep]` table as written.
@@ -81,7 +97,7 @@ struct CacheKeepFile {
 }
 
 /// The settings in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The OAuth issuer, without a trailing slash.
     pub issuer: String,
@@ -105,6 +121,36 @@ pub struct Config {
     pub dumps: Dumps,
     /// The daemon's log file besides stderr, when one is kept.
     pub log_file: Option<LogFile>,
+    /// Where notices go ([`crate::engine::notify`]).
+    pub notify: Notify,
+}
+
+/// The `[notify]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    /// Desktop notifications: `None` means wherever a session bus (or
+    /// macOS) is there.
+    pub desktop: Option<bool>,
+    /// An argv run with each notice as JSON on stdin.
+    pub command: Vec<String>,
+    /// A URL each notice is POSTed to as JSON.
+    pub webhook: Option<String>,
+    /// An account past this share of a window is `quota_low`.
+    pub quota_percent: f64,
+    /// Seconds before a lasting state is told again.
+    pub repeat: i64,
+}
+
+impl Default for Notify {
+    fn default() -> Notify {
+        Notify {
+            desktop: None,
+            command: Vec::new(),
+            webhook: None,
+            quota_percent: DEFAULT_NOTIFY_QUOTA_PERCENT,
+            repeat: DEFAULT_NOTIFY_REPEAT,
+        }
+    }
 }
 
 /// Keep-warm: shadow requests that keep an idle conversation's prompt
@@ -227,6 +273,7 @@ impl Config {
             ),
             max_files: dump_max_files(file.dump_max_files).map_err(invalid)?,
         };
+        let notify = notify(file.notify.unwrap_or_default()).map_err(invalid)?;
         let log_file = match file.log_file {
             None => None,
             Some(path) => Some(LogFile {
@@ -253,6 +300,7 @@ impl Config {
             cachekeep,
             dumps,
             log_file,
+            notify,
         })
     }
 }
@@ -351,6 +399,36 @@ fn dump_max_files(value: Option<i64>) -> Result<usize, String> {
             "`dump_max_files` must be from 1 to {DUMP_MAX_FILES_LIMIT}, not {n}"
         )),
     }
+}
+
+/// The `[notify]` settings, checked.
+fn notify(file: NotifyFile) -> Result<Notify, String> {
+    let quota_percent = file.quota_percent.unwrap_or(DEFAULT_NOTIFY_QUOTA_PERCENT);
+    if !(quota_percent > 0.0 && quota_percent <= 100.0) {
+        return Err(format!(
+            "`notify.quota_percent` must be above 0 and at most 100, not {quota_percent}"
+        ));
+    }
+    let command = file.command.unwrap_or_default();
+    if command.first().is_some_and(|p| p.trim().is_empty()) {
+        return Err("`notify.command` must start with a program".into());
+    }
+    let webhook = match file.webhook {
+        Some(url) => Some(http_url(Some(url), "", "notify.webhook")?),
+        None => None,
+    };
+    let repeat = positive_duration(
+        file.repeat.as_ref(),
+        DEFAULT_NOTIFY_REPEAT,
+        "`notify.repeat` must be a positive number of seconds or a duration such as \"6h\"",
+    )?;
+    Ok(Notify {
+        desktop: file.desktop,
+        command,
+        webhook,
+        quota_percent,
+        repeat,
+    })
 }
 
 /// The `log_rotate_bytes` setting: at least 1 KiB.
@@ -491,6 +569,21 @@ mod tests {
         assert_eq!(c.dumps.dir, Path::new("/tmp/d"));
         assert_eq!((c.dumps.enabled, c.dumps.max_files), (true, 3));
         assert_eq!(c.log_file, None);
+        assert_eq!(c.notify, Notify::default());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[notify]\ndesktop = false\ncommand = [\"notify-send\", \"x\"]\n\
+             webhook = \"http://127.0.0.1:9/hook\"\nquota_percent = 80\nrepeat = \"1h\"\n",
+        )
+        .unwrap();
+        let expected = Notify {
+            desktop: Some(false),
+            command: vec!["notify-send".into(), "x".into()],
+            webhook: Some("http://127.0.0.1:9/hook".into()),
+            quota_percent: 80.0,
+            repeat: 3600,
+        };
+        assert_eq!(Config::load(dir.path()).unwrap().notify, expected);
         std::fs::write(
             dir.path().join(CONFIG_FILE),
             "log_file = \"logs/broker.log\"\n",

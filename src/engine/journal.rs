@@ -62,6 +62,8 @@ pub enum Event {
     Import,
     /// `accounts remove` deleted the account.
     Removed,
+    /// A notice (`code`: its event, `reason`: its message) went out.
+    Notified,
 }
 
 impl Event {
@@ -76,6 +78,7 @@ impl Event {
             Event::Login => "login",
             Event::Import => "import",
             Event::Removed => "removed",
+            Event::Notified => "notified",
         }
     }
 
@@ -83,7 +86,7 @@ impl Event {
     fn settles(self) -> bool {
         !matches!(
             self,
-            Event::InFlight | Event::Transient | Event::RefreshInterrupted
+            Event::InFlight | Event::Transient | Event::RefreshInterrupted | Event::Notified
         )
     }
 }

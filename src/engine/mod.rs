@@ -11,6 +11,7 @@ pub mod due;
 pub mod dumps;
 pub mod journal;
 pub mod metrics;
+pub mod notify;
 pub mod pace;
 pub mod quota;
 pub mod refresh;
@@ -146,6 +147,11 @@ impl Engine {
 
     /// Records why the leader cannot be reached (`None`: it can). Returns
     /// whether that changed.
+    /// Why the leader cannot be reached, while it cannot.
+    pub fn leader_problem(&self) -> Option<String> {
+        self.leader_problem.lock().expect("leader lock").clone()
+    }
+
     pub fn set_leader_problem(&self, problem: Option<String>) -> bool {
         let mut current = self.leader_problem.lock().expect("leader lock");
         let changed = *current != problem;

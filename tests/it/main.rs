@@ -21,6 +21,7 @@ mod interop;
 mod lineage;
 mod login;
 mod metrics;
+mod notify;
 mod prompt_cache;
 mod props;
 mod refresh;

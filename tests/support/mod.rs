@@ -140,6 +140,11 @@ impl TestEnv {
         self.user_home().join(".config/codex-broker")
     }
 
+    /// Sets `name` in the environment of every command and daemon.
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        self.vars.push((name.into(), value.into()));
+    }
+
     /// Writes the broker's config.toml.
     pub fn write_config(&self, text: &str) {
         std::fs::create_dir_all(self.broker_home()).unwrap();
