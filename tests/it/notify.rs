@@ -282,3 +282,78 @@ fn notify_test_reaches_each_channel_and_names_the_one_that_fails() {
     let none = env.run(&["notify", "test"]);
     assert!(String::from_utf8_lossy(&none.stderr).contains("no channel"));
 }
+
+#[test]
+fn quota_running_low_and_every_account_used_up_are_told_with_their_resets() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let (hook, posted) = webhook();
+    env.write_config(&format!(
+        "[notify]\ndesktop = false\nwebhook = \"{hook}\"\nquota_percent = 80\n"
+    ));
+    let daemon = env.start_daemon(&[]);
+    let turn = || {
+        crate::forward::send(
+            "POST",
+            &format!("{}/codex/responses", daemon.forwarder()),
+            &[("content-type", "application/json")],
+            br#"{"model":"m","input":"hi","stream":true}"#.to_vec(),
+        )
+    };
+    let events = || -> Vec<Value> { posted.lock().unwrap().clone() };
+    let told = |event: &str| {
+        let found = wait_until(Duration::from_secs(20), || {
+            events().iter().any(|e| e["event"] == event)
+        });
+        assert!(found.is_some(), "no {event}: {:?}", events());
+        events().into_iter().find(|e| e["event"] == event).unwrap()
+    };
+
+    upstream.set_quota("acc-main", 85.0);
+    assert_eq!(turn().status, 200);
+    let low = told("quota_low");
+    assert_eq!(low["account_id"], "acc-main");
+    assert!(low["message"].as_str().unwrap().contains("85%"), "{low}");
+    assert!(low["resets_at"].as_i64().unwrap() > crate::support::now());
+
+    upstream.set_limited("acc-main");
+    upstream.set_limited("acc-fallback");
+    assert_eq!(turn().status, 429);
+    let exhausted = told("quota_exhausted");
+    assert!(
+        exhausted["resets_at"].as_i64().unwrap() > crate::support::now(),
+        "{exhausted}"
+    );
+    assert_eq!(exhausted["account_id"], Value::Null);
+}
+
+#[test]
+fn a_lost_refresh_answer_is_told_with_the_expiry_to_log_in_before() {
+    let upstream = FakeUpstream::start();
+    let account = crate::support::TestAccount::new("acc-lost").expiring_in(6 * 3600);
+    let env = TestEnv::with_account(&upstream, &account);
+    let (hook, posted) = webhook();
+    env.write_config(&format!(
+        "[notify]\ndesktop = false\nwebhook = \"{hook}\"\n"
+    ));
+    let daemon = env.start_daemon(&[]);
+    upstream.set_refresh(Refresh::RotateThenDrop);
+    daemon.api("GET", "/v1/token?min_ttl=86400", None);
+    let told = wait_until(Duration::from_secs(20), || {
+        posted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "refresh_interrupted")
+    });
+    assert!(told.is_some(), "{:?}", posted.lock().unwrap());
+    let notice = posted.lock().unwrap()[0].clone();
+    assert_eq!(notice["account_id"], "acc-lost");
+    let expires = notice["expires_at"].as_i64().unwrap();
+    assert!(expires > crate::support::now() + 5 * 3600, "{notice}");
+    assert!(
+        notice["message"].as_str().unwrap().contains("log in again"),
+        "{notice}"
+    );
+    assert!(!notice.to_string().contains(&account.access_token()));
+}
