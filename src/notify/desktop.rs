@@ -13,8 +13,13 @@ pub fn enabled(setting: Option<bool>) -> bool {
     setting.unwrap_or_else(|| cfg!(target_os = "macos") || session_bus_known())
 }
 
+/// A session bus named in the environment, or at its usual place (as a
+/// systemd user manager runs it).
 fn session_bus_known() -> bool {
-    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty())
+    let named = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty());
+    let usual = std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists());
+    named || usual
 }
 
 fn summary(notice: &Notice) -> String {
