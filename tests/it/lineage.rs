@@ -429,6 +429,16 @@ fn a_rotation_the_full_disk_cannot_take_is_served_and_saved_once_there_is_room()
     let account = TestAccount::new("acc-full");
     upstream.add_account(&account);
     env.import_account(&account);
+    let (hook, notices) = crate::notify::webhook();
+    env.write_config(&format!(
+        "[notify]\ndesktop = false\nwebhook = \"{hook}\"\n"
+    ));
+    let told = |event: &str| {
+        wait_until(Duration::from_secs(20), || {
+            notices.lock().unwrap().iter().any(|n| n["event"] == event)
+        })
+        .is_some()
+    };
     let daemon = env.start_daemon(&[]);
     upstream.set_refresh(Refresh::RotateThenDelay(LATE));
     let asked = std::thread::spawn({
@@ -474,6 +484,7 @@ fn a_rotation_the_full_disk_cannot_take_is_served_and_saved_once_there_is_room()
     );
     let status = env.ok(&["status"]);
     assert!(status.contains("cannot be saved"), "{status}");
+    assert!(told("rotation_unsaved"), "{:?}", notices.lock().unwrap());
     // The daemon keeps serving the new token from memory.
     let served = daemon.get("/v1/token");
     assert_eq!(served["access_token"], body["access_token"]);
@@ -488,6 +499,7 @@ fn a_rotation_the_full_disk_cannot_take_is_served_and_saved_once_there_is_room()
             .any(|p| p["code"] == "rotation_unsaved")
     });
     assert!(cleared.is_some(), "{}", daemon.log());
+    assert!(told("recovered"), "{:?}", notices.lock().unwrap());
     let history = env.ok(&["history"]);
     assert!(history.contains("rotated"), "{history}");
     assert_lineage_intact(&env, &upstream, "acc-full");

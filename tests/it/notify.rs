@@ -13,7 +13,7 @@ use crate::support::fake_upstream::{FakeUpstream, Refresh};
 use crate::support::{TestEnv, wait_until, which};
 
 /// A webhook receiver on loopback: the bodies it was POSTed.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+pub(crate) fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let seen = bodies.clone();
     let addr = crate::support::serve_on_loopback(move |listener| async move {
@@ -356,4 +356,33 @@ fn a_lost_refresh_answer_is_told_with_the_expiry_to_log_in_before() {
         "{notice}"
     );
     assert!(!notice.to_string().contains(&account.access_token()));
+}
+
+#[test]
+fn a_follower_tells_when_its_leader_is_away_and_when_it_is_back() {
+    let upstream = FakeUpstream::start();
+    let (leader, leader_daemon, follower) = crate::follow::leader_and_follower(&upstream);
+    let (hook, posted) = webhook();
+    follower.write_config(&format!(
+        "follow_interval = 1\n[notify]\ndesktop = false\nwebhook = \"{hook}\"\n"
+    ));
+    let socket = leader_daemon.socket.clone();
+    let _follower_daemon = crate::follow::start_follower(&follower, &socket);
+    let told = |event: &str| {
+        wait_until(Duration::from_secs(20), || {
+            posted.lock().unwrap().iter().any(|e| e["event"] == event)
+        })
+        .is_some()
+    };
+    assert!(leader_daemon.stop().success());
+    assert!(told("leader_unreachable"), "{:?}", posted.lock().unwrap());
+    let _leader_daemon = leader.start_daemon(&[]);
+    assert!(told("recovered"), "{:?}", posted.lock().unwrap());
+    let events: Vec<String> = posted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["leader_unreachable", "recovered"]);
 }
