@@ -593,16 +593,6 @@ fn another_user_is_refused() {
     assert_eq!(daemon.get("/v1/health")["status"], "ok");
 }
 
-/// The log files of `dir`, sorted.
-fn log_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn the_log_file_rotates_by_size_and_the_level_changes_live() {
     use std::os::unix::fs::PermissionsExt;
@@ -650,10 +640,10 @@ fn the_log_file_rotates_by_size_and_the_level_changes_live() {
     // Enough lines to rotate more than twice: two older files are kept.
     models(200);
     let rotated = crate::support::wait_until(Duration::from_secs(10), || {
-        log_files(&dir) == ["broker.log", "broker.log.1", "broker.log.2"]
+        crate::support::file_names(&dir) == ["broker.log", "broker.log.1", "broker.log.2"]
     });
-    assert!(rotated.is_some(), "{:?}", log_files(&dir));
-    for name in log_files(&dir) {
+    assert!(rotated.is_some(), "{:?}", crate::support::file_names(&dir));
+    for name in crate::support::file_names(&dir) {
         let text = std::fs::read_to_string(dir.join(&name)).unwrap();
         assert!(text.len() <= 4096, "{name}: {}", text.len());
         assert!(!text.contains(&main.access_token()) && !text.contains(&main.refresh_token));

@@ -370,19 +370,6 @@ fn cachekeep_on_and_off_persist_and_reach_the_running_daemon() {
     assert_eq!(code, 400, "{refused}");
 }
 
-/// The dump files of `dir`, sorted (oldest first).
-fn dump_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[test]
 fn dumps_are_complete_redacted_private_and_bounded() {
     use std::os::unix::fs::PermissionsExt;
@@ -398,7 +385,7 @@ fn dumps_are_complete_redacted_private_and_bounded() {
         );
     }
     let bounded = wait_for(Duration::from_secs(10), || {
-        let names = dump_files(&dir);
+        let names = crate::support::file_names(&dir);
         (names.len() == 4 && names.iter().any(|n| n.contains("-000002."))).then_some(names)
     });
     let names = bounded.expect("the newest four files");
@@ -433,12 +420,12 @@ fn dumps_are_complete_redacted_private_and_bounded() {
     assert!(out.contains("hold your prompts"), "{out}");
     assert_eq!(served_by(&daemon, &upstream, "conv-on"), "acc-main");
     let next = wait_until(Duration::from_secs(10), || {
-        dump_files(&dir)
+        crate::support::file_names(&dir)
             .iter()
             .any(|n| n.contains("-000003.meta.json"))
     });
     assert!(next.is_some());
-    let metas: Vec<Value> = dump_files(&dir)
+    let metas: Vec<Value> = crate::support::file_names(&dir)
         .iter()
         .filter(|n| n.ends_with(".meta.json"))
         .map(|n| serde_json::from_slice(&std::fs::read(dir.join(n)).unwrap()).unwrap())

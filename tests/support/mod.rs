@@ -585,6 +585,19 @@ where
     addr
 }
 
+/// The names of the files in `dir`, sorted (none when it is missing).
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// A loopback port free when asked (for servers that cannot be told to
 /// pick one and report it).
 pub fn free_port() -> u16 {
