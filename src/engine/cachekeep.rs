@@ -6,6 +6,7 @@
 //! conversations, each at most [`MAX_BODY`] bytes.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -87,7 +88,10 @@ pub struct Status {
 
 /// The conversations kept warm, and the settings in force.
 pub struct Keeper {
-    settings: Mutex<CacheKeep>,
+    /// The settings but `enabled`, which is [`Keeper::on`].
+    settings: CacheKeep,
+    /// Read for every request of a conversation: no lock.
+    on: AtomicBool,
     sessions: Mutex<LruCache<Box<str>, Session>>,
     /// Conversations that need a timer, for the task that runs them.
     pending: Mutex<Vec<Box<str>>>,
@@ -99,7 +103,8 @@ impl Keeper {
     pub fn new(settings: CacheKeep) -> Keeper {
         let capacity = NonZeroUsize::new(MAX_SESSIONS).expect("a positive capacity");
         Keeper {
-            settings: Mutex::new(settings),
+            on: AtomicBool::new(settings.enabled),
+            settings,
             sessions: Mutex::new(LruCache::new(capacity)),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -111,7 +116,10 @@ impl Keeper {
     }
 
     pub fn settings(&self) -> CacheKeep {
-        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+        CacheKeep {
+            enabled: self.on.load(Ordering::Relaxed),
+            ..self.settings
+        }
     }
 
     /// Whether a conversation of this kind is kept warm now.
@@ -121,10 +129,7 @@ impl Keeper {
 
     /// Turns keep-warm on or off; off forgets every conversation.
     pub fn set_enabled(&self, enabled: bool) {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enabled = enabled;
+        self.on.store(enabled, Ordering::Relaxed);
         if !enabled {
             self.sessions().clear();
         }

@@ -8,7 +8,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -53,7 +53,10 @@ pub struct Dump {
 
 /// Where dumps go, and whether they are written.
 pub struct Dumper {
-    settings: Mutex<Dumps>,
+    /// The settings but `enabled`, which is [`Dumper::on`].
+    settings: Dumps,
+    /// Read for every request sent upstream: no lock.
+    on: AtomicBool,
     seq: AtomicU64,
     /// One writer prunes at a time.
     writing: Mutex<()>,
@@ -62,37 +65,32 @@ pub struct Dumper {
 impl Dumper {
     pub fn new(settings: Dumps) -> Dumper {
         Dumper {
-            settings: Mutex::new(settings),
+            on: AtomicBool::new(settings.enabled),
+            settings,
             seq: AtomicU64::new(0),
             writing: Mutex::new(()),
         }
     }
 
     pub fn settings(&self) -> Dumps {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        Dumps {
+            enabled: self.enabled(),
+            ..self.settings.clone()
+        }
     }
 
     pub fn enabled(&self) -> bool {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enabled
+        self.on.load(Ordering::Relaxed)
     }
 
     pub fn set_enabled(&self, enabled: bool) {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enabled = enabled;
+        self.on.store(enabled, Ordering::Relaxed);
     }
 
     /// Writes the two files of `dump` and removes the oldest past the cap
     /// (blocking: run it off the runtime's threads).
     pub fn write(&self, dump: &Dump) -> Result<(), FsError> {
-        let settings = self.settings();
+        let settings = &self.settings;
         let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         private_dir(&settings.dir)?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
