@@ -16,6 +16,7 @@ mod cachekeep;
 mod completions;
 mod dashboard;
 mod dump;
+mod env;
 mod history;
 mod import;
 mod killswitch;
@@ -119,6 +120,8 @@ pub enum Command {
     Cachekeep(cachekeep::Args),
     Dump(dump::Args),
     Log(log::Args),
+    Env(env::EnvArgs),
+    Run(env::RunArgs),
     Notify(notify::Args),
     Dashboard(dashboard::Args),
     Completions(completions::Args),
@@ -238,6 +241,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cachekeep(args) => cachekeep::run(&paths()?, args),
         Command::Dump(args) => dump::run(&paths()?, args),
         Command::Log(args) => log::run(&paths()?, args),
+        Command::Env(args) => env::env(&paths()?, args),
+        Command::Run(args) => env::run(&paths()?, args),
         Command::Notify(args) => notify::run(&paths()?, args),
         Command::Dashboard(args) => dashboard::run(&paths()?, args),
         Command::Completions(args) => completions::run(args),

@@ -14,6 +14,7 @@ mod crash;
 mod daemon;
 mod dashboard;
 mod docs;
+mod env;
 mod follow;
 mod forward;
 mod hostile;
