@@ -26,6 +26,7 @@ mod notify;
 mod routing;
 mod serve;
 mod service;
+mod setup;
 mod shield;
 mod status;
 mod token;
@@ -120,6 +121,7 @@ pub enum Command {
     Cachekeep(cachekeep::Args),
     Dump(dump::Args),
     Log(log::Args),
+    Setup(setup::Args),
     Env(env::EnvArgs),
     Run(env::RunArgs),
     Notify(notify::Args),
@@ -241,6 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cachekeep(args) => cachekeep::run(&paths()?, args),
         Command::Dump(args) => dump::run(&paths()?, args),
         Command::Log(args) => log::run(&paths()?, args),
+        Command::Setup(args) => setup::run(&paths()?, args),
         Command::Env(args) => env::env(&paths()?, args),
         Command::Run(args) => env::run(&paths()?, args),
         Command::Notify(args) => notify::run(&paths()?, args),

@@ -290,8 +290,13 @@ impl CodexHome {
     /// Where Codex keeps its login, from `cli_auth_credentials_store` in the
     /// Codex home's config.toml. A config that cannot be read or parsed
     /// counts as the default, `file` (Codex refuses to start with it anyway).
+    /// Codex's own settings file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
     pub fn credentials_store(&self) -> CredentialsStore {
-        let path = self.dir.join("config.toml");
+        let path = self.config_path();
         let text = match crate::base::fsutil::read_optional(&path) {
             Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
             Ok(None) => return CredentialsStore::File,

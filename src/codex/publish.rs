@@ -137,6 +137,10 @@ pub fn publish(
             (shield, &account.stand_in, new.tokens.as_mut())
         {
             tokens.refresh_token = stand_in.clone();
+        }
+        // Shielded, or set up by `setup codex`: Codex refreshes at the
+        // forwarder.
+        if let (true, Some(tokens)) = (shield || store.codex_setup, new.tokens.as_mut()) {
             let mut extra = tokens.extra.expose().clone();
             let forwarder = store.forwarder.as_deref();
             provenance::through_forwarder(&mut extra, forwarder.unwrap_or(DEFAULT_FORWARDER));

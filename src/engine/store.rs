@@ -452,6 +452,11 @@ pub struct Store {
     /// ([`crate::engine::shield`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shield: bool,
+    /// Whether `setup codex` pointed Codex at the forwarder: auth.json then
+    /// names the forwarder as its issuer, as in shield mode
+    /// ([`crate::codex::provenance`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub codex_setup: bool,
     /// The leader's socket when this home belongs to a follower
     /// ([`crate::follow::leader`]): it holds no refresh token, only stand-ins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,6 +480,7 @@ impl Default for Store {
             killswitch: Killswitch::default(),
             published: None,
             shield: false,
+            codex_setup: false,
             follows: None,
             forwarder: None,
             accounts: Vec::new(),

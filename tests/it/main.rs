@@ -27,6 +27,7 @@ mod prompt_cache;
 mod props;
 mod refresh;
 mod service;
+mod setup;
 mod shield;
 mod usage;
 mod websocket;

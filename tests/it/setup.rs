@@ -1,0 +1,110 @@
+//! `setup codex`: Codex's config.toml pointed at the forwarder with
+//! everything else kept, auth.json naming the forwarder as its issuer,
+//! idempotent, `--dry-run`, and `--undo` byte for byte.
+
+use serde_json::Value;
+
+use crate::support::TestEnv;
+use crate::support::fake_upstream::FakeUpstream;
+
+fn issuer(env: &TestEnv) -> Value {
+    env.read_auth()["tokens"]["oauth_provenance"]["issuer"].clone()
+}
+
+#[test]
+fn setup_codex_points_codex_at_the_forwarder_keeps_the_rest_and_undoes_exactly() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let config = env.codex_home().join("config.toml");
+    let mine = "# my settings\nmodel = \"gpt-5.1-codex\"\ncli_auth_credentials_store = \"keyring\"\n\n[profiles.fast]\nmodel = \"o4-mini\"  # quick\n";
+    std::fs::write(&config, mine).unwrap();
+    let before_issuer = issuer(&env);
+    let daemon = env.start_daemon(&[]);
+    let base = daemon.forwarder();
+
+    let dry = env.ok(&["setup", "codex", "--dry-run"]);
+    assert!(
+        dry.contains("Would change") && dry.contains("Would publish"),
+        "{dry}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        mine,
+        "a dry run writes nothing"
+    );
+
+    let out = env.ok(&["setup", "codex"]);
+    assert!(
+        out.contains(&format!("openai_base_url = \"{base}/codex\"")),
+        "{out}"
+    );
+    assert!(out.contains("\"keyring\" -> \"file\""), "{out}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with("# my settings\nmodel = \"gpt-5.1-codex\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[profiles.fast]\nmodel = \"o4-mini\"  # quick\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("chatgpt_base_url = \"{base}/backend-api/\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("cli_auth_credentials_store = \"file\""),
+        "{text}"
+    );
+    assert_eq!(
+        issuer(&env),
+        Value::String(base.clone()),
+        "{:?}",
+        env.read_auth()
+    );
+
+    let again = env.ok(&["setup", "codex"]);
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+
+    let undone = env.ok(&["setup", "codex", "--undo"]);
+    assert!(undone.contains("Restored"), "{undone}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        mine,
+        "byte for byte"
+    );
+    assert_eq!(issuer(&env), before_issuer);
+    assert!(
+        env.ok(&["setup", "codex", "--undo"])
+            .contains("nothing to undo")
+    );
+}
+
+#[test]
+fn a_config_setup_created_is_removed_by_undo_and_a_broken_one_is_left_alone() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let config = env.codex_home().join("config.toml");
+    env.ok(&["setup", "codex"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("openai_base_url = \"http://127.0.0.1:1456/codex\""),
+        "{text}"
+    );
+    assert!(env.ok(&["setup", "codex", "--undo"]).contains("Removed"));
+    assert!(!config.exists());
+
+    std::fs::write(&config, "model = [broken\n").unwrap();
+    let out = env.run(&["setup", "codex"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("config.toml") && said.contains("not TOML"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "model = [broken\n"
+    );
+}
