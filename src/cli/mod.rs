@@ -15,6 +15,7 @@ mod accounts;
 mod cachekeep;
 mod completions;
 mod dashboard;
+mod doctor;
 mod dump;
 mod env;
 mod history;
@@ -122,6 +123,7 @@ pub enum Command {
     Dump(dump::Args),
     Log(log::Args),
     Setup(setup::Args),
+    Doctor(doctor::Args),
     Env(env::EnvArgs),
     Run(env::RunArgs),
     Notify(notify::Args),
@@ -244,6 +246,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dump(args) => dump::run(&paths()?, args),
         Command::Log(args) => log::run(&paths()?, args),
         Command::Setup(args) => setup::run(&paths()?, args),
+        Command::Doctor(args) => doctor::run(&paths()?, args),
         Command::Env(args) => env::env(&paths()?, args),
         Command::Run(args) => env::run(&paths()?, args),
         Command::Notify(args) => notify::run(&paths()?, args),

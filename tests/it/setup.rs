@@ -108,3 +108,77 @@ fn a_config_setup_created_is_removed_by_undo_and_a_broken_one_is_left_alone() {
         "model = [broken\n"
     );
 }
+
+/// `doctor --json`: the checks by name.
+fn doctor(env: &TestEnv) -> (bool, Value) {
+    let out = env.run(&["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.success(), report["ok"] == true, "{report}");
+    (out.status.success(), report)
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+}
+
+#[test]
+fn doctor_says_all_is_well_after_setup_or_exactly_what_to_fix() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let (ok, report) = doctor(&env);
+    assert!(!ok);
+    assert_eq!(check(&report, "daemon")["ok"], false);
+    assert!(
+        check(&report, "daemon")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("serve")
+    );
+    assert_eq!(
+        check(&report, "codex config")["fix"],
+        "codex-broker setup codex"
+    );
+
+    let daemon = env.start_daemon(&[]);
+    env.ok(&["setup", "codex"]);
+    let (ok, report) = doctor(&env);
+    assert!(ok, "{report}");
+    for name in [
+        "daemon",
+        "account acc-main",
+        "account acc-fallback",
+        "auth.json",
+        "clock",
+        "codex config",
+        "forwarder",
+        "issuer",
+        "backend",
+    ] {
+        assert_eq!(check(&report, name)["ok"], true, "{name}: {report}");
+    }
+    let human = env.ok(&["doctor"]);
+    assert!(human.lines().all(|l| l.starts_with("ok ")), "{human}");
+
+    // A refused refresh: that account's check fails, with its fix.
+    upstream.set_refresh(crate::support::fake_upstream::Refresh::error(
+        401,
+        "refresh_token_invalidated",
+    ));
+    daemon.api("GET", "/v1/token?account=acc-fallback&min_ttl=86400", None);
+    let (ok, report) = doctor(&env);
+    assert!(!ok);
+    let account = check(&report, "account acc-fallback");
+    assert_eq!(account["fix"], "codex-broker login", "{account}");
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL account acc-fallback") && text.contains("fix: codex-broker login"),
+        "{text}"
+    );
+}
