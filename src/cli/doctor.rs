@@ -168,7 +168,7 @@ fn auth_json(paths: &Paths, store: Option<&Store>) -> Vec<Check> {
         )];
     };
     let id = credential.account_id().to_owned();
-    if !store.is_some_and(|s| s.get(&id).is_some()) {
+    if store.is_none_or(|s| s.get(&id).is_none()) {
         return vec![fail(
             "auth.json",
             format!(
