@@ -825,37 +825,52 @@ fn a_codex_websocket_conversation_is_kept_warm_over_http() {
     );
 }
 
-/// After `setup codex`, Codex reaches the backend through the forwarder
-/// with no environment variable and no hand edit.
+/// After `setup codex`, every Codex release covered reaches the backend
+/// through the forwarder with no environment variable and no hand edit.
 #[test]
-fn codex_works_through_the_broker_after_setup_with_no_other_step() {
-    isolated!(codex_works_through_the_broker_after_setup_with_no_other_step);
+fn each_codex_release_works_through_the_broker_after_setup_with_no_other_step() {
+    isolated!(each_codex_release_works_through_the_broker_after_setup_with_no_other_step);
     let upstream = FakeUpstream::start();
     let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
     let daemon = env.start_daemon(&[]);
     let out = env.ok(&["setup", "codex"]);
     assert!(out.contains(&daemon.forwarder()), "{out}");
-    let out = codex(&env)
-        .args(["exec", "--skip-git-repo-check", "say hello"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the fake backend"));
-    let requests = upstream.requests_to("/backend-api/codex/responses");
-    assert!(!requests.is_empty());
-    assert!(
-        requests
-            .iter()
-            .all(|r| r.headers["authorization"] == format!("Bearer {}", main.access_token()))
-    );
     let auth = env.read_auth();
     assert_eq!(
         auth["tokens"]["oauth_provenance"]["issuer"],
         daemon.forwarder()
     );
+    let releases = crate::support::codex_releases();
+    for bin in &releases {
+        let before = upstream.requests_to("/backend-api/codex/responses").len();
+        let out = Command::new(bin)
+            .env_clear()
+            .env("HOME", env.user_home())
+            .env("CODEX_HOME", env.codex_home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(env.dir.path())
+            .args(["exec", "--skip-git-repo-check", "say hello"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let release = bin.display();
+        assert!(
+            out.status.success(),
+            "{release}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("hello from the fake backend"),
+            "{release}: {stdout}"
+        );
+        let requests = upstream.requests_to("/backend-api/codex/responses");
+        assert!(requests.len() > before, "{release} reached the forwarder");
+        let bearer = format!("Bearer {}", main.access_token());
+        assert!(
+            requests[before..]
+                .iter()
+                .all(|r| r.headers["authorization"] == bearer)
+        );
+    }
 }

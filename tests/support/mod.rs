@@ -328,21 +328,30 @@ impl TestAccount {
     }
 }
 
-/// Where the real Codex CLI is, installed by `scripts/test` (or named by
-/// `CODEX_BIN`).
+/// Where the real Codex CLI is: `CODEX_BIN`, which `scripts/test` sets to
+/// the newest release it installs.
 pub fn codex_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("CODEX_BIN") {
         return PathBuf::from(bin);
     }
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/codex/package/vendor/x86_64-unknown-linux-musl/bin/codex");
-    assert!(
-        installed.exists(),
-        "the Codex CLI is not installed at {}: run scripts/test (it installs it from npm), \
-         or set CODEX_BIN",
-        installed.display()
+    panic!(
+        "the Codex CLI is not named: run scripts/test (it installs it from npm), or set CODEX_BIN"
     );
-    installed
+}
+
+/// Every Codex release the interop tests cover (`CODEX_BINS`, set by
+/// `scripts/test`, colon-separated), else the one of [`codex_bin`].
+pub fn codex_releases() -> Vec<PathBuf> {
+    match std::env::var_os("CODEX_BINS") {
+        Some(bins) => std::env::split_paths(&bins).collect(),
+        None => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "under CI every Codex release is tested: run scripts/test"
+            );
+            vec![codex_bin()]
+        }
+    }
 }
 
 /// The Python of the virtual environment `scripts/test` makes with the
