@@ -30,5 +30,6 @@ pub mod follow;
 pub mod forward;
 pub mod notify;
 pub mod oauth;
+pub mod setup;
 pub mod socket;
 pub mod wire;

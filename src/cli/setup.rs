@@ -1,4 +1,4 @@
-//! `codex-broker setup codex [--undo] [--dry-run]`
+//! `codex-broker setup codex|opencode [--undo] [--dry-run]`
 
 use std::path::{Path, PathBuf};
 
@@ -7,8 +7,8 @@ use clap::ValueEnum;
 use crate::base::fsutil;
 use crate::base::paths::Paths;
 use crate::codex::publish::republish;
-use crate::codex::setup::plan;
 use crate::forward::DEFAULT_LISTEN;
+use crate::setup::{Plan, codex as codex_plan, opencode};
 use crate::socket::client::{self, Answer};
 use crate::wire::proto::Health;
 
@@ -19,9 +19,11 @@ use crate::wire::proto::Health;
 /// when it was keyring or auto), keeping every other key, comment and blank
 /// line, and publishes auth.json naming the forwarder as the issuer Codex
 /// refreshes at, so that no environment variable is needed (Codex 0.166 and
-/// later). It prints what it changed and changes nothing when all is set.
-/// --undo restores the file as it was before the first setup (removing it
-/// if setup created it) and auth.json's own issuer.
+/// later). opencode: adds a provider `codex-broker` (Chat Completions at
+/// the forwarder's /v1) to OpenCode's opencode.json and makes it the
+/// default model, keeping every other key. Each prints what it changed and
+/// changes nothing when all is set. --undo restores the file as it was
+/// before the first setup (removing it if setup created it).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(value_enum)]
@@ -39,66 +41,140 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Client {
     Codex,
+    Opencode,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Codex => "codex",
+            Client::Opencode => "opencode",
+        }
+    }
+
+    /// The client's config file.
+    fn config(self, paths: &Paths) -> PathBuf {
+        match self {
+            Client::Codex => paths.codex().config_path(),
+            Client::Opencode => opencode_config(),
+        }
+    }
+}
+
+/// OpenCode's global config: `$XDG_CONFIG_HOME/opencode/opencode.json`.
+fn opencode_config() -> PathBuf {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config")
+        });
+    config.join("opencode/opencode.json")
 }
 
 pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
-    let Client::Codex = args.client;
     let text = if args.undo {
-        undo_codex(paths, args.dry_run)?
+        undo(paths, args.client, args.dry_run)?
     } else {
-        setup_codex(paths, args.dry_run)?
+        setup(paths, args.client, args.dry_run)?
     };
     Ok(super::print(&text)?)
 }
 
 /// Where the original config is kept (0600 in the home), and the marker
 /// that there was none.
-fn backups(paths: &Paths) -> (PathBuf, PathBuf) {
+fn backups(paths: &Paths, client: Client) -> (PathBuf, PathBuf) {
     let dir = paths.home.join("setup");
-    (
-        dir.join("codex-config.toml"),
-        dir.join("codex-config.toml.none"),
-    )
+    let name = format!("{}-config", client.name());
+    (dir.join(&name), dir.join(format!("{name}.none")))
+}
+
+/// The running daemon's health, if one answers.
+fn health(paths: &Paths) -> anyhow::Result<Option<Health>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(client::get(paths, "/v1/health")) {
+        Ok(Answer::Ok(value)) => Ok(Some(serde_json::from_value(value)?)),
+        _ => Ok(None),
+    }
 }
 
 /// The forwarder's base URL: the running daemon's, else the one it last
 /// served, else the default.
-fn forwarder_base(paths: &Paths) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    if let Ok(Answer::Ok(value)) = runtime.block_on(client::get(paths, "/v1/health"))
-        && let Some(forwarder) = serde_json::from_value::<Health>(value)?.forwarder
-    {
-        return Ok(format!("http://{}", forwarder.address));
+fn forwarder_base(paths: &Paths, health: Option<&Health>) -> String {
+    if let Some(forwarder) = health.and_then(|h| h.forwarder.as_ref()) {
+        return format!("http://{}", forwarder.address);
     }
     let last = paths.store().load().ok().and_then(|s| s.forwarder);
-    Ok(last.unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}")))
+    last.unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
 }
 
-fn setup_codex(paths: &Paths, dry_run: bool) -> anyhow::Result<String> {
-    let codex = paths.codex();
-    let config = codex.config_path();
+/// The models the forwarder lists (the backend's), else Codex's default.
+fn models(base: &str, running: bool) -> Vec<String> {
+    let listed = running.then(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let http = crate::oauth::http_client(std::time::Duration::from_secs(10));
+            let list: serde_json::Value = http
+                .get(format!("{base}/v1/models"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let ids: Vec<String> = list["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .take(64)
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        })
+    });
+    listed
+        .flatten()
+        .unwrap_or_else(|| vec!["gpt-5.1-codex".to_owned()])
+}
+
+fn plan(paths: &Paths, client: Client, text: &str) -> anyhow::Result<(Plan, String)> {
+    let health = health(paths)?;
+    let base = forwarder_base(paths, health.as_ref());
+    let plan = match client {
+        Client::Codex => codex_plan::plan(text, &base),
+        Client::Opencode => opencode::plan(text, &base, &models(&base, health.is_some())),
+    };
+    let config = client.config(paths);
+    let plan = plan.map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    Ok((plan, base))
+}
+
+fn setup(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String> {
+    let config = client.config(paths);
     let old = fsutil::read_optional(&config)?;
     let text = std::str::from_utf8(old.as_deref().unwrap_or_default())
         .map_err(|_| anyhow::anyhow!("{}: not UTF-8", config.display()))?;
-    let base = forwarder_base(paths)?;
-    let plan = plan(text, &base).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-    let published = !paths.store().load()?.codex_setup;
-    let mut out = String::new();
-    if plan.changes.is_empty() && !published {
+    let (plan, base) = plan(paths, client, text)?;
+    let publish = client == Client::Codex && !paths.store().load()?.codex_setup;
+    if plan.changes.is_empty() && !publish {
         return Ok(format!(
-            "Codex reaches the broker at {base} already; nothing changed.\n"
+            "{} reaches the broker at {base} already; nothing changed.\n",
+            client.name()
         ));
     }
-    let verb = if dry_run { "Would change" } else { "Changed" };
+    let mut out = String::new();
     if !plan.changes.is_empty() {
+        let verb = if dry_run { "Would change" } else { "Changed" };
         out.push_str(&format!("{verb} {}:\n", config.display()));
         for change in &plan.changes {
             out.push_str(&format!("  {change}\n"));
         }
     }
-    if published {
+    if publish {
         out.push_str(&format!(
             "{} {} with {base} as the issuer Codex refreshes at: no environment variable needed.\n",
             if dry_run {
@@ -106,24 +182,26 @@ fn setup_codex(paths: &Paths, dry_run: bool) -> anyhow::Result<String> {
             } else {
                 "Published"
             },
-            codex.auth_path().display()
+            paths.codex().auth_path().display()
         ));
     }
     if dry_run {
         return Ok(out);
     }
-    keep_original(paths, old.as_deref())?;
+    keep_original(paths, client, old.as_deref())?;
     if !plan.changes.is_empty() {
         fsutil::create_dir_if_missing(config.parent().unwrap_or(Path::new(".")))?;
         fsutil::write_atomic(&config, plan.text.as_bytes())?;
     }
-    set_up(paths, true)?;
+    if client == Client::Codex {
+        codex_set_up(paths, true)?;
+    }
     Ok(out)
 }
 
 /// Keeps the config as it was before the first setup.
-fn keep_original(paths: &Paths, old: Option<&[u8]>) -> anyhow::Result<()> {
-    let (copy, none) = backups(paths);
+fn keep_original(paths: &Paths, client: Client, old: Option<&[u8]>) -> anyhow::Result<()> {
+    let (copy, none) = backups(paths, client);
     if copy.exists() || none.exists() {
         return Ok(());
     }
@@ -135,9 +213,9 @@ fn keep_original(paths: &Paths, old: Option<&[u8]>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records whether setup ran, and publishes auth.json again with the
+/// Records whether setup codex ran, and publishes auth.json again with the
 /// issuer that goes with it.
-fn set_up(paths: &Paths, on: bool) -> anyhow::Result<()> {
+fn codex_set_up(paths: &Paths, on: bool) -> anyhow::Result<()> {
     let codex = paths.codex();
     let journal = paths.journal();
     paths.store().update(|store| {
@@ -150,36 +228,40 @@ fn set_up(paths: &Paths, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn undo_codex(paths: &Paths, dry_run: bool) -> anyhow::Result<String> {
-    let config = paths.codex().config_path();
-    let (copy, none) = backups(paths);
-    let action = if none.exists() {
-        format!("Removed {}, which setup had created.\n", config.display())
-    } else if copy.exists() {
-        format!("Restored {} as it was before setup.\n", config.display())
-    } else {
-        return Ok("setup codex was not run for this broker home; nothing to undo.\n".into());
-    };
-    if dry_run {
-        return Ok(action.replacen("Removed", "Would remove", 1).replacen(
-            "Restored",
-            "Would restore",
-            1,
+fn undo(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String> {
+    let config = client.config(paths);
+    let (copy, none) = backups(paths, client);
+    let (created, kept) = (none.exists(), copy.exists());
+    if !created && !kept {
+        return Ok(format!(
+            "setup {} was not run for this broker home; nothing to undo.\n",
+            client.name()
         ));
     }
-    if none.exists() {
-        match std::fs::remove_file(&config) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(fsutil::FsError::new("cannot remove", &config, e).into());
-            }
-            _ => {}
+    let (verb, what) = match (created, dry_run) {
+        (true, false) => ("Removed", "which setup had created"),
+        (true, true) => ("Would remove", "which setup had created"),
+        (false, false) => ("Restored", "as it was before setup"),
+        (false, true) => ("Would restore", "as it was before setup"),
+    };
+    let mut out = format!("{verb} {}, {what}.\n", config.display());
+    if dry_run {
+        return Ok(out);
+    }
+    if created {
+        if let Err(e) = std::fs::remove_file(&config)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(fsutil::FsError::new("cannot remove", &config, e).into());
         }
         std::fs::remove_file(&none)?;
     } else {
-        let original = std::fs::read(&copy)?;
-        fsutil::write_atomic(&config, &original)?;
+        fsutil::write_atomic(&config, &std::fs::read(&copy)?)?;
         std::fs::remove_file(&copy)?;
     }
-    set_up(paths, false)?;
-    Ok(action + "auth.json names its own issuer again.\n")
+    if client == Client::Codex {
+        codex_set_up(paths, false)?;
+        out.push_str("auth.json names its own issuer again.\n");
+    }
+    Ok(out)
 }

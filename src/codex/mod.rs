@@ -5,5 +5,4 @@
 pub mod auth;
 pub mod provenance;
 pub mod publish;
-pub mod setup;
 pub mod watch;

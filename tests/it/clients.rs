@@ -1,13 +1,14 @@
-//! Real OpenAI-compatible clients from PyPI through the forwarder's Chat
+//! Real OpenAI-compatible clients through the forwarder's Chat
 //! Completions, offline in a private network namespace against the fake
-//! backend: the OpenAI Python SDK and the `llm` CLI.
+//! backend: the OpenAI Python SDK and the `llm` CLI from PyPI, and OpenCode
+//! after `setup opencode`.
 
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use crate::support::fake_upstream::FakeUpstream;
-use crate::support::{TestEnv, python_bin};
+use crate::support::{TestEnv, opencode_bin, python_bin};
 
 const INFERENCE: &str = "/backend-api/codex/responses";
 
@@ -113,4 +114,40 @@ fn the_llm_cli_completes_a_turn_streamed_or_not_and_falls_back_on_429() {
         rows.iter().any(|r| r["account_id"] == "acc-fallback"),
         "{usage}"
     );
+}
+
+#[test]
+fn opencode_completes_a_turn_through_the_broker_after_setup_with_no_other_step() {
+    isolated!(opencode_completes_a_turn_through_the_broker_after_setup_with_no_other_step);
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let out = env.ok(&["setup", "opencode"]);
+    assert!(out.contains("provider.codex-broker"), "{out}");
+    let config = env.user_home().join(".config/opencode/opencode.json");
+    let written: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert_eq!(
+        written["provider"]["codex-broker"]["options"]["baseURL"],
+        format!("{}/v1", daemon.forwarder())
+    );
+    let out = Command::new(opencode_bin())
+        .env_clear()
+        .env("HOME", env.user_home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(env.dir.path())
+        .args(["run", "say hello"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(succeeded(out).contains("hello from the fake backend"));
+    let requests = upstream.requests_to(INFERENCE);
+    assert!(!requests.is_empty(), "OpenCode reached the forwarder");
+    let bearer = format!("Bearer {}", main.access_token());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers["authorization"] == bearer)
+    );
+    assert!(env.ok(&["setup", "opencode", "--undo"]).contains("Removed"));
+    assert!(!config.exists());
 }

@@ -182,3 +182,46 @@ fn doctor_says_all_is_well_after_setup_or_exactly_what_to_fix() {
         "{text}"
     );
 }
+
+#[test]
+fn setup_opencode_adds_its_provider_keeps_the_rest_and_undoes_byte_for_byte() {
+    let env = TestEnv::new();
+    let dir = env.user_home().join(".config/opencode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("opencode.json");
+    let mine = "{\n  \"theme\": \"dark\",\n  \"model\": \"anthropic/claude\",\n  \"provider\": {\"ollama\": {\"npm\": \"x\"}}\n}\n";
+    std::fs::write(&config, mine).unwrap();
+    let dry = env.ok(&["setup", "opencode", "--dry-run"]);
+    assert!(dry.contains("Would change"), "{dry}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
+    let out = env.ok(&["setup", "opencode"]);
+    assert!(
+        out.contains("\"anthropic/claude\" -> \"codex-broker/gpt-5.1-codex\""),
+        "{out}"
+    );
+    let written: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let keys: Vec<&String> = written.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["theme", "model", "provider"]);
+    assert_eq!(written["provider"]["ollama"]["npm"], "x");
+    assert_eq!(
+        written["provider"]["codex-broker"]["options"]["baseURL"],
+        "http://127.0.0.1:1456/v1"
+    );
+    assert!(env.ok(&["setup", "opencode"]).contains("nothing changed"));
+    assert!(
+        env.ok(&["setup", "opencode", "--undo"])
+            .contains("Restored")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        mine,
+        "byte for byte"
+    );
+    std::fs::write(&config, "{\"provider\": 3}").unwrap();
+    let out = env.run(&["setup", "opencode"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`provider` must be an object"));
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "{\"provider\": 3}"
+    );
+}

@@ -354,6 +354,17 @@ pub fn codex_releases() -> Vec<PathBuf> {
     }
 }
 
+/// OpenCode's binary, which `scripts/test` installs and names in
+/// `OPENCODE_BIN`.
+pub fn opencode_bin() -> PathBuf {
+    match std::env::var_os("OPENCODE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => panic!(
+            "OpenCode is not named: run scripts/test (it installs it from npm), or set OPENCODE_BIN"
+        ),
+    }
+}
+
 /// The Python of the virtual environment `scripts/test` makes with the
 /// OpenAI SDK and `llm` (or the one `CODEX_BROKER_PYTHON` names).
 pub fn python_bin() -> PathBuf {

@@ -5,12 +5,7 @@
 
 use toml_edit::{DocumentMut, value};
 
-/// The edited file and, one line each, what changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub text: String,
-    pub changes: Vec<String>,
-}
+use super::Plan;
 
 /// The config `text` (empty: no file) pointed at the forwarder at `base`
 /// (`http://127.0.0.1:1456`); an error names what is wrong with the file.
