@@ -8,7 +8,7 @@ use crate::base::fsutil;
 use crate::base::paths::Paths;
 use crate::codex::publish::republish;
 use crate::forward::DEFAULT_LISTEN;
-use crate::setup::{Plan, codex as codex_plan, opencode};
+use crate::setup::{Plan, codex as codex_plan, opencode, pi};
 use crate::socket::client::{self, Answer};
 use crate::wire::proto::Health;
 
@@ -21,7 +21,10 @@ use crate::wire::proto::Health;
 /// refreshes at, so that no environment variable is needed (Codex 0.166 and
 /// later). opencode: adds a provider `codex-broker` (Chat Completions at
 /// the forwarder's /v1) to OpenCode's opencode.json and makes it the
-/// default model, keeping every other key. Each prints what it changed and
+/// default model, keeping every other key. pi: points Pi's built-in
+/// openai-codex provider at the forwarder's /backend-api (models.json) and
+/// gives it a stand-in credential naming no account (auth.json): the
+/// forwarder sets the real ones. Each prints what it changed and
 /// changes nothing when all is set. --undo restores the file as it was
 /// before the first setup (removing it if setup created it).
 #[derive(Debug, clap::Args)]
@@ -42,6 +45,7 @@ pub struct Args {
 pub enum Client {
     Codex,
     Opencode,
+    Pi,
 }
 
 impl Client {
@@ -49,16 +53,25 @@ impl Client {
         match self {
             Client::Codex => "codex",
             Client::Opencode => "opencode",
+            Client::Pi => "pi",
         }
     }
 
-    /// The client's config file.
-    fn config(self, paths: &Paths) -> PathBuf {
+    /// The client's files that setup edits.
+    fn files(self, paths: &Paths) -> Vec<PathBuf> {
         match self {
-            Client::Codex => paths.codex().config_path(),
-            Client::Opencode => opencode_config(),
+            Client::Codex => vec![paths.codex().config_path()],
+            Client::Opencode => vec![opencode_config()],
+            Client::Pi => {
+                let agent = home().join(".pi/agent");
+                vec![agent.join("models.json"), agent.join("auth.json")]
+            }
         }
     }
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
 }
 
 /// OpenCode's global config: `$XDG_CONFIG_HOME/opencode/opencode.json`.
@@ -66,9 +79,7 @@ fn opencode_config() -> PathBuf {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config")
-        });
+        .unwrap_or_else(|| home().join(".config"));
     config.join("opencode/opencode.json")
 }
 
@@ -81,11 +92,12 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
     Ok(super::print(&text)?)
 }
 
-/// Where the original config is kept (0600 in the home), and the marker
-/// that there was none.
-fn backups(paths: &Paths, client: Client) -> (PathBuf, PathBuf) {
+/// Where the original of `file` is kept (0600 in the home), and the
+/// marker that there was none.
+fn backups(paths: &Paths, client: Client, file: &Path) -> (PathBuf, PathBuf) {
     let dir = paths.home.join("setup");
-    let name = format!("{}-config", client.name());
+    let file_name = file.file_name().unwrap_or_default().to_string_lossy();
+    let name = format!("{}-{file_name}", client.name());
     (dir.join(&name), dir.join(format!("{name}.none")))
 }
 
@@ -141,36 +153,48 @@ fn models(base: &str, running: bool) -> Vec<String> {
         .unwrap_or_else(|| vec!["gpt-5.1-codex".to_owned()])
 }
 
-fn plan(paths: &Paths, client: Client, text: &str) -> anyhow::Result<(Plan, String)> {
+/// The edits of the client's files, each with what it held.
+fn plans(paths: &Paths, client: Client) -> anyhow::Result<(Vec<Edit>, String)> {
     let health = health(paths)?;
     let base = forwarder_base(paths, health.as_ref());
-    let plan = match client {
-        Client::Codex => codex_plan::plan(text, &base),
-        Client::Opencode => opencode::plan(text, &base, &models(&base, health.is_some())),
-    };
-    let config = client.config(paths);
-    let plan = plan.map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-    Ok((plan, base))
+    let mut edits = Vec::new();
+    for (n, path) in client.files(paths).into_iter().enumerate() {
+        let old = fsutil::read_optional(&path)?;
+        let text = std::str::from_utf8(old.as_deref().unwrap_or_default())
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8", path.display()))?;
+        let plan = match (client, n) {
+            (Client::Codex, _) => codex_plan::plan(text, &base),
+            (Client::Opencode, _) => opencode::plan(text, &base, &models(&base, health.is_some())),
+            (Client::Pi, 0) => pi::models(text, &base),
+            (Client::Pi, _) => pi::auth(text),
+        };
+        let plan = plan.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        edits.push(Edit { path, old, plan });
+    }
+    Ok((edits, base))
+}
+
+/// One file setup edits.
+struct Edit {
+    path: PathBuf,
+    old: Option<Vec<u8>>,
+    plan: Plan,
 }
 
 fn setup(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String> {
-    let config = client.config(paths);
-    let old = fsutil::read_optional(&config)?;
-    let text = std::str::from_utf8(old.as_deref().unwrap_or_default())
-        .map_err(|_| anyhow::anyhow!("{}: not UTF-8", config.display()))?;
-    let (plan, base) = plan(paths, client, text)?;
+    let (edits, base) = plans(paths, client)?;
     let publish = client == Client::Codex && !paths.store().load()?.codex_setup;
-    if plan.changes.is_empty() && !publish {
+    if edits.iter().all(|e| e.plan.changes.is_empty()) && !publish {
         return Ok(format!(
             "{} reaches the broker at {base} already; nothing changed.\n",
             client.name()
         ));
     }
     let mut out = String::new();
-    if !plan.changes.is_empty() {
-        let verb = if dry_run { "Would change" } else { "Changed" };
-        out.push_str(&format!("{verb} {}:\n", config.display()));
-        for change in &plan.changes {
+    let verb = if dry_run { "Would change" } else { "Changed" };
+    for edit in edits.iter().filter(|e| !e.plan.changes.is_empty()) {
+        out.push_str(&format!("{verb} {}:\n", edit.path.display()));
+        for change in &edit.plan.changes {
             out.push_str(&format!("  {change}\n"));
         }
     }
@@ -188,10 +212,10 @@ fn setup(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String>
     if dry_run {
         return Ok(out);
     }
-    keep_original(paths, client, old.as_deref())?;
-    if !plan.changes.is_empty() {
-        fsutil::create_dir_if_missing(config.parent().unwrap_or(Path::new(".")))?;
-        fsutil::write_atomic(&config, plan.text.as_bytes())?;
+    for edit in edits.iter().filter(|e| !e.plan.changes.is_empty()) {
+        keep_original(paths, client, &edit.path, edit.old.as_deref())?;
+        fsutil::create_dir_if_missing(edit.path.parent().unwrap_or(Path::new(".")))?;
+        fsutil::write_atomic(&edit.path, edit.plan.text.as_bytes())?;
     }
     if client == Client::Codex {
         codex_set_up(paths, true)?;
@@ -200,8 +224,13 @@ fn setup(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String>
 }
 
 /// Keeps the config as it was before the first setup.
-fn keep_original(paths: &Paths, client: Client, old: Option<&[u8]>) -> anyhow::Result<()> {
-    let (copy, none) = backups(paths, client);
+fn keep_original(
+    paths: &Paths,
+    client: Client,
+    file: &Path,
+    old: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let (copy, none) = backups(paths, client, file);
     if copy.exists() || none.exists() {
         return Ok(());
     }
@@ -229,14 +258,29 @@ fn codex_set_up(paths: &Paths, on: bool) -> anyhow::Result<()> {
 }
 
 fn undo(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String> {
-    let config = client.config(paths);
-    let (copy, none) = backups(paths, client);
-    let (created, kept) = (none.exists(), copy.exists());
-    if !created && !kept {
+    let mut out = String::new();
+    for file in client.files(paths) {
+        out.push_str(&undo_file(paths, client, &file, dry_run)?);
+    }
+    if out.is_empty() {
         return Ok(format!(
             "setup {} was not run for this broker home; nothing to undo.\n",
             client.name()
         ));
+    }
+    if client == Client::Codex && !dry_run {
+        codex_set_up(paths, false)?;
+        out.push_str("auth.json names its own issuer again.\n");
+    }
+    Ok(out)
+}
+
+/// Puts `file` back as it was before setup: what it says it did.
+fn undo_file(paths: &Paths, client: Client, file: &Path, dry_run: bool) -> anyhow::Result<String> {
+    let (copy, none) = backups(paths, client, file);
+    let (created, kept) = (none.exists(), copy.exists());
+    if !created && !kept {
+        return Ok(String::new());
     }
     let (verb, what) = match (created, dry_run) {
         (true, false) => ("Removed", "which setup had created"),
@@ -244,24 +288,20 @@ fn undo(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String> 
         (false, false) => ("Restored", "as it was before setup"),
         (false, true) => ("Would restore", "as it was before setup"),
     };
-    let mut out = format!("{verb} {}, {what}.\n", config.display());
+    let said = format!("{verb} {}, {what}.\n", file.display());
     if dry_run {
-        return Ok(out);
+        return Ok(said);
     }
     if created {
-        if let Err(e) = std::fs::remove_file(&config)
+        if let Err(e) = std::fs::remove_file(file)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            return Err(fsutil::FsError::new("cannot remove", &config, e).into());
+            return Err(fsutil::FsError::new("cannot remove", file, e).into());
         }
         std::fs::remove_file(&none)?;
     } else {
-        fsutil::write_atomic(&config, &std::fs::read(&copy)?)?;
+        fsutil::write_atomic(file, &std::fs::read(&copy)?)?;
         std::fs::remove_file(&copy)?;
     }
-    if client == Client::Codex {
-        codex_set_up(paths, false)?;
-        out.push_str("auth.json names its own issuer again.\n");
-    }
-    Ok(out)
+    Ok(said)
 }

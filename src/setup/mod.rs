@@ -3,6 +3,7 @@
 
 pub mod codex;
 pub mod opencode;
+pub mod pi;
 
 /// The edited file and, one line each, what changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-const AUTH_CLAIM: &str = "https://api.openai.com/auth";
+pub const AUTH_CLAIM: &str = "https://api.openai.com/auth";
 const PROFILE_CLAIM: &str = "https://api.openai.com/profile";
 
 /// Why a token is not a usable JWT. Messages never contain the token.

@@ -1,14 +1,14 @@
 //! Real OpenAI-compatible clients through the forwarder's Chat
 //! Completions, offline in a private network namespace against the fake
-//! backend: the OpenAI Python SDK and the `llm` CLI from PyPI, and OpenCode
-//! after `setup opencode`.
+//! backend: the OpenAI Python SDK and the `llm` CLI from PyPI, OpenCode
+//! after `setup opencode` and the Pi coding agent after `setup pi`.
 
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use crate::support::fake_upstream::FakeUpstream;
-use crate::support::{TestEnv, opencode_bin, python_bin};
+use crate::support::{TestEnv, opencode_bin, pi_cli, python_bin};
 
 const INFERENCE: &str = "/backend-api/codex/responses";
 
@@ -150,4 +150,62 @@ fn opencode_completes_a_turn_through_the_broker_after_setup_with_no_other_step()
     );
     assert!(env.ok(&["setup", "opencode", "--undo"]).contains("Removed"));
     assert!(!config.exists());
+}
+
+#[test]
+fn pi_completes_a_turn_through_the_broker_after_setup_with_no_other_step() {
+    isolated!(pi_completes_a_turn_through_the_broker_after_setup_with_no_other_step);
+    let upstream = FakeUpstream::start();
+    let (env, main, _) = TestEnv::with_main_and_fallback(&upstream);
+    upstream.stream_text();
+    let daemon = env.start_daemon(&[]);
+    let agent = env.user_home().join(".pi/agent");
+    std::fs::create_dir_all(&agent).unwrap();
+    let theirs = r#"{"anthropic": {"type": "api_key", "key": "sk-ant-own"}}"#;
+    std::fs::write(agent.join("auth.json"), theirs).unwrap();
+    let out = env.ok(&["setup", "pi"]);
+    assert!(out.contains("baseUrl") && out.contains("stand-in"), "{out}");
+    let auth: Value =
+        serde_json::from_slice(&std::fs::read(agent.join("auth.json")).unwrap()).unwrap();
+    assert_eq!(auth["anthropic"]["key"], "sk-ant-own", "kept");
+    let stand_in = auth["openai-codex"]["key"].as_str().unwrap().to_owned();
+    let out = Command::new("node")
+        .arg(pi_cli())
+        .env_clear()
+        .env("HOME", env.user_home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(env.dir.path())
+        .args([
+            "--provider",
+            "openai-codex",
+            "--model",
+            "gpt-5.1-codex",
+            "-p",
+            "say hello",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(succeeded(out).contains("hello from the fake backend"));
+    let requests = upstream.requests_to(INFERENCE);
+    assert!(!requests.is_empty(), "Pi reached the forwarder");
+    let bearer = format!("Bearer {}", main.access_token());
+    for r in &requests {
+        assert_eq!(
+            r.headers["authorization"], bearer,
+            "the forwarder's credentials"
+        );
+        assert_eq!(r.headers["chatgpt-account-id"], "acc-main");
+        assert!(!format!("{:?}", r.headers).contains(&stand_in));
+    }
+    let undone = env.ok(&["setup", "pi", "--undo"]);
+    assert!(
+        undone.contains("Restored") && undone.contains("Removed"),
+        "{undone}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.join("auth.json")).unwrap(),
+        theirs
+    );
+    assert!(!agent.join("models.json").exists());
 }

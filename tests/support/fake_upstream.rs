@@ -119,6 +119,8 @@ struct State {
     without_output: bool,
     /// Requests with function tools get a call of the first one.
     call_tools: bool,
+    /// SSE answers stream their text as deltas before the whole item.
+    text_deltas: bool,
     /// Accounts whose next `response.create` on an open WebSocket gets an
     /// `error` event with 429 usage_limit_reached.
     limited_in_stream: HashSet<String>,
@@ -272,6 +274,12 @@ impl FakeUpstream {
     /// message repeating it.
     pub fn call_tools(&self) {
         self.state.lock().unwrap().call_tools = true;
+    }
+
+    /// SSE answers from now on stream their text (item added, text
+    /// deltas, text done) before the whole item, as the backend does.
+    pub fn stream_text(&self) {
+        self.state.lock().unwrap().text_deltas = true;
     }
 
     /// SSE answers from now on carry no output item: created, then
@@ -553,7 +561,7 @@ async fn handle(
                 .get("chatgpt-account-id")
                 .cloned()
                 .unwrap_or_default();
-            let (limited, hold, quota, without_output, call_tools) = {
+            let (limited, hold, quota, without_output, call_tools, text_deltas) = {
                 let s = state.lock().unwrap();
                 (
                     s.limited.contains(&account),
@@ -561,6 +569,7 @@ async fn handle(
                     s.quota.get(&account).copied(),
                     s.without_output,
                     s.call_tools,
+                    s.text_deltas,
                 )
             };
             let rejected = is_rejected(&state.lock().unwrap(), &recorded);
@@ -580,7 +589,12 @@ async fn handle(
                 } else {
                     Value::Null
                 };
-                sse(&request, hold, without_output)
+                let answer = sse(&request, hold, without_output);
+                if text_deltas {
+                    with_text_deltas(answer).await
+                } else {
+                    answer
+                }
             };
             if let Some(percent) = quota.or(limited.then_some(100.0)) {
                 let h = response.headers_mut();
@@ -1172,6 +1186,50 @@ fn sse_events(request: &Value, without_output: bool) -> Vec<String> {
         .filter(|e| !without_output || !e["type"].as_str().unwrap().starts_with("response.output"))
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
         .collect()
+}
+
+/// `answer` (a whole SSE answer) with each message's text streamed first:
+/// item added, the text in two deltas, text done, then the item.
+async fn with_text_deltas(answer: Response<Body>) -> Response<Body> {
+    let (head, body) = answer.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut out = String::new();
+    for event in text.split_terminator("\n\n") {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_default();
+        let value: Value = serde_json::from_str(data).unwrap_or_default();
+        if value["type"] == "response.output_item.done" && value["item"]["type"] == "message" {
+            let text = value["item"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let (a, b) = text.split_at(text.len() / 2);
+            let mut added = value["item"].clone();
+            added["content"] = json!([]);
+            let item_id = value["item"]["id"].clone();
+            for e in [
+                json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "item_id": item_id, "delta": a}),
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "item_id": item_id, "delta": b}),
+                json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "item_id": item_id, "text": text}),
+            ] {
+                out.push_str(&format!(
+                    "event: {}\ndata: {e}\n\n",
+                    e["type"].as_str().unwrap()
+                ));
+            }
+        }
+        out.push_str(event);
+        out.push_str("\n\n");
+    }
+    Response::from_parts(head, full(out))
 }
 
 /// An SSE answer; with `hold`, the first event is sent at once and the

@@ -365,6 +365,17 @@ pub fn opencode_bin() -> PathBuf {
     }
 }
 
+/// The Pi coding agent's CLI script (run with node), which `scripts/test`
+/// installs and names in `PI_CLI`.
+pub fn pi_cli() -> PathBuf {
+    match std::env::var_os("PI_CLI") {
+        Some(cli) => PathBuf::from(cli),
+        None => {
+            panic!("Pi is not named: run scripts/test (it installs it from npm), or set PI_CLI")
+        }
+    }
+}
+
 /// The Python of the virtual environment `scripts/test` makes with the
 /// OpenAI SDK and `llm` (or the one `CODEX_BROKER_PYTHON` names).
 pub fn python_bin() -> PathBuf {
