@@ -169,6 +169,12 @@ fn pi_completes_a_turn_through_the_broker_after_setup_with_no_other_step() {
         serde_json::from_slice(&std::fs::read(agent.join("auth.json")).unwrap()).unwrap();
     assert_eq!(auth["anthropic"]["key"], "sk-ant-own", "kept");
     let stand_in = auth["openai-codex"]["key"].as_str().unwrap().to_owned();
+    let models: Value =
+        serde_json::from_slice(&std::fs::read(agent.join("models.json")).unwrap()).unwrap();
+    assert_eq!(
+        models["providers"]["openai-codex"]["baseUrl"],
+        format!("{}/backend-api", daemon.forwarder())
+    );
     let out = Command::new("node")
         .arg(pi_cli())
         .env_clear()
