@@ -874,3 +874,45 @@ fn each_codex_release_works_through_the_broker_after_setup_with_no_other_step() 
         );
     }
 }
+
+/// After `setup codex` alone (no shield mode, no environment variable),
+/// each Codex release covered refreshes at the forwarder: auth.json names
+/// it as the issuer.
+#[test]
+fn each_codex_release_refreshes_at_the_forwarder_after_setup_without_an_override() {
+    isolated!(each_codex_release_refreshes_at_the_forwarder_after_setup_without_an_override);
+    for bin in crate::support::codex_releases() {
+        // A home of its own per release: each starts inside Codex's refresh
+        // window.
+        let upstream = FakeUpstream::start();
+        let mut env = TestEnv::with_backend(&upstream);
+        env.set_var("CODEX_BROKER_REFRESH_AHEAD", "60");
+        let account = TestAccount::new("acc-setup").expiring_in(240);
+        upstream.add_account(&account);
+        env.import_account(&account);
+        let daemon = env.start_daemon(&[]);
+        env.ok(&["setup", "codex"]);
+        let out = Command::new(&bin)
+            .env_clear()
+            .env("HOME", env.user_home())
+            .env("CODEX_HOME", env.codex_home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(env.dir.path())
+            .args(["exec", "--skip-git-repo-check", "say hello"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let release = bin.display();
+        assert!(
+            out.status.success(),
+            "{release}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            daemon.log().contains("answered a token refresh"),
+            "{release} refreshed at the forwarder:\n{}",
+            daemon.log()
+        );
+        assert!(upstream.reused_tokens().is_empty());
+    }
+}
