@@ -219,8 +219,29 @@ fn setup(paths: &Paths, client: Client, dry_run: bool) -> anyhow::Result<String>
     }
     if client == Client::Codex {
         codex_set_up(paths, true)?;
+        out.push_str(&older_codex_note(&base));
     }
     Ok(out)
+}
+
+/// What a Codex on PATH older than the provenance issuer needs besides.
+fn older_codex_note(base: &str) -> String {
+    let line = std::process::Command::new("codex")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match line.as_deref().and_then(codex_plan::release) {
+        Some(release) if release < codex_plan::PROVENANCE_SINCE => format!(
+            "{} refreshes only where CODEX_REFRESH_TOKEN_URL_OVERRIDE says: put \
+             export CODEX_REFRESH_TOKEN_URL_OVERRIDE={base}/oauth/token in your shell's \
+             profile (or upgrade Codex to 0.166 or later).\n",
+            line.unwrap_or_default()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Keeps the config as it was before the first setup.

@@ -49,6 +49,18 @@ pub fn plan(text: &str, base: &str) -> Result<Plan, String> {
     })
 }
 
+/// The first Codex release that refreshes at the issuer auth.json names.
+pub const PROVENANCE_SINCE: (u64, u64) = (0, 166);
+
+/// The release a `codex --version` line names (`codex-cli 0.171.0`).
+pub fn release(version_line: &str) -> Option<(u64, u64)> {
+    let version = version_line.split_whitespace().last()?;
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +114,15 @@ mod tests {
         assert!(plan_err("openai_base_url = 3\n").contains("must be a string"));
         assert!(plan_err("[broken\n").contains("not TOML"));
         assert_eq!(super::plan("", BASE).unwrap().changes.len(), 2);
+    }
+
+    #[test]
+    fn releases_are_read_from_the_version_line() {
+        assert_eq!(release("codex-cli 0.171.0"), Some((0, 171)));
+        assert_eq!(release("codex-cli 0.165.2-alpha.1"), Some((0, 165)));
+        assert!(release("codex-cli 0.165.0").unwrap() < PROVENANCE_SINCE);
+        assert_eq!(release("nonsense"), None);
+        assert_eq!(release(""), None);
     }
 
     fn plan_err(text: &str) -> String {

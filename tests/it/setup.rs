@@ -225,3 +225,30 @@ fn setup_opencode_adds_its_provider_keeps_the_rest_and_undoes_byte_for_byte() {
         "{\"provider\": 3}"
     );
 }
+
+#[test]
+fn setup_codex_says_an_older_codex_needs_the_variable() {
+    let mut env = TestEnv::new();
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let codex = bin.join("codex");
+    std::fs::write(&codex, "#!/bin/sh\necho 'codex-cli 0.165.0'\n").unwrap();
+    std::fs::set_permissions(&codex, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    env.set_var("PATH", &path);
+    let out = env.ok(&["setup", "codex"]);
+    assert!(
+        out.contains(
+            "codex-cli 0.165.0 refreshes only where CODEX_REFRESH_TOKEN_URL_OVERRIDE says"
+        ),
+        "{out}"
+    );
+    std::fs::write(&codex, "#!/bin/sh\necho 'codex-cli 0.171.0'\n").unwrap();
+    env.ok(&["setup", "codex", "--undo"]);
+    let out = env.ok(&["setup", "codex"]);
+    assert!(!out.contains("CODEX_REFRESH_TOKEN_URL_OVERRIDE"), "{out}");
+}
