@@ -35,11 +35,18 @@ pub enum Shell {
 ///
 /// CMD gets OPENAI_BASE_URL, CODEX_REFRESH_TOKEN_URL_OVERRIDE,
 /// CODEX_BROKER_SOCKET and CODEX_BROKER_FORWARDER of the running daemon,
-/// and nothing else changes: `codex-broker run -- codex exec "hello"`. The
-/// command takes the place of this process, so its signals and its exit
-/// status are its own.
+/// and nothing else changes: `codex-broker run -- codex exec "hello"`. With
+/// --account, the forwarder addresses are those of that account
+/// (`/accounts/ID/...`): only it serves CMD's requests. The command takes
+/// the place of this process, so its signals and its exit status are its
+/// own.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Only this account serves CMD (an id, label or id prefix): its
+    /// forwarder addresses name it, and no fallback takes over
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -98,13 +105,30 @@ pub fn env(paths: &Paths, args: EnvArgs) -> anyhow::Result<()> {
     Ok(super::print(&text)?)
 }
 
+/// The forwarder address `url` for the account `id` alone:
+/// `http://HOST:PORT/accounts/ID/...`.
+fn named_address(url: &str, id: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    format!("{scheme}://{host}/accounts/{id}{path}")
+}
+
 /// `value` in single quotes, as both sh and fish read it.
 fn quoted(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
 pub fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<()> {
-    let vars = variables(paths)?;
+    let mut vars = variables(paths)?;
+    if let Some(query) = &args.account {
+        let store = paths.store().load()?;
+        let id = store.find(query)?.id.clone();
+        for (name, value) in &mut vars {
+            if matches!(*name, "OPENAI_BASE_URL" | "CODEX_BROKER_FORWARDER") {
+                *value = named_address(value, &id);
+            }
+        }
+    }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let error = std::process::Command::new(program)
         .args(rest)

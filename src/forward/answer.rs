@@ -34,6 +34,8 @@ pub(super) fn unavailable(e: &Unavailable) -> Response<Body> {
             plan,
             now,
         } => usage_limit_reached(e, *resets_at, quota.as_deref(), plan.as_deref(), *now),
+        // A request named an account the store does not have.
+        Unavailable::Lookup(_) => error_response(StatusCode::NOT_FOUND, e.code(), &e.to_string()),
         _ => error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
     }
 }

@@ -12,7 +12,7 @@ use super::conversation::Conversation;
 use super::headers::{CHATGPT_ACCOUNT_ID, declared_length, forwardable, header_str};
 use super::metered::{Meter, metered};
 use super::relay::{buffer, relay};
-use super::{Forwarder, RETRY_BUFFER, trace, upstream};
+use super::{Forwarder, RETRY_BUFFER, named, trace, upstream};
 use crate::engine::Engine;
 use crate::engine::affinity::Served;
 use crate::engine::quota::Source;
@@ -97,6 +97,10 @@ impl Forwarder {
         loop {
             let account = match again.take() {
                 Some(account) => account,
+                // A request for one named account has no other to try.
+                None if last.is_some() && named::account().is_some() => {
+                    return Err(last.expect("just checked"));
+                }
                 None => match self.route(&tried, pinned.as_deref(), by).await {
                     Ok(a) => a,
                     // Used up, every one: the broker's own answer, with the
@@ -183,7 +187,9 @@ impl Forwarder {
         by: &Asker,
     ) -> Result<Picked, routing::Unavailable> {
         let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let named = named::account();
         let pick = Pick {
+            query: named.as_deref(),
             exclude: &exclude,
             chatgpt_only: true,
             prefer: pinned,

@@ -16,6 +16,7 @@ mod guard;
 mod headers;
 mod issuer;
 mod metered;
+mod named;
 mod relay;
 mod responses;
 mod route;
@@ -167,7 +168,15 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 impl Forwarder {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let name = named::split(request.uri()).map(|(name, uri)| {
+            *request.uri_mut() = uri;
+            name
+        });
+        named::scoped(name, self.handle_routed(request)).await
+    }
+
+    async fn handle_routed(&self, request: Request<Incoming>) -> Response<Body> {
         let method = request.method().clone();
         let route = Route::of(&method, request.uri().path(), is_websocket(&request));
         let metrics = &self.shared.metrics;

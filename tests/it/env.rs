@@ -81,3 +81,52 @@ fn run_gives_the_command_the_environment_and_its_own_exit_status() {
     assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/tool"));
 }
+
+#[test]
+fn run_with_an_account_sends_the_commands_requests_to_that_account_alone() {
+    let upstream = FakeUpstream::start();
+    let (env, ..) = TestEnv::with_main_and_fallback(&upstream);
+    let daemon = env.start_daemon(&[]);
+    let inference = "/backend-api/codex/responses";
+    // A client of OPENAI_BASE_URL: one chat completion, its status printed.
+    let client = "import json, os, urllib.request, urllib.error\n\
+        body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode()\n\
+        req = urllib.request.Request(os.environ['OPENAI_BASE_URL'] + '/chat/completions', data=body,\n\
+            headers={'content-type': 'application/json'})\n\
+        try:\n    print(urllib.request.urlopen(req).status)\n\
+        except urllib.error.HTTPError as e:\n    print(e.code)\n";
+    let run = |account: &str| {
+        let out = env.run(&["run", "--account", account, "--", "python3", "-c", client]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run("acc-fallback"), "200");
+    let last = upstream.requests_to(inference).pop().unwrap();
+    assert_eq!(
+        last.headers["chatgpt-account-id"], "acc-fallback",
+        "not the main account"
+    );
+
+    // Its 429 is the answer: no other account takes over.
+    upstream.set_limited("acc-fallback");
+    let before = upstream.requests_to(inference).len();
+    assert_eq!(run("acc-fallback"), "429");
+    let after = upstream.requests_to(inference);
+    assert_eq!(after.len(), before + 1, "one try, on the named account");
+    assert_eq!(after[before].headers["chatgpt-account-id"], "acc-fallback");
+
+    let out = env.run(&["run", "--account", "nobody", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+    let unknown = crate::forward::send(
+        "GET",
+        &format!("{}/accounts/nobody/v1/models", daemon.forwarder()),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+}
