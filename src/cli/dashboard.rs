@@ -1,8 +1,7 @@
 //! `codex-broker dashboard [--no-browser]`
 
 use crate::base::paths::Paths;
-use crate::socket::client::{self, Answer};
-use crate::wire::proto::Health;
+use crate::socket::client;
 
 /// Open the live dashboard of the running daemon
 ///
@@ -29,17 +28,12 @@ pub fn run(paths: &Paths, args: Args) -> anyhow::Result<()> {
 
 /// The URL of the dashboard of the daemon serving `paths.home`.
 fn dashboard_url(paths: &Paths) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let health = match runtime.block_on(client::get(paths, "/v1/health"))? {
-        Answer::Ok(value) => serde_json::from_value::<Health>(value)?,
-        Answer::NoDaemon => anyhow::bail!(
+    let Some(health) = client::health(paths)? else {
+        anyhow::bail!(
             "no daemon serves {}: start it with `codex-broker serve` (or `codex-broker service \
              install`); the dashboard is one of its pages",
             paths.home.display()
-        ),
-        Answer::Error { message, .. } => anyhow::bail!("the daemon: {message}"),
+        );
     };
     let Some(forwarder) = health.forwarder else {
         anyhow::bail!(

@@ -8,8 +8,7 @@ use clap::ValueEnum;
 use serde_json::{Map, Value};
 
 use crate::base::paths::Paths;
-use crate::socket::client::{self, Answer};
-use crate::wire::proto::Health;
+use crate::socket::client;
 
 /// Print the environment a client needs to use the running daemon
 ///
@@ -54,17 +53,12 @@ pub struct RunArgs {
 
 /// The variables for the daemon serving `paths.home`, in order.
 fn variables(paths: &Paths) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let health = match runtime.block_on(client::get(paths, "/v1/health"))? {
-        Answer::Ok(value) => serde_json::from_value::<Health>(value)?,
-        Answer::NoDaemon => anyhow::bail!(
+    let Some(health) = client::health(paths)? else {
+        anyhow::bail!(
             "no daemon serves {}: start it with `codex-broker serve` (or `codex-broker service \
              install`)",
             paths.home.display()
-        ),
-        Answer::Error { message, .. } => anyhow::bail!("the daemon: {message}"),
+        );
     };
     let Some(forwarder) = health.forwarder else {
         anyhow::bail!(

@@ -9,7 +9,7 @@ use crate::base::paths::Paths;
 use crate::codex::publish::republish;
 use crate::forward::DEFAULT_LISTEN;
 use crate::setup::{Plan, codex as codex_plan, opencode, pi};
-use crate::socket::client::{self, Answer};
+use crate::socket::client;
 use crate::wire::proto::Health;
 
 /// Point a client at the broker, in the client's own config file
@@ -101,17 +101,6 @@ fn backups(paths: &Paths, client: Client, file: &Path) -> (PathBuf, PathBuf) {
     (dir.join(&name), dir.join(format!("{name}.none")))
 }
 
-/// The running daemon's health, if one answers.
-fn health(paths: &Paths) -> anyhow::Result<Option<Health>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    match runtime.block_on(client::get(paths, "/v1/health")) {
-        Ok(Answer::Ok(value)) => Ok(Some(serde_json::from_value(value)?)),
-        _ => Ok(None),
-    }
-}
-
 /// The forwarder's base URL: the running daemon's, else the one it last
 /// served, else the default.
 fn forwarder_base(paths: &Paths, health: Option<&Health>) -> String {
@@ -155,7 +144,7 @@ fn models(base: &str, running: bool) -> Vec<String> {
 
 /// The edits of the client's files, each with what it held.
 fn plans(paths: &Paths, client: Client) -> anyhow::Result<(Vec<Edit>, String)> {
-    let health = health(paths)?;
+    let health = client::health(paths).ok().flatten();
     let base = forwarder_base(paths, health.as_ref());
     let mut edits = Vec::new();
     for (n, path) in client.files(paths).into_iter().enumerate() {

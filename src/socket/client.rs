@@ -150,6 +150,15 @@ pub async fn post(paths: &Paths, target: &str, body: &Value) -> Result<Answer, C
     ask(paths, Method::POST, target, Some(body)).await
 }
 
+/// The health of the daemon serving `paths.home`; `None` when none runs.
+pub fn health(paths: &Paths) -> anyhow::Result<Option<crate::wire::proto::Health>> {
+    match blocking(paths, "/v1/health", None)? {
+        Answer::Ok(value) => Ok(Some(serde_json::from_value(value)?)),
+        Answer::NoDaemon => Ok(None),
+        Answer::Error { message, .. } => anyhow::bail!("the daemon: {message}"),
+    }
+}
+
 /// `GET target`, or `POST target` with `body`, to the daemon serving
 /// `paths.home`; blocking, for commands.
 pub fn blocking(paths: &Paths, target: &str, body: Option<Value>) -> anyhow::Result<Answer> {

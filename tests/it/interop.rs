@@ -9,7 +9,12 @@ use crate::support::fake_upstream::FakeUpstream;
 use crate::support::{TestAccount, TestEnv, codex_bin};
 
 fn codex(env: &TestEnv) -> Command {
-    let mut cmd = Command::new(codex_bin());
+    codex_release(env, &codex_bin())
+}
+
+/// The Codex release at `bin`, in `env`'s homes with nothing else set.
+fn codex_release(env: &TestEnv, bin: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("HOME", env.user_home())
         .env("CODEX_HOME", env.codex_home())
@@ -843,12 +848,7 @@ fn each_codex_release_works_through_the_broker_after_setup_with_no_other_step() 
     let releases = crate::support::codex_releases();
     for bin in &releases {
         let before = upstream.requests_to("/backend-api/codex/responses").len();
-        let out = Command::new(bin)
-            .env_clear()
-            .env("HOME", env.user_home())
-            .env("CODEX_HOME", env.codex_home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir(env.dir.path())
+        let out = codex_release(&env, bin)
             .args(["exec", "--skip-git-repo-check", "say hello"])
             .stdin(Stdio::null())
             .output()
@@ -892,12 +892,7 @@ fn each_codex_release_refreshes_at_the_forwarder_after_setup_without_an_override
         env.import_account(&account);
         let daemon = env.start_daemon(&[]);
         env.ok(&["setup", "codex"]);
-        let out = Command::new(&bin)
-            .env_clear()
-            .env("HOME", env.user_home())
-            .env("CODEX_HOME", env.codex_home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir(env.dir.path())
+        let out = codex_release(&env, &bin)
             .args(["exec", "--skip-git-repo-check", "say hello"])
             .stdin(Stdio::null())
             .output()
