@@ -24,7 +24,7 @@ use crate::wire::proto::Health;
 /// default model, keeping every other key. pi: points Pi's built-in
 /// openai-codex provider at the forwarder's /backend-api (models.json) and
 /// gives it a stand-in credential naming no account (auth.json): the
-/// forwarder sets the real ones. Each prints what it changed and
+/// forwarder sets the real ones; it becomes Pi's default (settings.json). Each prints what it changed and
 /// changes nothing when all is set. --undo restores the file as it was
 /// before the first setup (removing it if setup created it).
 #[derive(Debug, clap::Args)]
@@ -64,7 +64,11 @@ impl Client {
             Client::Opencode => vec![opencode_config()],
             Client::Pi => {
                 let agent = home().join(".pi/agent");
-                vec![agent.join("models.json"), agent.join("auth.json")]
+                vec![
+                    agent.join("models.json"),
+                    agent.join("auth.json"),
+                    agent.join("settings.json"),
+                ]
             }
         }
     }
@@ -155,7 +159,8 @@ fn plans(paths: &Paths, client: Client) -> anyhow::Result<(Vec<Edit>, String)> {
             (Client::Codex, _) => codex_plan::plan(text, &base),
             (Client::Opencode, _) => opencode::plan(text, &base, &models(&base, health.is_some())),
             (Client::Pi, 0) => pi::models(text, &base),
-            (Client::Pi, _) => pi::auth(text),
+            (Client::Pi, 1) => pi::auth(text),
+            (Client::Pi, _) => pi::settings(text),
         };
         let plan = plan.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         edits.push(Edit { path, old, plan });

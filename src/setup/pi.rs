@@ -1,7 +1,8 @@
 //! What `setup pi` changes in the Pi coding agent's files: its built-in
 //! `openai-codex` provider pointed at the forwarder's `/backend-api`
-//! (`~/.pi/agent/models.json`), and a stand-in credential for it
-//! (`~/.pi/agent/auth.json`). Pi insists on a credential and reads the
+//! (`~/.pi/agent/models.json`), a stand-in credential for it
+//! (`~/.pi/agent/auth.json`), and that provider as the default
+//! (`~/.pi/agent/settings.json`). Pi insists on a credential and reads the
 //! account id out of it as a JWT; the stand-in names no real account and
 //! is an `api_key` entry (an `oauth` one would make Pi refresh at the
 //! issuer on its own). The forwarder replaces both headers. Every other
@@ -88,6 +89,29 @@ pub fn auth(text: &str) -> Result<Plan, String> {
     })
 }
 
+/// The model Pi uses on the provider unless told otherwise.
+pub const DEFAULT_MODEL: &str = "gpt-5.1-codex";
+
+/// `settings.json` with the provider as Pi's default (and its model,
+/// unless one of the provider's is set already).
+pub fn settings(text: &str) -> Result<Plan, String> {
+    let mut config = object(text)?;
+    let mut changes = Vec::new();
+    let provider = config.get("defaultProvider").and_then(Value::as_str);
+    if provider != Some(PROVIDER) {
+        changes.push(match provider {
+            Some(now) => format!("defaultProvider: \"{now}\" -> \"{PROVIDER}\""),
+            None => format!("defaultProvider = \"{PROVIDER}\""),
+        });
+        config.insert("defaultProvider".into(), json!(PROVIDER));
+        config.insert("defaultModel".into(), json!(DEFAULT_MODEL));
+    }
+    Ok(Plan {
+        text: written(config),
+        changes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +148,21 @@ mod tests {
         assert_eq!(claims.account_id.as_deref(), Some("codex-broker"));
         assert!(auth(&plan.text).unwrap().changes.is_empty(), "idempotent");
         assert!(auth("[1]").is_err());
+        let plan = settings(
+            r#"{"theme": "dark", "defaultProvider": "anthropic", "defaultModel": "claude"}"#,
+        )
+        .unwrap();
+        assert!(plan.changes[0].contains("\"anthropic\" -> \"openai-codex\""));
+        let config: Value = serde_json::from_str(&plan.text).unwrap();
+        assert_eq!(
+            (&config["defaultModel"], &config["theme"]),
+            (&json!(DEFAULT_MODEL), &json!("dark"))
+        );
+        let chosen = r#"{"defaultProvider": "openai-codex", "defaultModel": "gpt-5.1"}"#;
+        assert!(
+            settings(chosen).unwrap().changes.is_empty(),
+            "a model of the provider is kept"
+        );
         assert!(
             models(r#"{"providers": []}"#, BASE)
                 .unwrap_err()

@@ -214,4 +214,5 @@ fn pi_completes_a_turn_through_the_broker_after_setup_with_no_other_step() {
         theirs
     );
     assert!(!agent.join("models.json").exists());
+    assert!(!agent.join("settings.json").exists());
 }
