@@ -18,6 +18,9 @@ const KEY_HEADERS: [&str; 6] = [
     "thread-id",
     "x-codex-turn-state",
 ];
+/// The largest plain body read for its `prompt_cache_key` when no header
+/// names the conversation (a request passes through here on its way).
+const MAX_SCANNED: usize = 1024 * 1024;
 /// Codex marks the requests of its subagents with this header.
 const SUBAGENT: &str = "x-openai-subagent";
 
@@ -56,6 +59,8 @@ impl Conversation {
         if headers.contains_key(header::CONTENT_ENCODING) {
             return None;
         }
+        // Read through for one field: only bodies of a bounded size.
+        let body = body.filter(|b| b.len() <= MAX_SCANNED);
         let key = body.and_then(|b| prompt_cache_key(b))?;
         Conversation::of(headers, Some(&key))
     }
@@ -123,6 +128,12 @@ mod tests {
         assert_eq!(key(&[], r#"{"prompt_cache_key":7}"#), None);
         assert_eq!(key(&[], "not json"), None);
         assert_eq!(key(&[], ""), None);
+        let huge = format!(
+            r#"{{"prompt_cache_key":"pck-2","input":"{}"}}"#,
+            "x".repeat(MAX_SCANNED)
+        );
+        assert_eq!(key(&[], &huge), None, "too large to read through");
+        assert_eq!(key(&[("session-id", "s1")], &huge).as_deref(), Some("s1"));
     }
 
     #[test]

@@ -12,6 +12,23 @@ fn codex(env: &TestEnv) -> Command {
     codex_release(env, &codex_bin())
 }
 
+/// `codex exec "say hello"` of the release at `bin` with nothing set but
+/// `env`'s homes; asserts that it succeeded, and gives its stdout.
+fn exec_release(env: &TestEnv, bin: &std::path::Path) -> String {
+    let out = codex_release(env, bin)
+        .args(["exec", "--skip-git-repo-check", "say hello"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The Codex release at `bin`, in `env`'s homes with nothing else set.
 fn codex_release(env: &TestEnv, bin: &std::path::Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -848,18 +865,8 @@ fn each_codex_release_works_through_the_broker_after_setup_with_no_other_step() 
     let releases = crate::support::codex_releases();
     for bin in &releases {
         let before = upstream.requests_to("/backend-api/codex/responses").len();
-        let out = codex_release(&env, bin)
-            .args(["exec", "--skip-git-repo-check", "say hello"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let stdout = exec_release(&env, bin);
         let release = bin.display();
-        assert!(
-            out.status.success(),
-            "{release}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains("hello from the fake backend"),
             "{release}: {stdout}"
@@ -892,17 +899,8 @@ fn each_codex_release_refreshes_at_the_forwarder_after_setup_without_an_override
         env.import_account(&account);
         let daemon = env.start_daemon(&[]);
         env.ok(&["setup", "codex"]);
-        let out = codex_release(&env, &bin)
-            .args(["exec", "--skip-git-repo-check", "say hello"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        exec_release(&env, &bin);
         let release = bin.display();
-        assert!(
-            out.status.success(),
-            "{release}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         assert!(
             daemon.log().contains("answered a token refresh"),
             "{release} refreshed at the forwarder:\n{}",
